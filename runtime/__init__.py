@@ -1,0 +1,1 @@
+"""PrecisionOps runtime: formats, recipes, plans, calibration, engines, evaluation, serving."""
