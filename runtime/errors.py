@@ -4,13 +4,16 @@ from __future__ import annotations
 from typing import Any
 
 
-class InputError(ValueError):
-    """Bad input: carries `errors`, a list of {loc, msg, type} naming each offending field."""
+class InputError(Exception):
+    """Bad input: carries `errors`, a list of {loc, msg, type} naming each offending field.
+
+    Not a ValueError on purpose: pydantic would swallow it into a ValidationError and lose the loc.
+    """
 
     def __init__(self, errors: list[dict[str, Any]] | str, *, loc: tuple = (), type: str = "value_error"):
         if isinstance(errors, str):
             errors = [{"loc": tuple(loc), "msg": errors, "type": type}]
-        self.errors = [dict(e, loc=tuple(e.get("loc", ()))) for e in errors]
+        self.errors = [{"type": "value_error", **e, "loc": tuple(e.get("loc", ()))} for e in errors]
         super().__init__("; ".join(f"{'.'.join(map(str, e['loc'])) or '<root>'}: {e['msg']}" for e in self.errors))
 
     @classmethod

@@ -1,0 +1,97 @@
+"""Loading transformers causal LMs and taking inventory of the ops a recipe can address."""
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from runtime.errors import InputError
+
+# Files whose bytes define a model; anything else in the folder (READMEs, logs) does not change its hash.
+_MODEL_FILES = (".json", ".safetensors", ".bin", ".model", ".txt")
+
+
+@dataclass
+class LinearOp:
+    """One matmul a recipe can address: an nn.Linear or a GPT-2 Conv1D (whose weight is [in, out])."""
+
+    name: str
+    module: nn.Module
+    in_features: int
+    out_features: int
+    transposed: bool  # Conv1D stores its weight as [in, out]
+    is_lm_head: bool
+
+    @property
+    def class_name(self) -> str:
+        return "Linear"
+
+
+@dataclass
+class LoadedModel:
+    model: nn.Module
+    tokenizer: object
+    path: str
+    content_hash: str
+
+
+def _is_conv1d(m: nn.Module) -> bool:
+    return type(m).__name__ == "Conv1D" and hasattr(m, "nf")
+
+
+def linear_ops(model: nn.Module) -> list[LinearOp]:
+    """Every linear op of a causal LM, in module order; the output projection is flagged as the logits op."""
+    out_emb = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    ops = []
+    for name, m in model.named_modules():
+        if isinstance(m, nn.Linear):
+            ops.append(LinearOp(name, m, m.in_features, m.out_features, False, m is out_emb))
+        elif _is_conv1d(m):
+            ops.append(LinearOp(name, m, m.weight.shape[0], m.nf, True, False))
+        elif getattr(m, "is_quantized_linear", False):
+            ops.append(LinearOp(name, m, m.in_features, m.out_features, False, m.is_lm_head))
+    return ops
+
+
+def norm_ops(model: nn.Module) -> list[str]:
+    """Names of normalisation modules (kept wide: sensitive ops)."""
+    return [n for n, m in model.named_modules() if n and ("norm" in type(m).__name__.lower() or type(m).__name__.endswith("LayerNorm") or n.split(".")[-1].startswith("ln_"))]
+
+
+def attention_layers(model: nn.Module) -> list[str]:
+    """Names of attention modules, each of which owns a KV cache."""
+    names = []
+    for n, m in model.named_modules():
+        tn = type(m).__name__
+        if tn.endswith("Attention") and n:
+            names.append(n)
+    return names
+
+
+def content_hash(path: str | os.PathLike) -> str:
+    """sha256 over the model folder's defining files, by relative name and bytes."""
+    root = Path(path)
+    h = hashlib.sha256()
+    for f in sorted(p for p in root.rglob("*") if p.is_file() and p.suffix in _MODEL_FILES):
+        h.update(str(f.relative_to(root)).encode())
+        with open(f, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+    return "sha256:" + h.hexdigest()
+
+
+def load_model(path: str | os.PathLike, dtype: torch.dtype = torch.float32) -> LoadedModel:
+    """Loads a local transformers causal-LM folder with its tokenizer."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    p = Path(path)
+    if not (p / "config.json").is_file():
+        raise InputError(f"no transformers model at {str(path)!r} (config.json missing)", loc=("model_path",))
+    model = AutoModelForCausalLM.from_pretrained(str(p), dtype=dtype)
+    model.eval()
+    tokenizer = AutoTokenizer.from_pretrained(str(p))
+    return LoadedModel(model, tokenizer, str(p), content_hash(p))
