@@ -1,0 +1,1 @@
+"""Accelerator profiles and the compatibility matrix, synced from the runtime."""

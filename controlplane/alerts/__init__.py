@@ -1,0 +1,1 @@
+"""Alerts raised on a deployment, with their evidence."""

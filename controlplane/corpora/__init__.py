@@ -1,0 +1,1 @@
+"""Corpora: content-addressed JSONL text sets with a coverage profile."""

@@ -1,0 +1,1 @@
+"""Deployments: an engine serving an endpoint, moved through declared rollout stages."""

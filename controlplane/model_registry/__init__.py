@@ -1,0 +1,1 @@
+"""Registered models: local transformers folders pinned by content hash."""

@@ -1,0 +1,1 @@
+"""Recipes: immutable, versioned precision contracts."""
