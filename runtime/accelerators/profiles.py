@@ -48,7 +48,7 @@ class AcceleratorProfile:
 
     def kernel(self, weight: str | None, activation: str | None) -> str:
         """Kernel name for a (weight, activation) format pair the profile supports; wide formats are None."""
-        if (weight, activation) in GEMM_KERNELS and self.check(weight, "weight")[0] == Support.native:
+        if (weight, activation) in GEMM_KERNELS and (self.reference_only or self.check(weight, "weight")[0] == Support.native):
             name = GEMM_KERNELS[(weight, activation)]
         elif weight is None and activation is None:
             name = WIDE_KERNEL

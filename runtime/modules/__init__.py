@@ -1,1 +1,5 @@
-"""modules."""
+"""Quantized modules that execute a plan: linears and the KV cache."""
+from runtime.modules.kv_cache import KVCacheQuant, attach, kv_geometry, kv_projections
+from runtime.modules.quant_linear import ActivationStats, QuantLinear
+
+__all__ = ["ActivationStats", "KVCacheQuant", "QuantLinear", "attach", "kv_geometry", "kv_projections"]
