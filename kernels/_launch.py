@@ -52,3 +52,9 @@ def check_shape(name: str, t: torch.Tensor, *shapes: tuple[int, ...]) -> None:
     if tuple(t.shape) not in shapes:
         allowed = " or ".join(str(list(s)) for s in shapes)
         raise ValueError(f"{name} must have shape {allowed}, got {list(t.shape)}")
+
+
+def m_bucket(m: int) -> int:
+    """Autotune key for the token count: the next power of two from 16, capped at 8192, so a
+    decode step at M = 3 reuses the config tuned at M = 16 instead of tuning again."""
+    return min(max(16, 1 << (max(m, 1) - 1).bit_length()), 8192)

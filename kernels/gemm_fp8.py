@@ -1,29 +1,13 @@
-"""W8A8 fp8 e4m3 GEMM: per-token x per-channel scales applied in the epilogue, fp32 accumulation."""
+"""W8A8 fp8 e4m3 GEMM: per-token x per-channel scales applied in the epilogue, fp32 accumulation.
+
+The Triton kernel lives in :mod:`kernels._w8a8` (shared with int8). On Hopper, Triton's fp8
+tl.dot accumulates with wgmma's fast fp32 accumulation by default, as ``torch._scaled_mm`` does
+with ``use_fast_accum=True``.
+"""
 import torch
 
-from kernels._launch import check_2d, check_dtype, check_shape, use_triton
-
-OUT_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
-
-
-def check_w8a8(xq, xs, wq, ws, bias, out_dtype, qdtype: torch.dtype) -> None:
-    """Validates the shared W8A8 contract (also used by the int8 GEMM)."""
-    check_2d("xq", xq)
-    check_2d("wq", wq)
-    check_dtype("xq", xq, qdtype)
-    check_dtype("wq", wq, qdtype)
-    m, k = xq.shape
-    n = wq.shape[0]
-    if wq.shape[1] != k:
-        raise ValueError(f"wq must be [N, K] with K={k} (from xq), got {list(wq.shape)}")
-    check_dtype("xs", xs, torch.float32)
-    check_shape("xs", xs, (m, 1), (1, 1))
-    check_dtype("ws", ws, torch.float32)
-    check_shape("ws", ws, (n, 1))
-    if bias is not None:
-        check_shape("bias", bias, (n,))
-    if out_dtype not in OUT_DTYPES:
-        raise ValueError(f"out_dtype must be one of {OUT_DTYPES}, got {out_dtype}")
+from kernels._launch import use_triton
+from kernels._w8a8 import check_w8a8, w8a8_gemm_triton
 
 
 def gemm_fp8_reference(xq, xs, wq, ws, bias=None, out_dtype=torch.bfloat16):
@@ -52,6 +36,6 @@ def gemm_fp8(xq, xs, wq, ws, bias=None, out_dtype=torch.bfloat16, *, backend: st
     Returns:
         [M, N] in ``out_dtype``.
     """
-    # TODO(issue 3 step 2): the Triton kernel takes the use_triton(xq, backend) branch.
-    use_triton(xq, backend)
+    if use_triton(xq, backend):
+        return w8a8_gemm_triton(xq, xs, wq, ws, bias, out_dtype, torch.float8_e4m3fn)
     return gemm_fp8_reference(xq, xs, wq, ws, bias, out_dtype)

@@ -1,8 +1,12 @@
-"""W8A8 int8 GEMM: int32 accumulation, per-token x per-channel scales in the epilogue."""
+"""W8A8 int8 GEMM: int32 accumulation, per-token x per-channel scales in the epilogue.
+
+The Triton kernel lives in :mod:`kernels._w8a8` (shared with fp8). Unlike ``torch._int_mm``
+it serves any M, including decode's M <= 16.
+"""
 import torch
 
 from kernels._launch import use_triton
-from kernels.gemm_fp8 import check_w8a8
+from kernels._w8a8 import check_w8a8, w8a8_gemm_triton
 
 
 def gemm_int8_reference(xq, xs, wq, ws, bias=None, out_dtype=torch.bfloat16):
@@ -31,6 +35,6 @@ def gemm_int8(xq, xs, wq, ws, bias=None, out_dtype=torch.bfloat16, *, backend: s
     Returns:
         [M, N] in ``out_dtype``.
     """
-    # TODO(issue 3 step 2): the Triton kernel takes the use_triton(xq, backend) branch.
-    use_triton(xq, backend)
+    if use_triton(xq, backend):
+        return w8a8_gemm_triton(xq, xs, wq, ws, bias, out_dtype, torch.int8)
     return gemm_int8_reference(xq, xs, wq, ws, bias, out_dtype)

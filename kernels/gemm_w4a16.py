@@ -1,13 +1,24 @@
-"""W4A16 GEMM: packed int4 weights with group-wise scales and zeros, 16-bit activations."""
-import torch
+"""W4A16 GEMM: packed int4 weights with group-wise scales and zeros, 16-bit activations.
 
-from kernels._launch import check_2d, check_dtype, check_shape, use_triton
+Decode (M <= 32) is bound by reading the packed weights, N*K/2 bytes: the kernel splits K
+across programs so every SM streams weights, accumulating fp32 partial sums with atomics.
+Prefill dequantizes each weight tile in registers and feeds tensor cores; from
+``DEQUANT_MIN_M`` tokens up, dequantizing once to x.dtype and calling cuBLAS is faster.
+"""
+import torch
+import triton
+import triton.language as tl
+
+from kernels._launch import check_2d, check_dtype, check_shape, interpreting, m_bucket, use_triton
 from kernels.packing import pack_int4, unpack_int4
 
 X_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 SCALE_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 # Symmetric int4 stores codes q = round(w / scale) + 8, so the zero point is always 8.
 SYMMETRIC_ZERO = 8
+# From this many tokens up the launcher dequantizes the weight once and calls cuBLAS
+# (measured on H100 in bench/kernels.py: see bench/results/kernels-h100.md).
+DEQUANT_MIN_M = 1024
 
 
 def _check_group(k: int, group_size: int) -> None:
@@ -88,6 +99,183 @@ def gemm_w4a16_reference(x, packed, scales, zeros, group_size: int, bias=None):
     return out.to(x.dtype)
 
 
+def _zero_out(nargs):
+    nargs["out_ptr"].zero_()
+
+
+def _config(bm, bn, bk, split_k, warps, stages):
+    # Split-K programs add fp32 partial sums with atomics into an output zeroed first.
+    return triton.Config(
+        {"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "SPLIT_K": split_k},
+        num_warps=warps, num_stages=stages, pre_hook=_zero_out if split_k > 1 else None,
+    )
+
+
+# Decode: 16-row tiles (the smallest tensor-core tile), narrow N, split K so that even N = 4096
+# gives >= 2 programs per SM. Prefill: 128-row tiles, no split.
+_CONFIGS_DECODE = [
+    _config(16, 64, 128, 4, 4, 4),
+    _config(16, 128, 128, 4, 4, 4),
+    _config(16, 64, 128, 8, 4, 4),
+    _config(16, 32, 128, 4, 4, 4),
+    _config(16, 64, 128, 1, 4, 4),
+]
+_CONFIGS_PREFILL = [
+    _config(64, 128, 128, 1, 4, 4),
+    _config(128, 128, 128, 1, 8, 3),
+    _config(128, 256, 64, 1, 8, 3),
+    _config(64, 256, 128, 1, 8, 3),
+]
+# One config per bucket under the CPU interpreter (the decode one exercises split-K).
+_CONFIGS_INTERPRET = [_config(16, 32, 64, 2, 4, 1), _config(32, 32, 64, 1, 4, 1)]
+DECODE_MAX_M = 32
+
+
+def _prune(configs, named_args, **kwargs):
+    bucket, group = named_args["M_BUCKET"], kwargs.get("GROUP", named_args.get("GROUP"))
+    if interpreting():
+        chosen = [configs[0] if bucket <= DECODE_MAX_M else configs[1]]
+    else:
+        pool = _CONFIGS_DECODE if bucket <= DECODE_MAX_M else _CONFIGS_PREFILL
+        chosen = [c for c in configs if c in pool]
+    # A K step never straddles two groups: one scale and zero per column per step.
+    block_k = group & -group
+    return [
+        c if group % c.kwargs["BLOCK_K"] == 0 else triton.Config(
+            {**c.kwargs, "BLOCK_K": min(block_k, c.kwargs["BLOCK_K"])},
+            num_warps=c.num_warps, num_stages=c.num_stages, pre_hook=c.pre_hook,
+        )
+        for c in chosen
+    ]
+
+
+@triton.autotune(
+    configs=_CONFIGS_INTERPRET if interpreting() else _CONFIGS_DECODE + _CONFIGS_PREFILL,
+    key=["M_BUCKET", "N", "K", "GROUP"],
+    prune_configs_by={"early_config_prune": _prune},
+)
+@triton.jit
+def _w4a16_kernel(
+    x_ptr, p_ptr, s_ptr, z_ptr, bias_ptr, out_ptr,
+    M, N, K, M_BUCKET,
+    stride_xm, stride_pn, stride_sn, stride_om,
+    GROUP: tl.constexpr, HAS_BIAS: tl.constexpr, X_FP32: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr,
+):
+    pid_mn = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    num_pid_n = tl.cdiv(N, BLOCK_N)
+    pid_m = pid_mn // num_pid_n
+    pid_n = pid_mn % num_pid_n
+    HALF_K: tl.constexpr = BLOCK_K // 2
+
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_j = tl.arange(0, HALF_K)
+    rows_x = tl.where(offs_m < M, offs_m, 0).to(tl.int64)
+    rows_w = tl.where(offs_n < N, offs_n, 0).to(tl.int64)
+    mask_n = offs_n < N
+
+    # This program's K range: whole BLOCK_K steps, so no step crosses a group boundary.
+    steps = tl.cdiv(K, BLOCK_K)
+    steps_per_split = tl.cdiv(steps, SPLIT_K)
+    k_begin = pid_k * steps_per_split * BLOCK_K
+    k_end = tl.minimum(k_begin + steps_per_split * BLOCK_K, K)
+
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for k0 in range(k_begin, k_end, BLOCK_K):
+        # Packed byte j of the step holds k = k0 + 2j (low nibble) and k0 + 2j + 1 (high),
+        # so the product splits into even-k and odd-k halves: no nibble interleave needed.
+        p = tl.load(p_ptr + rows_w[None, :] * stride_pn + (k0 // 2 + offs_j)[:, None])
+        g = k0 // GROUP
+        s = tl.load(s_ptr + rows_w * stride_sn + g).to(tl.float32)
+        zs = tl.load(z_ptr + rows_w * stride_sn + g).to(tl.float32) * s
+        w_even = ((p & 0xF).to(tl.float32) * s[None, :] - zs[None, :]).to(x_ptr.dtype.element_ty)
+        w_odd = ((p >> 4).to(tl.float32) * s[None, :] - zs[None, :]).to(x_ptr.dtype.element_ty)
+        x_base = x_ptr + rows_x[:, None] * stride_xm + k0 + 2 * offs_j[None, :]
+        x_even = tl.load(x_base)
+        x_odd = tl.load(x_base + 1)
+        if X_FP32:
+            # fp32 activations get full-precision products, not Triton's default tf32.
+            acc = tl.dot(x_even, w_even, acc, input_precision="ieee")
+            acc = tl.dot(x_odd, w_odd, acc, input_precision="ieee")
+        else:
+            acc = tl.dot(x_even, w_even, acc)
+            acc = tl.dot(x_odd, w_odd, acc)
+
+    mask_m = offs_m < M
+    if HAS_BIAS:
+        if pid_k == 0:
+            acc += tl.load(bias_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
+    out_ptrs = out_ptr + offs_m.to(tl.int64)[:, None] * stride_om + offs_n[None, :]
+    mask = mask_m[:, None] & mask_n[None, :]
+    if SPLIT_K == 1:
+        tl.store(out_ptrs, acc.to(out_ptr.dtype.element_ty), mask=mask)
+    else:
+        tl.atomic_add(out_ptrs, acc, mask=mask)
+
+
+def gemm_w4a16_triton(x, packed, scales, zeros, group_size: int, bias=None):
+    """Launches :func:`_w4a16_kernel` (or dequant + cuBLAS for M >= DEQUANT_MIN_M on CUDA)."""
+    _check_w4a16(x, packed, scales, zeros, group_size, bias)
+    m, k = x.shape
+    n = packed.shape[0]
+    if m == 0 or n == 0:
+        return x.new_empty(m, n)
+    # Groups whose K step would be under 32 (16 packed bytes) are too small for a tensor-core
+    # step; they take the dequantize path too.
+    small_group = group_size & -group_size < 32
+    if small_group or (x.is_cuda and m >= DEQUANT_MIN_M):
+        w = dequantize_w4_triton(packed, scales, zeros, group_size, x.dtype)
+        return torch.nn.functional.linear(x, w, bias.to(x.dtype) if bias is not None else None)
+    x = x.contiguous()
+    packed = packed.contiguous()
+    scales = scales.contiguous()
+    zeros = zeros.contiguous()
+    bucket = m_bucket(m)
+    # Decode accumulates split-K partial sums in fp32; prefill stores x.dtype directly.
+    out = torch.empty(m, n, dtype=torch.float32 if bucket <= DECODE_MAX_M else x.dtype, device=x.device)
+
+    def grid(meta):
+        return (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n, meta["BLOCK_N"]), meta["SPLIT_K"])
+
+    _w4a16_kernel[grid](
+        x, packed, scales, zeros, bias if bias is not None else scales, out,
+        m, n, k, bucket,
+        x.stride(0), packed.stride(0), scales.stride(0), out.stride(0),
+        GROUP=group_size, HAS_BIAS=bias is not None, X_FP32=x.dtype == torch.float32,
+    )
+    return out.to(x.dtype)
+
+
+@triton.jit
+def _dequant_w4_kernel(p_ptr, s_ptr, z_ptr, w_ptr, K, stride_pn, stride_sn, stride_wn,
+                       GROUP: tl.constexpr, BLOCK_J: tl.constexpr):
+    # One program per (row, packed block); writes the even and odd k of each byte.
+    row = tl.program_id(0).to(tl.int64)
+    offs_j = tl.program_id(1) * BLOCK_J + tl.arange(0, BLOCK_J)
+    mask = offs_j < K // 2
+    p = tl.load(p_ptr + row * stride_pn + offs_j, mask=mask, other=0)
+    g = (2 * offs_j) // GROUP
+    s = tl.load(s_ptr + row * stride_sn + g, mask=mask, other=0.0).to(tl.float32)
+    z = tl.load(z_ptr + row * stride_sn + g, mask=mask, other=0.0).to(tl.float32)
+    w_row = w_ptr + row * stride_wn + 2 * offs_j
+    tl.store(w_row, (((p & 0xF).to(tl.float32) - z) * s).to(w_ptr.dtype.element_ty), mask=mask)
+    tl.store(w_row + 1, (((p >> 4).to(tl.float32) - z) * s).to(w_ptr.dtype.element_ty), mask=mask)
+
+
+def dequantize_w4_triton(packed, scales, zeros, group_size: int, dtype: torch.dtype) -> torch.Tensor:
+    """Dequantizes packed int4 weights to ``dtype`` [N, K] in one pass (prefill's cuBLAS path)."""
+    n, k = packed.shape[0], packed.shape[1] * 2
+    w = torch.empty(n, k, dtype=dtype, device=packed.device)
+    block_j = 1024
+    _dequant_w4_kernel[(n, triton.cdiv(k // 2, block_j))](
+        packed, scales, zeros, w, k, packed.stride(0), scales.stride(0), w.stride(0),
+        GROUP=group_size, BLOCK_J=block_j,
+    )
+    return w
+
+
 def gemm_w4a16(x, packed, scales, zeros, group_size: int = 128, bias=None, *, backend: str = "auto"):
     """``x @ dequant(packed).T + bias`` with int4 weights dequantized per group.
 
@@ -103,6 +291,6 @@ def gemm_w4a16(x, packed, scales, zeros, group_size: int = 128, bias=None, *, ba
     Returns:
         [M, N] in x.dtype.
     """
-    # TODO(issue 3 step 2): the Triton kernel takes the use_triton(x, backend) branch.
-    use_triton(x, backend)
+    if use_triton(x, backend):
+        return gemm_w4a16_triton(x, packed, scales, zeros, group_size, bias)
     return gemm_w4a16_reference(x, packed, scales, zeros, group_size, bias)

@@ -1,0 +1,191 @@
+"""Each Triton kernel against its pure-torch reference (and float64) on fresh random inputs.
+
+Run on the CPU through Triton's interpreter and, marked `gpu`, on CUDA. Known interpreter
+limits decide the CPU dtypes: bf16 arithmetic is wrong there, so bf16 runs on the GPU only.
+"""
+import pytest
+import torch
+
+import kernels.act_quant as act_quant_mod
+from kernels.act_quant import act_quant, act_quant_reference
+from kernels.gemm_fp8 import gemm_fp8, gemm_fp8_reference
+from kernels.gemm_int8 import gemm_int8, gemm_int8_reference
+from kernels.gemm_w4a16 import (
+    dequantize_w4_reference,
+    dequantize_w4_triton,
+    gemm_w4a16,
+    gemm_w4a16_reference,
+    quantize_w4_reference,
+)
+
+# (M, K) for activation quantization and (M, N, K) for GEMMs: odd sizes that are not
+# multiples of any block, M = 1, and one M above the decode bucket.
+ACT_SHAPES = [(1, 64), (7, 130), (33, 257)]
+GEMM_SHAPES = [(1, 33, 64), (7, 96, 130), (16, 70, 256), (33, 130, 96)]
+W4_SHAPES = [(1, 33, 128, 64), (7, 96, 256, 128), (40, 70, 256, 128), (3, 20, 96, 32)]
+# Larger shapes that only the GPU runs (the interpreter keeps every dim <= 256).
+GPU_GEMM_SHAPES = [(1, 4096, 4096), (16, 1000, 2048), (300, 2048, 1032)]
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Relative Frobenius error in float64; NaN or inf anywhere makes every bound fail."""
+    a, b = a.double().cpu(), b.double().cpu()
+    if not (torch.isfinite(a).all() and torch.isfinite(b).all()):
+        return float("nan")
+    return float((a - b).norm() / b.norm())
+
+
+def with_outliers(m: int, k: int, device: str, dtype=torch.float32) -> torch.Tensor:
+    """Gaussian activations with ~2% of entries 100x larger, as LLM activation outliers."""
+    x = torch.randn(m, k, device=device)
+    idx = torch.randint(0, m * k, (max(1, m * k // 50),), device=device)
+    x.view(-1)[idx] *= 100.0
+    return x.to(dtype)
+
+
+def e4m3_step(v: torch.Tensor) -> torch.Tensor:
+    """Spacing of e4m3 values at |v| (3 mantissa bits; 2**-9 below the smallest normal)."""
+    exp = torch.floor(torch.log2(v.abs().clamp(min=2.0**-6)))
+    return torch.exp2(exp - 3)
+
+
+def x_dtypes(device: str):
+    return [torch.float32, torch.float16] + ([torch.bfloat16] if device == "cuda" else [])
+
+
+# --- activation quantization -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("m, k", ACT_SHAPES)
+@pytest.mark.parametrize("fmt", ["fp8_e4m3", "int8"])
+@pytest.mark.parametrize("static", [False, True])
+def test_act_quant_matches_reference(device, m, k, fmt, static):
+    for dtype in x_dtypes(device):
+        x = with_outliers(m, k, device, dtype)
+        scale = torch.tensor(0.05, device=device) if static else None
+        q, s, amax, n_sat = act_quant(x, fmt, scale, backend="triton")
+        q_ref, s_ref, amax_ref, n_sat_ref = act_quant_reference(x, fmt, scale)
+        assert q.dtype == q_ref.dtype and q.shape == (m, k)
+        assert torch.equal(amax, amax_ref) and torch.equal(s, s_ref)
+        assert n_sat.dtype == torch.int64 and n_sat.dim() == 0 and int(n_sat) == int(n_sat_ref)
+        if static:
+            assert int(n_sat) > 0  # the outliers exceed 0.05 * fmax
+        qf, qf_ref = q.float(), q_ref.float()
+        assert not qf.isnan().any()
+        if fmt == "int8":
+            assert torch.equal(q, q_ref)
+        else:
+            assert ((qf - qf_ref).abs() <= e4m3_step(qf_ref)).all()
+        # Dequantized error against the input: half a step per element at most.
+        bound = 0.07 if fmt == "fp8_e4m3" else (0.3 if static else 0.05)
+        assert rel_err(qf * s, x.float().clamp(-s * FMAX[fmt], s * FMAX[fmt])) < bound
+
+
+FMAX = {"fp8_e4m3": 448.0, "int8": 127.0}
+
+
+def test_act_quant_long_rows_and_subnormals(device, monkeypatch):
+    # Rows longer than the single-block limit take the two-pass loop; shrink the limit so the
+    # interpreter reaches it within its size budget.
+    monkeypatch.setattr(act_quant_mod, "MAX_SINGLE_BLOCK", 64)
+    monkeypatch.setattr(act_quant_mod, "LOOP_BLOCK_K", 32)
+    x = with_outliers(5, 200, device)
+    for fmt, scale in [("fp8_e4m3", None), ("int8", None), ("fp8_e4m3", torch.tensor(0.02, device=device))]:
+        got = act_quant(x, fmt, scale, backend="triton")
+        ref = act_quant_reference(x, fmt, scale)
+        assert torch.equal(got[0].float(), ref[0].float())
+        assert torch.equal(got[2], ref[2]) and int(got[3]) == int(ref[3])
+    # A static scale far above the data puts every value in e4m3's subnormal range.
+    tiny = torch.rand(4, 96, device=device) * 2.0**-5
+    got = act_quant(tiny, "fp8_e4m3", torch.tensor(1.0, device=device), backend="triton")[0]
+    assert torch.equal(got.float(), act_quant_reference(tiny, "fp8_e4m3", torch.tensor(1.0))[0].float().to(device))
+
+
+# --- W8A8 GEMMs ---------------------------------------------------------------------------
+
+GEMMS = {
+    "fp8_e4m3": (gemm_fp8, gemm_fp8_reference),
+    "int8": (gemm_int8, gemm_int8_reference),
+}
+
+
+def _w8a8_inputs(m, n, k, fmt, device, static=False):
+    x, w = with_outliers(m, k, device), torch.randn(n, k, device=device) * 0.05
+    xq, xs, _, _ = act_quant_reference(x, fmt, (x.abs().amax() / FMAX[fmt]).reshape(1, 1) if static else None)
+    wq, ws, _, _ = act_quant_reference(w, fmt)
+    return x, w, xq, xs, wq, ws
+
+
+def _w8a8_bound(fmt, out_dtype, device):
+    # The int32 sum is exact, fp8's is fp32 (wgmma's fast accumulation on the GPU); what is
+    # left is the output rounding: 2**-8 for bf16, 2**-11 for fp16.
+    base = {torch.float32: 1e-5, torch.float16: 1e-3, torch.bfloat16: 8e-3}[out_dtype]
+    return base + (1e-3 if fmt == "fp8_e4m3" and device == "cuda" else 0.0)
+
+
+@pytest.mark.parametrize("m, n, k", GEMM_SHAPES)
+@pytest.mark.parametrize("fmt", ["fp8_e4m3", "int8"])
+def test_w8a8_gemm_matches_reference(device, m, n, k, fmt):
+    gemm, reference = GEMMS[fmt]
+    out_dtypes = [torch.float32, torch.float16] + ([torch.bfloat16] if device == "cuda" else [])
+    for out_dtype, static, with_bias in zip(out_dtypes, [False, True, False], [True, False, True]):
+        x, w, xq, xs, wq, ws = _w8a8_inputs(m, n, k, fmt, device, static)
+        bias = torch.randn(n, device=device) if with_bias else None
+        out = gemm(xq, xs, wq, ws, bias, out_dtype, backend="triton")
+        ref = reference(xq.cpu(), xs.cpu(), wq.cpu(), ws.cpu(), bias.cpu() if with_bias else None, torch.float32)
+        assert out.dtype == out_dtype and out.shape == (m, n)
+        assert rel_err(out, ref) < _w8a8_bound(fmt, out_dtype, device)
+        # Against the unquantized float64 product only the quantization error remains.
+        exact = x.double() @ w.double().t() + (bias.double() if with_bias else 0)
+        assert rel_err(out, exact) < (0.08 if fmt == "fp8_e4m3" else 0.05)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("m, n, k", GPU_GEMM_SHAPES)
+@pytest.mark.parametrize("fmt", ["fp8_e4m3", "int8"])
+def test_w8a8_gemm_large_gpu(m, n, k, fmt):
+    gemm, reference = GEMMS[fmt]
+    x, w, xq, xs, wq, ws = _w8a8_inputs(m, n, k, fmt, "cuda")
+    bias = torch.randn(n, device="cuda")
+    out = gemm(xq, xs, wq, ws, bias, torch.bfloat16)
+    assert rel_err(out, reference(xq, xs, wq, ws, bias, torch.float32)) < _w8a8_bound(fmt, torch.bfloat16, "cuda")
+
+
+# --- W4A16 --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("m, n, k, group", W4_SHAPES)
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_w4a16_gemm_matches_reference(device, m, n, k, group, symmetric):
+    w = torch.randn(n, k, device=device)
+    packed, scales, zeros = quantize_w4_reference(w, group, symmetric)
+    for dtype, with_bias in zip(x_dtypes(device), [True, False, True]):
+        x = with_outliers(m, k, device, dtype)
+        bias = torch.randn(n, device=device) if with_bias else None
+        out = gemm_w4a16(x, packed, scales, zeros, group, bias, backend="triton")
+        ref = gemm_w4a16_reference(x.float(), packed, scales, zeros, group, bias)
+        assert out.dtype == dtype and out.shape == (m, n)
+        # fp32: products in ieee fp32; fp16 / bf16: the dequantized weight and the output are
+        # rounded to x.dtype (2**-11 / 2**-8 relative).
+        bound = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1.5e-2}[dtype]
+        assert rel_err(out, ref) < bound
+
+
+@pytest.mark.parametrize("group", [128, 16])
+def test_w4_dequantize_kernel(device, group):
+    w = torch.randn(24, 256, device=device)
+    packed, scales, zeros = quantize_w4_reference(w, group, False)
+    got = dequantize_w4_triton(packed, scales, zeros, group, torch.float32)
+    assert torch.equal(got, dequantize_w4_reference(packed, scales, zeros, group))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("m", [1, 16, 64, 1024])
+def test_w4a16_gemm_large_gpu(m):
+    # Covers the split-K decode configs, the prefill configs and the dequant + cuBLAS path.
+    w = torch.randn(4096, 4096, device="cuda")
+    packed, scales, zeros = quantize_w4_reference(w.bfloat16(), 128, True)
+    x = with_outliers(m, 4096, "cuda", torch.bfloat16)
+    out = gemm_w4a16(x, packed, scales, zeros, 128)
+    ref = gemm_w4a16_reference(x.float(), packed, scales, zeros, 128)
+    assert rel_err(out, ref) < 1.5e-2
