@@ -93,12 +93,14 @@ def get_celery(settings: Settings | None = None) -> PopsCelery:
            settings.mlflow_tracking_uri)
     if key not in _APPS:
         _APPS[key] = create_celery(settings)
+    import controlplane.jobs.tasks  # noqa: F401  (registers the shared tasks on every app)
+
     return _APPS[key]
 
 
-def queue_for(*, kind: str, accelerator: str | None, gpu: bool) -> str:
+def queue_for(*, kind: str, gpu: bool) -> str:
     """The queue a job goes to: builds and evaluations for a GPU accelerator need a GPU host."""
-    return GPU_QUEUE if gpu and kind in ("build", "evaluate") and accelerator else CPU_QUEUE
+    return GPU_QUEUE if gpu and kind in ("build", "evaluate") else CPU_QUEUE
 
 
 # `celery -A controlplane.celery_app worker` finds this app.
