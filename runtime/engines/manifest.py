@@ -9,12 +9,19 @@ from runtime.plans import Plan
 FORMAT_VERSION = 1
 
 
-def tensor_bytes(state: dict[str, torch.Tensor]) -> dict[str, int]:
-    """Bytes per tensor class: low-precision weights, their scales, and tensors kept wide."""
+def tensor_bytes(state: dict[str, torch.Tensor], linear_names: set[str] = frozenset()) -> dict[str, int]:
+    """Bytes per tensor class: low-precision weights, their scales, and tensors kept wide.
+
+    `linear_ops` (reported beside the classes, not added to the total) is what the linear ops'
+    weights cost in all, scales included: the number the bandwidth of a decode step follows.
+    """
     out = {"weights": 0, "scales": 0, "wide": 0}
+    lin = 0
     for name, t in state.items():
         n = t.numel() * t.element_size()
-        leaf = name.rsplit(".", 1)[-1]
+        owner, _, leaf = name.rpartition(".")
+        if owner in linear_names and leaf != "bias":
+            lin += n
         if leaf in ("weight_scale", "weight_zero", "input_scale", "k_scale", "v_scale"):
             out["scales"] += n
         elif leaf in ("weight", "weight_packed") and t.dtype in (torch.uint8, torch.int8, torch.float8_e4m3fn,
@@ -23,6 +30,7 @@ def tensor_bytes(state: dict[str, torch.Tensor]) -> dict[str, int]:
         else:
             out["wide"] += n
     out["total"] = sum(out.values())
+    out["linear_ops"] = lin
     return out
 
 

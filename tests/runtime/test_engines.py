@@ -60,6 +60,7 @@ def test_bytes_shrink_with_bits(tmp_path, tiny_llama, tiny_tokenizer):
     assert sizes["bf16"]["weights"] == 0
     assert sizes["int4_g32"]["weights"] * 2 == sizes["int8_w8a8"]["weights"] == sizes["fp8_w8a8"]["weights"]
     assert sizes["int4_g32"]["total"] < sizes["int8_w8a8"]["total"] < sizes["bf16"]["total"]
+    assert sizes["int4_g32"]["linear_ops"] < sizes["int8_w8a8"]["linear_ops"] < sizes["bf16"]["linear_ops"]
 
 
 def test_manifest_records_fallbacks_scale_sources_and_casts(tmp_path, tiny_llama, tiny_tokenizer):
