@@ -25,7 +25,7 @@ recipe_app = typer.Typer(help="Precision recipes.", no_args_is_help=True)
 app.add_typer(corpus_app, name="corpus")
 app.add_typer(recipe_app, name="recipe")
 
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)
 out = Console(soft_wrap=True)
 
 EXIT_OK, EXIT_GATE_FAILED, EXIT_BAD_INPUT = 0, 1, 2

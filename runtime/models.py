@@ -87,7 +87,9 @@ def content_hash(path: str | os.PathLike) -> str:
 def load_model(path: str | os.PathLike, dtype: torch.dtype = torch.float32) -> LoadedModel:
     """Loads a local transformers causal-LM folder with its tokenizer."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()  # per-tensor loading bars drown the progress that matters
     p = Path(path)
     if not (p / "config.json").is_file():
         raise InputError(f"no transformers model at {str(path)!r} (config.json missing)", loc=("model_path",))
