@@ -125,6 +125,9 @@ def build(model_path: str | os.PathLike, recipe: Recipe, profile: AcceleratorPro
         "plan": plan.model_dump(mode="json"),
         "fallbacks": [{"op": name, **fb.model_dump()} for name, fb in plan.fallbacks()],
         "scale_sources": scale_sources(plan, cal_label),
+        # What calibration saw at each op's input: serving divides observed amax by it (the amax ratio).
+        "calibrated_amax": {} if calibration is None else {
+            o.name: calibration.tensors[o.name].observer_amax for o in plan.linear_ops() if o.name in calibration.tensors},
         "bytes": {**tensor_bytes(state, {o.name for o in plan.linear_ops()}), "kv_cache_per_token": kv_bytes_per_token(plan, heads, head_dim)},
         "casts_per_forward": casts_per_forward(plan),
         "summary": plan.summary(),
