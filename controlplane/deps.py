@@ -1,4 +1,4 @@
-"""Request dependencies: the database session, the settings, the caller's key and role guards."""
+"""Request dependencies: the database session, the settings, the caller's key, role guards, load-or-404."""
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -11,7 +11,10 @@ from sqlalchemy.orm import Session
 from controlplane.auth import service as auth_service
 from controlplane.auth.models import ApiKey, Role
 from controlplane.db import get_db
+from controlplane.deployments import service as deployments_service
+from controlplane.deployments.models import Deployment
 from controlplane.errors import PermissionDenied, Unauthenticated
+from controlplane.fields import IdPath
 from controlplane.settings import Settings
 
 DbSession = Annotated[Session, Depends(get_db)]
@@ -67,3 +70,16 @@ Viewer = Depends(require_role(Role.viewer))
 Submitter = Depends(require_role(Role.submitter))
 Approver = Depends(require_role(Role.approver))
 Admin = Depends(require_role(Role.admin))
+
+
+def _current_deployment(deployment_id: IdPath, db: DbSession) -> Deployment:
+    return deployments_service.get(db=db, deployment_id=deployment_id)
+
+
+def _locked_deployment(deployment_id: IdPath, db: DbSession) -> Deployment:
+    # Row lock on PostgreSQL: concurrent writes to one deployment queue up, then the version check decides.
+    return deployments_service.get(db=db, deployment_id=deployment_id, for_update=True)
+
+
+CurrentDeployment = Annotated[Deployment, Depends(_current_deployment)]
+LockedDeployment = Annotated[Deployment, Depends(_locked_deployment)]

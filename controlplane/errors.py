@@ -72,10 +72,12 @@ class StaleVersion(Conflict):
 class IllegalTransition(Conflict):
     error_type = "illegal_transition"
 
-    def __init__(self, current: Any, requested: Any, *, allowed: list[Any] | tuple = ()):
-        names = ", ".join(str(getattr(a, "value", a)) for a in allowed) or "none (terminal stage)"
+    def __init__(self, current: Any, requested: Any, *, allowed: list[Any] | tuple = (), action: str | None = None,
+                 subject: str = "deployment", field: str = "stage"):
+        names = ", ".join(str(getattr(a, "value", a)) for a in allowed) or "none (it is final)"
         cur, req = getattr(current, "value", current), getattr(requested, "value", requested)
-        super().__init__(f"cannot move from stage {cur!r} to {req!r}; allowed from {cur!r}: {names}", loc=("stage",))
+        verb = f"{action} a {subject} in {field} {cur!r}" if action else f"move a {subject} from {field} {cur!r} to {req!r}"
+        super().__init__(f"cannot {verb}; {field}s reachable from {cur!r}: {names}", loc=("body", field))
         self.current, self.requested = current, requested
 
 

@@ -22,5 +22,5 @@ Name = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9]
                  AfterValidator(_no_nul)]
 Reason = Annotated[str, Field(min_length=1, max_length=2000, description="Why (recorded in the audit log)."),
                    AfterValidator(_no_nul)]
-OptionalReason = Annotated[str | None, Field(None, max_length=2000, description="Why (recorded in the audit log)."),
+OptionalReason = Annotated[str | None, Field(max_length=2000, description="Why (recorded in the audit log)."),
                            AfterValidator(lambda v: _no_nul(v) if v is not None else v)]

@@ -35,8 +35,12 @@ def _page_params(
 Pagination = Annotated[PageParams, Depends(_page_params)]
 
 
+def count(*, db: Session, stmt: Select[Any]) -> int:
+    """How many rows a select matches, ignoring its order, limit and offset."""
+    return db.scalar(select(func.count()).select_from(stmt.order_by(None).limit(None).offset(None).subquery())) or 0
+
+
 def paginate(*, db: Session, stmt: Select[Any], page: PageParams) -> tuple[list[Any], int]:
-    """Runs a filtered, ordered select for one page and counts every match."""
-    count = db.scalar(select(func.count()).select_from(stmt.order_by(None).subquery())) or 0
+    """Runs a filtered, ordered select of one entity for one page and counts every match."""
     rows = list(db.scalars(stmt.limit(page.limit).offset(page.offset)))
-    return rows, count
+    return rows, count(db=db, stmt=stmt)
