@@ -34,6 +34,7 @@ ROUTERS = [
     "controlplane.canary.router",
     "controlplane.alerts.router",
     "controlplane.audit.router",
+    "controlplane.jobs.router",
 ]
 
 

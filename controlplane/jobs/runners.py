@@ -144,21 +144,42 @@ def run_calibrate(ctx: JobContext) -> Outcome:
     loaded = load_model(model_row.path)
     ctx.progress.stage("calibrating", 0.1, 0.9)
     calibration = calibrate(loaded.model, loaded.tokenizer, corpus, recipe, samples=p.samples, seq_len=p.seq_len,
-                            progress=ctx.progress)
+                            model_hash=loaded.content_hash, progress=ctx.progress)
     ctx.progress.stage("saving statistics", 0.9, 0.95)
     digest = calibration.content_hash
     folder = _write_atomically(ctx.settings.artifact_root / "calibrations" / digest.split(":")[-1],
                                calibration.save)
-    summary = calibration.summary()
+    summary = calibration_summary(calibration)
+    ctx.run.log_params({"observer": summary["observer"], "tokens": summary["tokens"]})
     ctx.run.log_metrics(summary, prefix="calibration.")
 
     def rows(db: Session) -> dict[str, Any]:
         row = _find_or_add(db, Calibration, digest, lambda: Calibration(
             content_hash=digest, model_id=p.model_id, recipe_id=p.recipe_id, corpus_id=p.corpus_id,
-            stats_uri=folder.as_uri(), samples=p.samples, seq_len=p.seq_len, summary=summary))
+            stats_uri=folder.as_uri(), samples=summary["samples"], seq_len=summary["seq_len"], summary=summary))
         return {"calibration_id": row.id, "content_hash": digest}
 
-    return Outcome(rows, f"calibrated {summary.get('tensors', '?')} tensors on {p.samples} samples")
+    return Outcome(rows, f"calibrated {summary['tensors']} tensors and {summary['kv_layers']} KV layers "
+                         f"on {summary['samples']} samples ({summary['tokens']} tokens)")
+
+
+def calibration_summary(calibration: Any) -> dict[str, Any]:
+    """What a reader wants first from a calibration: its size, its ranges and its outliers."""
+    stats = list(calibration.tensors.values())
+    amax = sorted(s.amax for s in stats)
+    meta = calibration.meta
+    return {
+        "tensors": len(stats),
+        "kv_layers": len(calibration.kv_heads),
+        "samples": meta.samples,
+        "seq_len": meta.seq_len,
+        "tokens": meta.tokens,
+        "observer": meta.observer,
+        "amax_max": amax[-1] if amax else 0.0,
+        "amax_median": amax[len(amax) // 2] if amax else 0.0,
+        "outlier_channels": sum(len(s.outlier_channels) for s in stats),
+        "tensors_with_outliers": sum(1 for s in stats if s.outlier_channels),
+    }
 
 
 # --- build -----------------------------------------------------------------------------------------

@@ -29,8 +29,10 @@ class CalibrateJobCreate(JobParams):
     model_id: Id = Field(description="The registered model to run the corpus through.")
     recipe_id: Id = Field(description="The recipe whose formats the scales are for.")
     corpus_id: Id = Field(description="The calibration corpus.")
-    samples: int = Field(64, ge=1, le=100_000, description="Corpus samples to run (the first N).")
-    seq_len: int = Field(256, ge=8, le=32_768, description="Tokens per sample (longer samples are truncated).")
+    samples: int | None = Field(None, ge=1, le=100_000,
+                                description="Corpus samples to run (the first N); default: the recipe's, else 64.")
+    seq_len: int | None = Field(None, ge=8, le=32_768,
+                                description="Tokens per sample; default: the recipe's, else 256.")
 
 
 class BuildJobCreate(JobParams):

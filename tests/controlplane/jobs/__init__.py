@@ -1,0 +1,1 @@
+"""Tests of controlplane.jobs (a package so that modules can share helpers with conftest)."""
