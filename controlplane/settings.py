@@ -14,6 +14,7 @@ log = logging.getLogger(__name__)
 # The embedded default keeps all state in one folder of the working directory.
 STATE_DIR = Path(".pops")
 DEFAULT_PEPPER = "changethis-pops-local-pepper"
+_warned: list[str] = []  # warn about the default pepper once per process
 _DB_SCHEMES = ("sqlite", "sqlite+pysqlite", "postgresql", "postgresql+psycopg")
 
 
@@ -93,7 +94,9 @@ class Settings(BaseSettings):
             message = "POPS_API_KEY_PEPPER is the default; set a secret for anything but local use"
             if self.environment == "production":
                 raise ValueError(message)
-            log.warning(message)
+            if not _warned:
+                _warned.append(message)
+                log.warning(message)
         if self.environment == "production" and self.database_url.startswith("sqlite"):
             raise ValueError("environment=production needs PostgreSQL; database_url is SQLite")
         return self

@@ -30,7 +30,7 @@ def _hash(key: str, *, salt: str, pepper: str) -> str:
 
 def _split(presented: str) -> str | None:
     """The prefix of a well-formed key, or None."""
-    parts = presented.split("_")
+    parts = presented.split("_", 2)  # the secret itself may contain "_"
     if len(parts) != 3 or parts[0] != KEY_SCHEME or len(parts[1]) != 8 or len(parts[2]) < 32:
         return None
     return parts[1]
