@@ -19,7 +19,7 @@ from runtime.engines.manifest import FORMAT_VERSION, casts_per_forward, kv_bytes
 from runtime.errors import InputError
 from runtime.formats import WIDE_FORMATS, get_format
 from runtime.models import attention_layers, linear_ops, load_model
-from runtime.modules import KVCacheQuant, QuantLinear, kv_geometry
+from runtime.modules import KVCacheQuant, MixedLinear, QuantLinear, kv_geometry
 from runtime.plans import Plan, resolve
 from runtime.recipes import Recipe
 
@@ -52,6 +52,16 @@ def _activation_scale(calibration, op, fmax: float) -> float | None:
     return calibration.activation_scale(op.name, fmax)
 
 
+def _fmax(fmt: str) -> float:
+    return get_format(fmt).fmax if fmt not in WIDE_FORMATS else 0.0
+
+
+def _linear_owners(plan: Plan) -> set[str]:
+    """Module names whose tensors are a linear op's weights: the ops, and the parts of mixed ops."""
+    return {o.name for o in plan.linear_ops()} | {f"{o.name}.parts.{i}" for o in plan.linear_ops()
+                                                  for i in range(len(o.parts))}
+
+
 def _quantized_state(model, plan: Plan, calibration, progress: Callable | None) -> dict[str, torch.Tensor]:
     ops = {o.name: o for o in plan.linear_ops()}
     state: dict[str, torch.Tensor] = {}
@@ -60,8 +70,11 @@ def _quantized_state(model, plan: Plan, calibration, progress: Callable | None) 
         op = ops[lin.name]
         w = lin.module.weight.detach()
         w = w.t() if lin.transposed else w
-        fmax = get_format(op.activation).fmax if op.activation not in WIDE_FORMATS else 0.0
-        q = QuantLinear.from_float(w, lin.module.bias, op, _activation_scale(calibration, op, fmax))
+        if op.parts:  # per-output-feature mixed op: each part quantizes its rows in its own formats
+            scales = [_activation_scale(calibration, p, _fmax(p.activation)) for p in op.parts]
+            q = MixedLinear.from_float(w, lin.module.bias, op, scales)
+        else:
+            q = QuantLinear.from_float(w, lin.module.bias, op, _activation_scale(calibration, op, _fmax(op.activation)))
         for k, t in q.state_dict().items():
             state[f"{lin.name}.{k}"] = t.contiguous()
         if progress:
@@ -128,7 +141,7 @@ def build(model_path: str | os.PathLike, recipe: Recipe, profile: AcceleratorPro
         # What calibration saw at each op's input: serving divides observed amax by it (the amax ratio).
         "calibrated_amax": {} if calibration is None else {
             o.name: calibration.tensors[o.name].observer_amax for o in plan.linear_ops() if o.name in calibration.tensors},
-        "bytes": {**tensor_bytes(state, {o.name for o in plan.linear_ops()}), "kv_cache_per_token": kv_bytes_per_token(plan, heads, head_dim)},
+        "bytes": {**tensor_bytes(state, _linear_owners(plan)), "kv_cache_per_token": kv_bytes_per_token(plan, heads, head_dim)},
         "casts_per_forward": casts_per_forward(plan),
         "summary": plan.summary(),
     }

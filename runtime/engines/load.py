@@ -14,7 +14,7 @@ from runtime.engines.build import MANIFEST, WEIGHTS
 from runtime.errors import InputError
 from runtime.formats import WIDE_FORMATS
 from runtime.models import attention_layers, linear_ops
-from runtime.modules import KVCacheQuant, QuantLinear, attach, kv_geometry
+from runtime.modules import KVCacheQuant, MixedLinear, QuantLinear, attach, kv_geometry
 from runtime.plans import Plan
 
 
@@ -53,7 +53,8 @@ def load_engine(path: str | os.PathLike, device: str | torch.device = "cpu",
     state = load_file(str(path / WEIGHTS))
     ops = {o.name: o for o in plan.linear_ops()}
     for lin in linear_ops(model):
-        _set_module(model, lin.name, QuantLinear.empty_like_state(ops[lin.name], state, f"{lin.name}."))
+        op = ops[lin.name]
+        _set_module(model, lin.name, (MixedLinear if op.parts else QuantLinear).empty_like_state(op, state, f"{lin.name}."))
     for o in plan.ops:
         if o.op_kind != "kv_cache" or o.kv_cache in WIDE_FORMATS:
             continue
@@ -65,9 +66,10 @@ def load_engine(path: str | os.PathLike, device: str | torch.device = "cpu",
                            k_scale=None if dynamic else state[f"{attn_name}.kv_quant.k_scale"].tolist(),
                            v_scale=None if dynamic else state[f"{attn_name}.kv_quant.v_scale"].tolist())
         attach(attn, kvq)
+    quantized = set(ops) | {f"{name}.parts.{i}" for name, o in ops.items() for i in range(len(o.parts))}
     wide = {k: v.to(dtype) if v.is_floating_point() and v.dtype not in (torch.float8_e4m3fn, torch.float8_e5m2)
             and not k.endswith(("weight_scale", "weight_zero", "input_scale", "k_scale", "v_scale")) and
-            k.rsplit(".", 1)[0] not in ops else v for k, v in state.items()}
+            k.rsplit(".", 1)[0] not in quantized else v for k, v in state.items()}
     missing, unexpected = model.load_state_dict(wide, strict=False, assign=True)
     if unexpected:
         raise InputError(f"engine tensors the model does not have: {unexpected[:5]}", loc=("engine_path",))

@@ -10,7 +10,7 @@ from torch import nn
 from runtime.accelerators import AcceleratorProfile, Support
 from runtime.accelerators.profiles import GEMM_KERNELS
 from runtime.models import attention_layers, linear_ops, norm_ops
-from runtime.recipes import QuantArgs, Recipe, resolve_scheme, validate_for_model
+from runtime.recipes import QuantArgs, Recipe, RecipeError, resolve_scheme, validate_for_model
 
 OpKind = Literal["linear", "lm_head", "attention", "kv_cache", "norm", "embedding"]
 WIDE = "bf16"  # the reference precision a wide op runs in
@@ -44,6 +44,9 @@ class OpPlan(BaseModel):
     in_features: int | None = None
     out_features: int | None = None
     fallbacks: list[Fallback] = Field(default_factory=list)
+    # Per-output-feature mixed ops: each part runs its own formats over `channels` (rows of the weight).
+    channels: list[int] | None = None
+    parts: list["OpPlan"] = Field(default_factory=list)
 
 
 class Plan(BaseModel):
@@ -68,10 +71,16 @@ class Plan(BaseModel):
         """Counts of ops per (weight, activation) format pair and per kernel, and the fallback count."""
         lin = self.linear_ops()
         return {
-            "formats": dict(Counter(f"W:{o.weight} A:{o.activation}" for o in lin)),
+            "formats": dict(Counter(_formats_label(o) for o in lin)),
             "kernels": dict(Counter(o.kernel for o in lin)),
             "fallbacks": len(self.fallbacks()),
         }
+
+
+def _formats_label(o: OpPlan) -> str:
+    if o.parts:
+        return "mixed(" + " + ".join(f"W:{p.weight} A:{p.activation} x{len(p.channels)}" for p in o.parts) + ")"
+    return f"W:{o.weight} A:{o.activation}"
 
 
 def _quantized(args: QuantArgs | None) -> QuantArgs | None:
@@ -80,6 +89,35 @@ def _quantized(args: QuantArgs | None) -> QuantArgs | None:
 
 def _linear_plan(recipe: Recipe, op, profile: AcceleratorProfile) -> OpPlan:
     scheme, label, reason = resolve_scheme(recipe, op)
+    plan = _scheme_plan(recipe, op, profile, scheme, label, reason)
+    overrides = getattr(scheme, "output_channels", None)
+    return _mixed_plan(recipe, op, profile, plan, overrides, label) if overrides else plan
+
+
+def _mixed_plan(recipe: Recipe, op, profile: AcceleratorProfile, main: OpPlan, overrides, label: str) -> OpPlan:
+    """An op whose output features split into parts, each with its own formats (MixLLM-style)."""
+    parts, taken = [], set()
+    for j, ch in enumerate(overrides):
+        bad = [c for c in ch.channels if c >= op.out_features]
+        if bad:
+            raise RecipeError(f"channels {bad[:5]} are out of range: {op.name} has {op.out_features} output features",
+                              loc=("rules", int(label[6:-1]), "output_channels", j, "channels"))
+        part = _scheme_plan(recipe, op, profile, ch, label, ch.reason)
+        parts.append(part.model_copy(update={
+            "channels": list(ch.channels), "out_features": len(ch.channels),
+            "fallbacks": [f.model_copy(update={"field": f"output_channels[{j}].{f.field}"}) for f in part.fallbacks]}))
+        taken.update(ch.channels)
+    rest = [c for c in range(op.out_features) if c not in taken]
+    if rest:
+        parts.insert(0, main.model_copy(update={"channels": rest, "out_features": len(rest)}))
+    head = parts[0]
+    return head.model_copy(update={
+        "channels": None, "out_features": op.out_features, "parts": parts, "reason": main.reason,
+        "kernel": "mixed(" + " + ".join(f"{p.weight}:{p.kernel}" for p in parts) + ")",
+        "fallbacks": [f for p in parts for f in p.fallbacks]})
+
+
+def _scheme_plan(recipe: Recipe, op, profile: AcceleratorProfile, scheme, label: str, reason: str) -> OpPlan:
     w = _quantized(scheme.weights) if scheme else None
     a = _quantized(scheme.input_activations) if scheme else None
     fallback = scheme.fallback if scheme else WIDE

@@ -11,7 +11,7 @@ from enum import Enum
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_serializer, model_validator
 
 from runtime.errors import InputError
 from runtime.formats import FORMAT_NAMES, WIDE_FORMATS, PerChannel, PerGroup, PerTensor, PerToken
@@ -101,11 +101,56 @@ class Scheme(_Strict):
         return self.model_dump(mode="json", include={"weights", "input_activations", "accumulator", "fallback"})
 
 
+class ChannelRule(Scheme):
+    """Formats for some output features (rows of the [out, in] weight) of the ops a rule matches."""
+
+    channels: list[int] = Field(min_length=1, description="output feature indices; stored sorted")
+    reason: str = Field(min_length=1, description="why these output features depart from the rule")
+
+    @field_validator("channels")
+    @classmethod
+    def _channels(cls, v: list[int]) -> list[int]:
+        if any(c < 0 for c in v):
+            raise ValueError("channels are output feature indices and must be >= 0")
+        if len(set(v)) != len(v):
+            raise ValueError("channels must not repeat")
+        return sorted(v)  # order carries no meaning; sorting keeps the content hash canonical
+
+
 class Rule(Scheme):
     """An exception to the default: the first rule whose target matches an op wins."""
 
     targets: list[str] = Field(min_length=1, description="module names, `re:` regexes, or the class name `Linear`")
     reason: str = Field(min_length=1, description="why this op departs from the default")
+    output_channels: list[ChannelRule] = Field(
+        default_factory=list,
+        description="per-output-feature exceptions: these rows take other formats; the rest take the rule's")
+
+    @field_validator("output_channels")
+    @classmethod
+    def _disjoint(cls, v: list[ChannelRule]) -> list[ChannelRule]:
+        owner: dict[int, int] = {}
+        for j, part in enumerate(v):
+            for c in part.channels:
+                if c in owner:
+                    raise ValueError(f"output_channels[{j}] repeats channel {c} of output_channels[{owner[c]}]; "
+                                     "each output feature takes one format")
+                owner[c] = j
+        return v
+
+    @model_serializer(mode="wrap")
+    def _omit_empty_channels(self, handler):
+        # Rules without per-feature exceptions serialize (and hash) exactly as before the field existed.
+        data = handler(self)
+        if isinstance(data, dict) and not self.output_channels:
+            data.pop("output_channels", None)
+        return data
+
+    def signature(self) -> dict[str, Any]:
+        sig = super().signature()
+        if self.output_channels:
+            sig["output_channels"] = [c.model_dump(mode="json") for c in self.output_channels]
+        return sig
 
 
 class Ignore(_Strict):
@@ -148,6 +193,8 @@ class Recipe(_Strict):
     def _sources_and_contradictions(self) -> "Recipe":
         errors: list[dict] = []
         schemes = [(("default",), self.default)] + [(("rules", i), r) for i, r in enumerate(self.rules)]
+        schemes += [(("rules", i, "output_channels", j), c) for i, r in enumerate(self.rules)
+                    for j, c in enumerate(r.output_channels)]
         for loc, scheme in schemes:
             act = scheme.input_activations
             if act is not None and not act.is_wide and not act.dynamic and self.calibration is None:
