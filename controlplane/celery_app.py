@@ -10,12 +10,13 @@ same task function in the calling process, so the API on SQLite needs no Redis a
 from __future__ import annotations
 
 from celery import Celery
-from kombu import Queue
+from kombu import Exchange, Queue
 
 from controlplane.settings import Settings, get_settings
 
 CPU_QUEUE = "cpu"
 GPU_QUEUE = "gpu"
+QUEUES = (CPU_QUEUE, GPU_QUEUE)
 TASK_MODULES = ["controlplane.jobs.tasks"]
 
 # Redis re-delivers a message whose worker died without acking once this many seconds have passed
@@ -67,8 +68,11 @@ def create_celery(
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,  # a worker holds one job at a time; the rest wait in Redis
         task_track_started=True,
-        task_queues=(Queue(CPU_QUEUE), Queue(GPU_QUEUE)),
+        # One direct exchange per queue: a job routed to `gpu` is never also delivered to `cpu`.
+        task_queues=tuple(Queue(name, Exchange(name, type="direct"), routing_key=name) for name in QUEUES),
         task_default_queue=CPU_QUEUE,
+        task_default_exchange=CPU_QUEUE,
+        task_default_routing_key=CPU_QUEUE,
         broker_transport_options=transport_options,
         result_backend_transport_options=transport_options,
         broker_connection_retry_on_startup=True,

@@ -61,7 +61,7 @@ def require_services() -> None:
 # --- model, corpus, recipes ------------------------------------------------------------------------
 
 
-def save_tiny_llama(path: Path, *, hidden: int = 64, layers: int = 2, intermediate: int = 128, seed: int = 1234) -> Path:
+def save_tiny_llama(path: Path, *, hidden: int = 128, layers: int = 2, intermediate: int = 256, seed: int = 1234) -> Path:
     """Saves a random LlamaForCausalLM with a byte-level BPE tokenizer as a transformers folder."""
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -93,7 +93,7 @@ def models_root(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def model_dir(models_root) -> Path:
-    """A 2-layer Llama (hidden 64): every job on it takes well under a second of compute."""
+    """A 2-layer Llama (hidden 128, so int4 groups of 128 fit): each job on it is well under a second of compute."""
     return save_tiny_llama(models_root / "tiny-llama")
 
 

@@ -51,10 +51,10 @@ class EngineWatcher(threading.Thread):
     def __init__(self, root: Path):
         super().__init__(daemon=True)
         self.root, self.partial, self.seen_tmp = root, [], set()
-        self._stop = threading.Event()
+        self._halt = threading.Event()
 
     def run(self) -> None:
-        while not self._stop.is_set():
+        while not self._halt.is_set():
             for path in complete_engine_dirs(self.root):
                 if not ((path / "manifest.json").is_file() and (path / "model.safetensors").is_file()):
                     self.partial.append(path.name)
@@ -63,7 +63,7 @@ class EngineWatcher(threading.Thread):
             time.sleep(0.005)
 
     def stop(self) -> None:
-        self._stop.set()
+        self._halt.set()
         self.join(timeout=5)
 
 

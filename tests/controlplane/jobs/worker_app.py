@@ -18,7 +18,9 @@ import controlplane.jobs.tasks  # noqa: E402,F401  (registers the tasks on this 
 # temporary folder and renaming it, so the kill lands while a half-made engine exists on disk.
 _WRITE_DELAY_S = float(os.environ.get("JOBS_TEST_ENGINE_WRITE_DELAY_S", "0"))
 if _WRITE_DELAY_S > 0:
-    import runtime.engines.build as _engine_build
+    import importlib
+
+    _engine_build = importlib.import_module("runtime.engines.build")  # the module (the package exports `build`)
 
     _save_file = _engine_build.save_file
 
