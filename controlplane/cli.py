@@ -89,3 +89,31 @@ def api(
 
     uvicorn.run("controlplane.main:app", host=host, port=port, workers=workers, proxy_headers=True,
                 log_level=_settings().log_level.lower())
+
+
+@app.command("worker")
+def worker(
+    queues: Annotated[str, typer.Option("--queues", "-Q", help="Queues to consume, comma-separated: cpu, gpu.")] = "cpu,gpu",
+    concurrency: Annotated[int, typer.Option(help="Jobs at once; each loads a model, so keep it small.")] = 1,
+    pool: Annotated[str, typer.Option(help="prefork (each job in a child process) or solo.")] = "prefork",
+    loglevel: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING or ERROR.")] = "INFO",
+) -> None:
+    """Runs a Celery worker for calibrate / build / evaluate jobs (needs POPS_BROKER_URL).
+
+    The same as `celery -A controlplane.celery_app worker -Q cpu,gpu`; a host without a GPU
+    consumes `-Q cpu` only.
+    """
+    from controlplane.celery_app import QUEUES, get_celery
+
+    settings = _settings()
+    if settings.broker_url is None:
+        typer.echo("error: POPS_BROKER_URL is not set; without a broker, jobs run inside the API process "
+                   "and no worker is needed", err=True)
+        raise typer.Exit(2)
+    unknown = sorted(set(queues.split(",")) - set(QUEUES))
+    if unknown:
+        typer.echo(f"error: --queues: unknown queue(s) {', '.join(unknown)}; known: {', '.join(QUEUES)}", err=True)
+        raise typer.Exit(2)
+    get_celery(settings).worker_main(
+        ["worker", "-Q", queues, "--concurrency", str(concurrency), "--pool", pool, "--loglevel", loglevel]
+    )
