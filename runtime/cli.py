@@ -5,6 +5,7 @@ Exit codes scripts can rely on: 0 ok, 1 a gate failed, 2 bad input.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import sys
 from contextlib import contextmanager
@@ -27,6 +28,8 @@ app.add_typer(recipe_app, name="recipe")
 
 console = Console(stderr=True, soft_wrap=True)
 out = Console(soft_wrap=True)
+if not out.is_terminal:  # piped or captured: don't squeeze tables into 80 columns
+    out.width = 200
 
 EXIT_OK, EXIT_GATE_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 DEFAULT_HOME = Path(".pops")
@@ -250,11 +253,11 @@ def evaluate_cmd(engine: Annotated[Path, typer.Option("--engine", "-e", help="En
     """Measures an engine against its reference precision; exit 1 when a gate fails."""
     from runtime.corpora import Corpus
     from runtime.engines import load_engine
-    from runtime.evaluation import evaluate, parse_gate
+    from runtime.evaluation import evaluate, parse_gates
     from runtime.models import load_model
 
     with _input_errors():
-        gates = [parse_gate(g) for g in gate or []]
+        gates = parse_gates(gate_spec(g, i) for i, g in enumerate(gate or []))
         cand = load_engine(engine)
         ref = load_model(reference or cand.manifest["model"]["path"])
         with _progress("evaluating") as progress:
@@ -268,6 +271,26 @@ def evaluate_cmd(engine: Annotated[Path, typer.Option("--engine", "-e", help="En
         raise typer.Exit(EXIT_GATE_FAILED)
 
 
+_GATE = re.compile(r"^\s*(?P<metric>[a-z0-9_]+)\s*(?P<op><=|>=)\s*(?P<value>[-+0-9.eE]+)\s*"
+                   r"(?:@(?:(?P<bucket>bucket=)?(?P<where>[^\s]+)))?\s*$")
+
+
+def gate_spec(text: str, index: int = 0) -> dict:
+    """'kl_mean<=0.05', 'top1_agreement>=0.9@code' (a slice) or 'kl_mean<=0.1@bucket=512-2048'."""
+    m = _GATE.match(text)
+    if not m:
+        raise InputError(f"cannot read gate {text!r}; write metric<=value or metric>=value, optionally @slice "
+                         "or @bucket=LOW-HIGH", loc=("gates", index))
+    spec = {"metric": m["metric"], "max" if m["op"] == "<=" else "min": float(m["value"])}
+    if m["where"]:
+        spec["bucket" if m["bucket"] else "slice"] = m["where"]
+    return spec
+
+
+def _f(value, fmt: str) -> str:
+    return "n/a" if value is None else format(value, fmt)
+
+
 def render_report(report) -> Table:
     """Overall, per-slice and per-bucket metrics with gate verdicts, as a table."""
     table = Table(title="evaluation" + ("" if report.passed else " — GATE FAILED"))
@@ -275,8 +298,8 @@ def render_report(report) -> Table:
         table.add_column(col, justify="right" if col != "scope" else "left")
 
     def row(scope, m):
-        table.add_row(scope, f"{m.kl_mean:.4f}", f"{m.kl_p95:.4f}", f"{m.top1_agreement:.3f}", f"{m.ppl_reference:.2f}",
-                      f"{m.ppl_candidate:.2f}", f"{m.ppl_delta:+.2f}", str(m.tokens))
+        table.add_row(scope, _f(m.kl_mean, ".4f"), _f(m.kl_p95, ".4f"), _f(m.top1_agreement, ".3f"),
+                      _f(m.ppl_reference, ".2f"), _f(m.ppl_candidate, ".2f"), _f(m.ppl_delta, "+.2f"), str(m.tokens))
 
     row("overall", report.metrics)
     for name, m in report.by_slice.items():
