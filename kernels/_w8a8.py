@@ -3,6 +3,7 @@ import torch
 import triton
 import triton.language as tl
 
+from kernels import _launch
 from kernels._launch import check_2d, check_dtype, check_shape, interpreting, m_bucket
 
 OUT_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
@@ -39,19 +40,23 @@ _CONFIGS_SMALL = [
     _config(16, 64, 256, 4, 4),
     _config(16, 32, 256, 4, 5),
     _config(16, 128, 256, 4, 4),
+    _config(16, 32, 512, 4, 4),
+    _config(16, 64, 512, 4, 3),
     _config(32, 64, 256, 4, 4),
 ]
 _CONFIGS_MID = [
     _config(64, 128, 128, 4, 4),
-    _config(64, 256, 128, 8, 3),
-    _config(128, 128, 128, 8, 4),
     _config(64, 64, 256, 4, 4),
+    _config(128, 64, 128, 4, 4),
+    _config(64, 32, 256, 4, 4),
+    _config(128, 128, 128, 8, 4),
 ]
 _CONFIGS_LARGE = [
     _config(128, 256, 128, 8, 3),
+    _config(128, 256, 128, 8, 4),
     _config(256, 128, 128, 8, 3),
     _config(128, 128, 128, 8, 4),
-    _config(128, 256, 64, 8, 4),
+    _config(256, 128, 128, 8, 4),
 ]
 # One config per bucket under the CPU interpreter: autotuning there would run every config.
 _CONFIGS_INTERPRET = [_config(16, 32, 32, 4, 1), _config(32, 64, 64, 4, 1)]
@@ -61,11 +66,8 @@ def _prune(configs, named_args, **kwargs):
     bucket = named_args["M_BUCKET"]
     if interpreting():
         return [configs[0] if bucket <= 16 else configs[1]]
-    if bucket <= 32:
-        return [c for c in configs if c in _CONFIGS_SMALL]
-    if bucket <= 128:
-        return [c for c in configs if c in _CONFIGS_MID]
-    return [c for c in configs if c in _CONFIGS_LARGE]
+    pool = _CONFIGS_SMALL if bucket <= 32 else _CONFIGS_MID if bucket <= 128 else _CONFIGS_LARGE
+    return [c for c in configs if c in pool][: 1 if _launch.ONE_CONFIG else None]
 
 
 @triton.autotune(
@@ -111,7 +113,10 @@ def _w8a8_gemm_kernel(
         else:
             a = tl.load(x_ptrs, mask=offs_k[None, :] < K - k0, other=0.0)
             b = tl.load(w_ptrs, mask=offs_k[:, None] < K - k0, other=0.0)
-        acc = tl.dot(a, b, acc)
+        if IS_INT8:
+            acc = tl.dot(a, b, acc, out_dtype=tl.int32)
+        else:
+            acc = tl.dot(a, b, acc)
         x_ptrs += BLOCK_K
         w_ptrs += BLOCK_K
 

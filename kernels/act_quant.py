@@ -41,7 +41,9 @@ def act_quant_reference(x: torch.Tensor, fmt: str, scale: torch.Tensor | None = 
     xf = x.float()
     amax = xf.abs().amax(dim=1, keepdim=True) if x.shape[1] else xf.new_zeros(x.shape[0], 1)
     if scale is None:
-        scale = amax.clamp(min=AMAX_EPS) / fmax
+        # Divide by a tensor: CUDA torch turns division by a Python scalar into multiplication
+        # by its reciprocal, which differs from IEEE division (the kernel's) in the last bit.
+        scale = amax.clamp(min=AMAX_EPS) / torch.full_like(amax, fmax)
         # A dynamic scale covers its token's amax, so nothing can saturate; counting
         # |x| > scale * fmax here would only count the rounding of amax / fmax * fmax.
         n_saturated = torch.zeros((), dtype=torch.int64, device=x.device)
@@ -80,8 +82,10 @@ def _quantize_block(x, scale, FMAX: tl.constexpr, IS_INT8: tl.constexpr):
     y = tl.math.div_rn(x, scale)
     y = tl.minimum(tl.maximum(y, -FMAX), FMAX)
     if IS_INT8:
-        return ((y + ROUND_MAGIC) - ROUND_MAGIC).to(tl.int8)
-    return _round_to_e4m3_grid(y).to(tl.float8e4nv)
+        q = ((y + ROUND_MAGIC) - ROUND_MAGIC).to(tl.int8)
+    else:
+        q = _round_to_e4m3_grid(y).to(tl.float8e4nv)
+    return q
 
 
 @triton.jit
@@ -130,10 +134,21 @@ def _act_quant_kernel(
             n_sat = tl.sum(sat, axis=0)
     if STATIC:
         tl.store(nsat_ptr + row, n_sat)
+    else:
+        # A dynamic scale covers its token's amax: nothing saturates (see the reference). The
+        # kernel writes the 0 itself, which saves a separate fill launch per call.
+        if row == 0:
+            tl.store(nsat_ptr, 0)
 
 
-def act_quant_triton(x: torch.Tensor, fmt: str, scale: torch.Tensor | None = None):
-    """Launches :func:`_act_quant_kernel`; same contract as :func:`act_quant`."""
+def _num_warps(block_k: int) -> int:
+    # One warp per 512 elements of the row block (16 per thread), between 1 and 16.
+    return min(16, max(1, block_k // 512))
+
+
+def act_quant_triton(x: torch.Tensor, fmt: str, scale: torch.Tensor | None = None, *, num_warps: int | None = None):
+    """Launches :func:`_act_quant_kernel`; same contract as :func:`act_quant` (``num_warps``
+    overrides the heuristic, for bench/kernels.py)."""
     _check(x, fmt, scale)
     m, k = x.shape
     if m == 0 or k == 0:
@@ -148,19 +163,15 @@ def act_quant_triton(x: torch.Tensor, fmt: str, scale: torch.Tensor | None = Non
         row_sat = torch.empty(m, dtype=torch.int32, device=x.device)
     else:
         scale = torch.empty(m, 1, dtype=torch.float32, device=x.device)
-        row_sat = amax  # never written when dynamic
+        row_sat = torch.empty((), dtype=torch.int64, device=x.device)  # the kernel writes 0
     single = k <= MAX_SINGLE_BLOCK
     block_k = triton.next_power_of_2(k) if single else LOOP_BLOCK_K
     _act_quant_kernel[(m,)](
         x, q, scale, amax, row_sat, k, x.stride(0), q.stride(0),
         FMAX=FMAX[fmt], IS_INT8=fmt == "int8", STATIC=static, BLOCK_K=block_k, SINGLE=single,
-        num_warps=min(16, max(1, block_k // 512)),
+        num_warps=num_warps or _num_warps(block_k),
     )
-    if static:
-        n_saturated = row_sat.sum(dtype=torch.int64)
-    else:
-        # A dynamic scale covers its token's amax: nothing saturates (see the reference).
-        n_saturated = torch.zeros((), dtype=torch.int64, device=x.device)
+    n_saturated = row_sat.sum(dtype=torch.int64) if static else row_sat
     return q, scale, amax, n_saturated
 
 

@@ -9,6 +9,7 @@ import torch
 import triton
 import triton.language as tl
 
+from kernels import _launch
 from kernels._launch import check_2d, check_dtype, check_shape, interpreting, m_bucket, use_triton
 from kernels.packing import pack_int4, unpack_int4
 
@@ -111,42 +112,46 @@ def _config(bm, bn, bk, split_k, warps, stages):
     )
 
 
-# Decode: 16-row tiles (the smallest tensor-core tile), narrow N, split K so that even N = 4096
-# gives >= 2 programs per SM. Prefill: 128-row tiles, no split.
+# Decode (M <= DECODE_MAX_M): one M tile of the bucket's height, narrow N and split K, so even
+# N = 4096 gives several programs per SM streaming weights. Prefill: wide tiles, no split.
+DECODE_MAX_M = 64
 _CONFIGS_DECODE = [
     _config(16, 64, 128, 4, 4, 4),
     _config(16, 128, 128, 4, 4, 4),
     _config(16, 64, 128, 8, 4, 4),
     _config(16, 32, 128, 4, 4, 4),
-    _config(16, 64, 128, 1, 4, 4),
+    _config(16, 64, 128, 2, 4, 4),
+    _config(16, 128, 128, 8, 4, 3),
 ]
 _CONFIGS_PREFILL = [
     _config(64, 128, 128, 1, 4, 4),
     _config(128, 128, 128, 1, 8, 3),
-    _config(128, 256, 64, 1, 8, 3),
-    _config(64, 256, 128, 1, 8, 3),
+    _config(128, 64, 128, 1, 4, 4),
+    _config(64, 64, 128, 1, 4, 4),
 ]
 # One config per bucket under the CPU interpreter (the decode one exercises split-K).
 _CONFIGS_INTERPRET = [_config(16, 32, 64, 2, 4, 1), _config(32, 32, 64, 1, 4, 1)]
-DECODE_MAX_M = 32
 
 
 def _prune(configs, named_args, **kwargs):
     bucket, group = named_args["M_BUCKET"], kwargs.get("GROUP", named_args.get("GROUP"))
+    decode = bucket <= DECODE_MAX_M
     if interpreting():
-        chosen = [configs[0] if bucket <= DECODE_MAX_M else configs[1]]
+        chosen = [configs[0] if bucket <= 16 else configs[1]]
     else:
-        pool = _CONFIGS_DECODE if bucket <= DECODE_MAX_M else _CONFIGS_PREFILL
-        chosen = [c for c in configs if c in pool]
+        pool = _CONFIGS_DECODE if decode else _CONFIGS_PREFILL
+        chosen = [c for c in configs if c in pool][: 1 if _launch.ONE_CONFIG else None]
     # A K step never straddles two groups: one scale and zero per column per step.
     block_k = group & -group
-    return [
-        c if group % c.kwargs["BLOCK_K"] == 0 else triton.Config(
-            {**c.kwargs, "BLOCK_K": min(block_k, c.kwargs["BLOCK_K"])},
-            num_warps=c.num_warps, num_stages=c.num_stages, pre_hook=c.pre_hook,
-        )
-        for c in chosen
-    ]
+    pruned = []
+    for c in chosen:
+        kw = dict(c.kwargs)
+        kw["BLOCK_K"] = kw["BLOCK_K"] if group % kw["BLOCK_K"] == 0 else min(block_k, kw["BLOCK_K"])
+        if decode and not interpreting():
+            # One tile covers all rows: a second M tile would stream the weights twice.
+            kw["BLOCK_M"] = max(16, min(bucket, DECODE_MAX_M))
+        pruned.append(triton.Config(kw, num_warps=c.num_warps, num_stages=c.num_stages, pre_hook=c.pre_hook))
+    return pruned
 
 
 @triton.autotune(
@@ -172,6 +177,7 @@ def _w4a16_kernel(
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_j = tl.arange(0, HALF_K)
+    offs_k = tl.arange(0, BLOCK_K)
     rows_x = tl.where(offs_m < M, offs_m, 0).to(tl.int64)
     rows_w = tl.where(offs_n < N, offs_n, 0).to(tl.int64)
     mask_n = offs_n < N
@@ -192,9 +198,9 @@ def _w4a16_kernel(
         zs = tl.load(z_ptr + rows_w * stride_sn + g).to(tl.float32) * s
         w_even = ((p & 0xF).to(tl.float32) * s[None, :] - zs[None, :]).to(x_ptr.dtype.element_ty)
         w_odd = ((p >> 4).to(tl.float32) * s[None, :] - zs[None, :]).to(x_ptr.dtype.element_ty)
-        x_base = x_ptr + rows_x[:, None] * stride_xm + k0 + 2 * offs_j[None, :]
-        x_even = tl.load(x_base)
-        x_odd = tl.load(x_base + 1)
+        # x is read contiguously (16-byte loads the pipeliner can prefetch) and split in registers.
+        x = tl.load(x_ptr + rows_x[:, None] * stride_xm + k0 + offs_k[None, :])
+        x_even, x_odd = tl.split(tl.reshape(x, [BLOCK_M, HALF_K, 2]))
         if X_FP32:
             # fp32 activations get full-precision products, not Triton's default tf32.
             acc = tl.dot(x_even, w_even, acc, input_precision="ieee")
@@ -251,7 +257,8 @@ def gemm_w4a16_triton(x, packed, scales, zeros, group_size: int, bias=None):
 @triton.jit
 def _dequant_w4_kernel(p_ptr, s_ptr, z_ptr, w_ptr, K, stride_pn, stride_sn, stride_wn,
                        GROUP: tl.constexpr, BLOCK_J: tl.constexpr):
-    # One program per (row, packed block); writes the even and odd k of each byte.
+    # One program per (row, block of packed bytes); even and odd k are interleaved in registers
+    # so the store is contiguous.
     row = tl.program_id(0).to(tl.int64)
     offs_j = tl.program_id(1) * BLOCK_J + tl.arange(0, BLOCK_J)
     mask = offs_j < K // 2
@@ -259,16 +266,17 @@ def _dequant_w4_kernel(p_ptr, s_ptr, z_ptr, w_ptr, K, stride_pn, stride_sn, stri
     g = (2 * offs_j) // GROUP
     s = tl.load(s_ptr + row * stride_sn + g, mask=mask, other=0.0).to(tl.float32)
     z = tl.load(z_ptr + row * stride_sn + g, mask=mask, other=0.0).to(tl.float32)
-    w_row = w_ptr + row * stride_wn + 2 * offs_j
-    tl.store(w_row, (((p & 0xF).to(tl.float32) - z) * s).to(w_ptr.dtype.element_ty), mask=mask)
-    tl.store(w_row + 1, (((p >> 4).to(tl.float32) - z) * s).to(w_ptr.dtype.element_ty), mask=mask)
+    lo = (((p & 0xF).to(tl.float32) - z) * s).to(w_ptr.dtype.element_ty)
+    hi = (((p >> 4).to(tl.float32) - z) * s).to(w_ptr.dtype.element_ty)
+    offs_k = tl.program_id(1) * 2 * BLOCK_J + tl.arange(0, 2 * BLOCK_J)
+    tl.store(w_ptr + row * stride_wn + offs_k, tl.interleave(lo, hi), mask=offs_k < K)
 
 
 def dequantize_w4_triton(packed, scales, zeros, group_size: int, dtype: torch.dtype) -> torch.Tensor:
     """Dequantizes packed int4 weights to ``dtype`` [N, K] in one pass (prefill's cuBLAS path)."""
     n, k = packed.shape[0], packed.shape[1] * 2
     w = torch.empty(n, k, dtype=dtype, device=packed.device)
-    block_j = 1024
+    block_j = min(1024, triton.next_power_of_2(k // 2))
     _dequant_w4_kernel[(n, triton.cdiv(k // 2, block_j))](
         packed, scales, zeros, w, k, packed.stride(0), scales.stride(0), w.stride(0),
         GROUP=group_size, BLOCK_J=block_j,

@@ -21,7 +21,12 @@ if not torch.cuda.is_available():
     for _name in _loaded:
         importlib.reload(sys.modules[_name])
 
+from kernels import _launch  # noqa: E402
 from kernels._launch import interpreting  # noqa: E402
+
+# Compiling every autotune config of every specialisation takes minutes on the GPU; the tests
+# check numerics, bench/kernels.py checks each tuned config's output.
+_launch.ONE_CONFIG = True
 
 # Tensors on which the Triton path runs here: CPU tensors through the interpreter, CUDA tensors
 # on a GPU. Tests take the `device` fixture and run once per available one.
