@@ -13,6 +13,7 @@ import logging
 from typing import Any
 
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DataError, IntegrityError, OperationalError
 from sqlalchemy.orm.exc import StaleDataError
@@ -74,10 +75,12 @@ class IllegalTransition(Conflict):
 
     def __init__(self, current: Any, requested: Any, *, allowed: list[Any] | tuple = (), action: str | None = None,
                  subject: str = "deployment", field: str = "stage"):
-        names = ", ".join(str(getattr(a, "value", a)) for a in allowed) or "none (it is final)"
+        names = ", ".join(str(getattr(a, "value", a)) for a in allowed) or "nothing (it is final)"
         cur, req = getattr(current, "value", current), getattr(requested, "value", requested)
-        verb = f"{action} a {subject} in {field} {cur!r}" if action else f"move a {subject} from {field} {cur!r} to {req!r}"
-        super().__init__(f"cannot {verb}; {field}s reachable from {cur!r}: {names}", loc=("body", field))
+        article = "an" if subject[:1] in "aeiou" else "a"
+        verb = (f"{action} {article} {subject} in {field} {cur!r}" if action
+                else f"move {article} {subject} from {field} {cur!r} to {req!r}")
+        super().__init__(f"cannot {verb}; from {cur!r} it can move to: {names}", loc=("body", field))
         self.current, self.requested = current, requested
 
 
@@ -111,6 +114,9 @@ def to_domain_error(exc: Exception) -> DomainError:
         return exc
     if isinstance(exc, InputError):
         return InvalidInput("", errors=exc.errors)
+    if isinstance(exc, RequestValidationError):
+        # FastAPI's own 422, minus the echoed input: it may hold secrets or values JSON cannot encode (NaN).
+        return InvalidInput("", errors=list(exc.errors()))
     if isinstance(exc, StaleDataError):
         return Conflict("the object was changed by another request; reload it and retry", loc=("body", "expected_version"))
     if isinstance(exc, DataError):
@@ -134,7 +140,16 @@ async def domain_error_handler(request: Request, exc: Exception) -> JSONResponse
     )
 
 
+async def unexpected_error_handler(request: Request, exc: Exception) -> JSONResponse:
+    """A bug: logged with its traceback on the server, answered with no detail (never a traceback)."""
+    log.exception("%s %s raised %s", request.method, request.url.path, type(exc).__name__)
+    return JSONResponse(status_code=500, content={"detail": [{"loc": [], "msg": "internal error; see server log",
+                                                              "type": "internal_error"}]})
+
+
 def install_error_handlers(app: FastAPI) -> None:
     """Registers the handler for domain errors and for the runtime/database errors it maps."""
-    for exc_class in (DomainError, InputError, StaleDataError, DataError, IntegrityError, OperationalError):
+    app.add_exception_handler(Exception, unexpected_error_handler)
+    for exc_class in (DomainError, InputError, RequestValidationError, StaleDataError, DataError, IntegrityError,
+                      OperationalError):
         app.add_exception_handler(exc_class, domain_error_handler)

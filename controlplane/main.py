@@ -8,7 +8,6 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse
-from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.concurrency import run_in_threadpool
 
@@ -77,9 +76,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     def health() -> JSONResponse:
         """Liveness and database reachability; needs no key."""
         try:
-            with app.state.engine.connect() as connection:
-                connection.execute(text("SELECT 1"))
-        except SQLAlchemyError:
+            # A raw pooled connection: no transaction, so no SQLite write lock to wait for (and pre-ping applies).
+            connection = app.state.engine.raw_connection()
+            try:
+                cursor = connection.cursor()
+                cursor.execute("SELECT 1")
+                cursor.close()
+            finally:
+                connection.close()
+        except Exception:  # noqa: BLE001 (any driver error means the database is not usable)
             return JSONResponse({"status": "degraded", "database": "unreachable"}, status_code=503)
         return JSONResponse({"status": "ok", "database": "ok"})
 

@@ -9,19 +9,21 @@ an unreachable service FAILS the test; elsewhere it is skipped.
 """
 from __future__ import annotations
 
-import os
 import socket
-import uuid
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-import psycopg
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
-from controlplane import migrate
+_REPO = str(Path(__file__).resolve().parents[2])
+if _REPO not in sys.path:  # `tests.*` helpers import from the repository root, however pytest was started
+    sys.path.insert(0, _REPO)
+
+from controlplane import migrate  # noqa: E402
 from controlplane.accelerators import service as accelerators_service
 from controlplane.auth import service as auth_service
 from controlplane.auth.models import Role
@@ -29,57 +31,15 @@ from controlplane.auth.schemas import ApiKeyCreate
 from controlplane.db import create_db_engine, get_db, make_session_factory
 from controlplane.main import create_app
 from controlplane.settings import Settings
-
-REPO = Path(__file__).resolve().parents[2]
-REFERENCE_MODEL = REPO / "assets" / "models" / "pops-llama-tiny"
-PG_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/test"
-PG_URL_TEMPLATE = "postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
-REDIS_HOST, REDIS_PORT = "127.0.0.1", 6379
-PEPPER = "test-pepper-0123456789abcdef"
-IN_CI = os.environ.get("CI", "").lower() == "true"
-
-
-def service_unavailable(what: str, error: Exception) -> None:
-    """Fails loudly in CI, skips elsewhere."""
-    message = f"{what} is unreachable: {type(error).__name__}: {error}"
-    if IN_CI:
-        pytest.fail(f"CI=true and {message}", pytrace=False)
-    pytest.skip(message)
-
-
-def _admin_connection() -> psycopg.Connection:
-    return psycopg.connect(PG_ADMIN_URL, autocommit=True, connect_timeout=3)
-
-
-def create_database() -> str:
-    """Creates an empty PostgreSQL database with a unique name; returns its SQLAlchemy URL."""
-    name = f"pops_test_{uuid.uuid4().hex[:12]}"
-    try:
-        with _admin_connection() as conn:
-            conn.execute(f'CREATE DATABASE "{name}"')
-    except psycopg.OperationalError as exc:
-        service_unavailable("PostgreSQL at 127.0.0.1:5432", exc)
-    return PG_URL_TEMPLATE.format(name=name)
-
-
-def drop_database(url: str) -> None:
-    """Drops a database made by create_database, closing whatever still connects to it."""
-    name = url.rsplit("/", 1)[1]
-    with _admin_connection() as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
-def test_settings(database_url: str, tmp: Path, **overrides) -> Settings:
-    """Settings for a test app: its own artifact folder, the reference model's folder allowed."""
-    return Settings(
-        database_url=database_url,
-        artifact_root=tmp / "artifacts",
-        models_roots=[REPO / "assets" / "models", tmp / "models"],
-        mlflow_tracking_uri=(tmp / "mlruns").as_uri(),
-        api_key_pepper=PEPPER,
-        seed_accelerators=False,
-        **overrides,
-    )
+from tests.controlplane.databases import (
+    PEPPER,
+    REDIS_HOST,
+    REDIS_PORT,
+    create_database,
+    drop_database,
+    service_unavailable,
+    settings_for,
+)
 
 
 def _migrate_and_seed(settings: Settings) -> Engine:
@@ -113,7 +73,7 @@ def pg_database() -> Iterator[str]:
 
 @pytest.fixture(scope="session")
 def pg_engine(pg_database, tmp_path_factory) -> Iterator[Engine]:
-    engine = _migrate_and_seed(test_settings(pg_database, tmp_path_factory.mktemp("pg")))
+    engine = _migrate_and_seed(settings_for(pg_database, tmp_path_factory.mktemp("pg")))
     yield engine
     engine.dispose()
 
@@ -122,7 +82,7 @@ def pg_engine(pg_database, tmp_path_factory) -> Iterator[Engine]:
 def sqlite_engine(tmp_path_factory) -> Iterator[Engine]:
     """An SQLite file database for this session, migrated to head, accelerators seeded."""
     path = tmp_path_factory.mktemp("sqlite") / "pops.db"
-    engine = _migrate_and_seed(test_settings(f"sqlite:///{path}", path.parent))
+    engine = _migrate_and_seed(settings_for(f"sqlite:///{path}", path.parent))
     yield engine
     engine.dispose()
 
@@ -172,7 +132,7 @@ def session(backend, request) -> Session:
 @pytest.fixture
 def settings(session, backend, tmp_path) -> Settings:
     url = session.get_bind().engine.url.render_as_string(hide_password=False)
-    return test_settings(url, tmp_path)
+    return settings_for(url, tmp_path)
 
 
 @pytest.fixture

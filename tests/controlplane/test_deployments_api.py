@@ -112,7 +112,7 @@ def test_illegal_transition_says_what_is_allowed(client, as_role):
     assert response.status_code == 409
     detail = response.json()["detail"][0]
     assert detail["type"] == "illegal_transition"
-    assert detail["msg"] == ("cannot resume a deployment in stage 'shadow'; stages reachable from 'shadow': "
+    assert detail["msg"] == ("cannot resume a deployment in stage 'shadow'; from 'shadow' it can move to: "
                              "canary, paused, rolled_back, retired")
     assert client.post(f"{url}/retire", json={"expected_version": 1, "reason": "done"},
                        headers=as_role(Role.approver)).status_code == 200
@@ -120,7 +120,7 @@ def test_illegal_transition_says_what_is_allowed(client, as_role):
                            headers=as_role(Role.approver))
     assert response.status_code == 409
     assert response.json()["detail"][0]["msg"] == (
-        "cannot promote a deployment in stage 'retired'; stages reachable from 'retired': none (it is final)")
+        "cannot promote a deployment in stage 'retired'; from 'retired' it can move to: nothing (it is final)")
 
 
 def test_transition_table_is_closed_and_terminal_stages_are_final():
