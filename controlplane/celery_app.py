@@ -53,7 +53,7 @@ def create_celery(
         "socket_connect_timeout": 5,
     }
     app.conf.update(
-        broker_url=settings.broker_url or "memory://",
+        broker_url=settings.broker_url or "memory://localhost/",
         result_backend=None if embedded else (settings.result_backend or settings.broker_url),
         task_always_eager=embedded,
         task_store_eager_result=False,

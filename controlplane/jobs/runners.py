@@ -234,7 +234,7 @@ def run_evaluate(ctx: JobContext) -> Outcome:
     """Measures the engine against its model in reference precision and stores the report."""
     from runtime.corpora import Corpus as RuntimeCorpus
     from runtime.engines import load_engine
-    from runtime.evaluation import Gate, evaluate
+    from runtime.evaluation import evaluate
     from runtime.models import load_model
 
     p = EvaluateJobCreate.model_validate(ctx.job.params)
@@ -248,14 +248,13 @@ def run_evaluate(ctx: JobContext) -> Outcome:
                         "corpus_hash": corpus_row.content_hash, "accelerator": accelerator_row.name,
                         "max_samples": p.max_samples, "seq_len": p.seq_len})
     corpus = RuntimeCorpus.load(local_path(corpus_row.uri), name=corpus_row.name)
-    gates = [Gate.model_validate(g.model_dump(exclude_none=True)) for g in p.gates]
     device = _device(ctx.job)
     ctx.progress.stage("loading models", 0.0, 0.1)
     reference = load_model(model_row.path)
     candidate = load_engine(local_path(engine_row.uri), device=device)
     reference.model.to(device)
     ctx.progress.stage("evaluating", 0.1, 0.9)
-    report = evaluate(reference.model, candidate.model, reference.tokenizer, corpus, gates=gates,
+    report = evaluate(reference.model, candidate.model, reference.tokenizer, corpus, gates=p.gates,
                       max_samples=p.max_samples, seq_len=p.seq_len, progress=ctx.progress)
     document = report.model_dump(mode="json")
     ctx.progress.stage("saving report", 0.9, 0.95)
@@ -265,7 +264,8 @@ def run_evaluate(ctx: JobContext) -> Outcome:
     )
     ctx.run.log_metrics(document["metrics"])
     ctx.run.log_metrics(document.get("by_slice", {}), prefix="slice.")
-    ctx.run.log_metrics({"passed": report.passed})
+    ctx.run.log_metrics({"passed": report.passed, "sqnr_min_db": report.sqnr_min_db})
+    ctx.run.log_metrics(document.get("layers", {}), prefix="sqnr_db.")
     ctx.run.log_dict(document, "evaluation_report.json")
     verdict = Verdict.passed if report.passed else Verdict.failed
 

@@ -9,6 +9,7 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 from controlplane.fields import Id, OptionalReason
 from controlplane.jobs.models import JobKind, JobStatus
 from controlplane.pagination import Page
+from runtime.evaluation.gates import Gate
 
 IDEMPOTENCY_KEY_MAX = 255
 
@@ -44,21 +45,11 @@ class BuildJobCreate(JobParams):
     )
 
 
-class Gate(BaseModel):
-    """A pass/fail threshold on one evaluation metric, overall or on one corpus slice."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    metric: str = Field(min_length=1, max_length=64, description="e.g. `kl_mean`, `top1_agreement`, `ppl_delta`.")
-    max: float | None = Field(None, description="Fails when the metric is above this.")
-    min: float | None = Field(None, description="Fails when the metric is below this.")
-    slice: str | None = Field(None, max_length=128, description="A corpus slice; overall when empty.")
-
-
 class EvaluateJobCreate(JobParams):
     engine_id: Id = Field(description="The engine to measure against its model in reference precision.")
     corpus_id: Id = Field(description="The evaluation corpus.")
-    gates: list[Gate] = Field(default_factory=list, max_length=100, description="Thresholds deciding pass or fail.")
+    gates: list[Gate] = Field(default_factory=list, max_length=100,
+                              description="Thresholds deciding pass or fail, overall or per slice / length bucket.")
     max_samples: int = Field(64, ge=1, le=100_000, description="Corpus samples to evaluate (the first N).")
     seq_len: int = Field(256, ge=8, le=32_768, description="Tokens per sample (longer samples are truncated).")
 

@@ -149,10 +149,17 @@ def migrate(database_url: str, revision: str = "head") -> None:
     command.upgrade(config, revision)
 
 
+@pytest.fixture(scope="session")
+def mlflow_uri(tmp_path_factory) -> str:
+    """One local MLflow store for the session: creating one costs seconds (MLflow migrates its schema)."""
+    return (tmp_path_factory.mktemp("mlruns")).as_uri()
+
+
 @pytest.fixture
-def sqlite_settings(tmp_path, models_root):
-    """Embedded settings: a migrated SQLite file, no broker, a local MLflow store, all under tmp_path."""
-    settings = make_settings(tmp_path, database_url=f"sqlite:///{tmp_path / 'pops.db'}", models_root=models_root)
+def sqlite_settings(tmp_path, models_root, mlflow_uri):
+    """Embedded settings: a migrated SQLite file, no broker, the session's MLflow store; files under tmp_path."""
+    settings = make_settings(tmp_path, database_url=f"sqlite:///{tmp_path / 'pops.db'}", models_root=models_root,
+                             mlflow_tracking_uri=mlflow_uri)
     migrate(settings.database_url)
     yield settings
     _dispose(settings)

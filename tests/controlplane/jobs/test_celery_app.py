@@ -27,7 +27,7 @@ def test_worker_app_acks_late_and_requeues_on_worker_loss(tmp_path, models_root)
 
 def test_embedded_app_runs_tasks_in_process(sqlite_settings):
     conf = get_celery(sqlite_settings).conf
-    assert conf.task_always_eager and conf.broker_url == "memory://" and conf.result_backend is None
+    assert conf.task_always_eager and conf.broker_url == "memory://localhost/" and conf.result_backend is None
 
 
 def test_queue_choice():

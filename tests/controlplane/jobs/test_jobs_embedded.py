@@ -236,3 +236,68 @@ def test_progress_writes_are_throttled(sqlite_settings):
     with session_scope(settings) as db:
         row = db.get(Job, job.id)
         assert row.progress == pytest.approx(0.8) and row.message == "saving"
+
+
+def test_calibrate_build_evaluate_chain_in_process(env):
+    """calibrate -> build with those scales -> evaluate against the reference, with a gate that fails."""
+    from mlflow.tracking import MlflowClient
+
+    from controlplane.calibrations.models import Calibration
+    from controlplane.evaluations.models import Evaluation
+    from controlplane.tracking import store_uris
+
+    client, settings, ids = env
+    calibrate = client.post("/v1/jobs/calibrate", json={
+        "model_id": ids.model_id, "recipe_id": ids.recipe_ids["fp8_static"], "corpus_id": ids.corpus_id}).json()
+    assert calibrate["status"] == "succeeded", calibrate["error"]
+    build = client.post("/v1/jobs/build", json=build_body(
+        ids, recipe="fp8_static", calibration_id=calibrate["result"]["calibration_id"])).json()
+    assert build["status"] == "succeeded", build["error"]
+    evaluate = client.post("/v1/jobs/evaluate", json={
+        "engine_id": build["result"]["engine_id"], "corpus_id": ids.corpus_id, "max_samples": 6, "seq_len": 32,
+        "gates": [{"metric": "top1_agreement", "min": 0.5}, {"metric": "kl_mean", "max": 0.0, "slice": "english"}],
+    }).json()
+    assert evaluate["status"] == "succeeded", evaluate["error"]
+    assert evaluate["result"]["verdict"] == "failed"  # fp8 is not bit-exact: KL on `english` is above 0
+
+    with session_scope(settings) as db:
+        calibration = db.get(Calibration, calibrate["result"]["calibration_id"])
+        # the recipe's calibration source: 4 samples of at most 32 tokens; 2 layers x 7 linears + lm_head
+        assert calibration.samples == 4 and calibration.seq_len == 32
+        assert calibration.summary["tensors"] == 15 and calibration.summary["kv_layers"] == 2
+        assert calibration.summary["amax_max"] > 0
+        evaluation = db.get(Evaluation, evaluate["result"]["evaluation_id"])
+        assert evaluation.engine_id == build["result"]["engine_id"] and evaluation.verdict.value == "failed"
+        assert 0 < evaluation.metrics["kl_mean"] and 0.5 <= evaluation.metrics["top1_agreement"] <= 1
+        assert set(evaluation.by_slice) == {"english", "russian", "code"}
+        failing = [g for g in evaluation.gates if not g["passed"]]
+        assert [(g["metric"], g["slice"]) for g in failing] == [("kl_mean", "english")]
+        report = local_report(evaluation.report_uri)
+        assert report["metrics"] == evaluation.metrics
+
+    mlflow = MlflowClient(store_uris(settings.mlflow_tracking_uri)[0])
+    run = mlflow.get_run(evaluate["mlflow_run_id"])
+    assert run.data.metrics["kl_mean"] == pytest.approx(evaluation.metrics["kl_mean"])
+    assert run.data.metrics["passed"] == 0.0 and "slice.english.kl_mean" in run.data.metrics
+    assert run.data.params["corpus_hash"] and run.data.params["accelerator"] == "cpu"
+    assert "evaluation_report.json" in [a.path for a in mlflow.list_artifacts(run.info.run_id)]
+    calibration_run = mlflow.get_run(calibrate["mlflow_run_id"])
+    assert calibration_run.data.metrics["calibration.tensors"] == 15
+
+
+def local_report(uri: str) -> dict:
+    import json
+
+    from controlplane.jobs.runners import local_path
+
+    return json.loads(local_path(uri).read_text())
+
+
+def test_bad_gate_is_422_naming_it(env):
+    client, settings, ids = env
+    response = client.post("/v1/jobs/evaluate", json={
+        "engine_id": 1, "corpus_id": ids.corpus_id, "gates": [{"metric": "vibes", "min": 1}]})
+    assert response.status_code == 422
+    detail = response.json()["detail"][0]
+    assert detail["loc"][:4] == ["body", "gates", 0, "metric"] and "unknown metric 'vibes'" in detail["msg"]
+    assert job_count(settings) == 0

@@ -68,8 +68,8 @@ class EngineWatcher(threading.Thread):
 
 
 @pytest.fixture
-def pg_settings(tmp_path, pg_url, redis_db, models_root):
-    return make_settings(tmp_path, database_url=pg_url, models_root=models_root,
+def pg_settings(tmp_path, pg_url, redis_db, models_root, mlflow_uri):
+    return make_settings(tmp_path, database_url=pg_url, models_root=models_root, mlflow_tracking_uri=mlflow_uri,
                          broker_url=f"redis://{REDIS_HOST}:{REDIS_PORT}/{redis_db}")
 
 
@@ -143,10 +143,11 @@ def test_sigkill_mid_build_is_redelivered_and_completes_once(pg_settings, model_
     assert loaded.engine_id == done.result["content_hash"]
 
 
-def test_redis_restart_during_run_worker_reconnects(tmp_path, pg_url, models_root, model_dir, corpus_file,
+def test_redis_restart_during_run_worker_reconnects(tmp_path, pg_url, models_root, mlflow_uri, model_dir, corpus_file,
                                                     start_worker, private_redis):
     """Redis goes away and comes back (empty) while a job runs: the job finishes and the worker takes new jobs."""
-    settings = make_settings(tmp_path, database_url=pg_url, models_root=models_root, broker_url=private_redis.url)
+    settings = make_settings(tmp_path, database_url=pg_url, models_root=models_root, mlflow_tracking_uri=mlflow_uri,
+                             broker_url=private_redis.url)
     ids = seed(settings, model_dir=model_dir, corpus_file=corpus_file)
     engines_root = settings.artifact_root / "engines"
     start_worker(settings, extra_env={"JOBS_TEST_ENGINE_WRITE_DELAY_S": "4"})
