@@ -156,7 +156,7 @@ def main() -> None:
         "gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
         "transformers": transformers.__version__, "date": time.strftime("%Y-%m-%d"),
         "model": {"layers": args.layers, "hidden": 4096, "intermediate": 14336, "heads": 32, "kv_heads": 8,
-                  "vocab": args.vocab, "weights": "random (normal, std 0.02)"},
+                  "vocab_requested": args.vocab, "weights": "random (normal, std 0.02)"},
         "prompt_len": args.prompt_len, "new_tokens": args.new_tokens, "batch": 1,
         "engine_path": "runtime.engines.build(profile=h100) -> runtime.engines.load_engine(device=cuda)",
         "variants": {},
@@ -168,7 +168,7 @@ def main() -> None:
         torch.cuda.reset_peak_memory_stats()
         loaded = load_engine(engine.path, device="cuda")
         kernels = sorted({o.kernel for o in loaded.plan.linear_ops()})
-        row = measure(loaded, args.prompt_len, args.new_tokens, args.vocab)
+        row = measure(loaded, args.prompt_len, args.new_tokens, loaded.model.config.vocab_size)
         row.update({"engine_id": engine.engine_id, "build_s": built_s, "linear_kernels": kernels,
                     "linear_weight_bytes": engine.manifest["bytes"].get("linear_ops")})
         result["variants"][name] = row

@@ -29,27 +29,37 @@ def check_w8a8(xq, xs, wq, ws, bias, out_dtype, qdtype: torch.dtype) -> None:
         raise ValueError(f"out_dtype must be one of {OUT_DTYPES}, got {out_dtype}")
 
 
-def _config(bm, bn, bk, warps, stages, group_m=8):
-    return triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": group_m}, num_warps=warps, num_stages=stages)
+def _zero_out(nargs):
+    nargs["out_ptr"].zero_()
 
 
-# Configs by M bucket. M <= 32 is decode: weight-bandwidth bound, so narrow N tiles give every
-# SM a program (N = 8192 / 64 = 128 programs over 132 SMs). Larger M is tensor-core bound:
+def _config(bm, bn, bk, warps, stages, split_k=1, group_m=8):
+    # Split-K programs add fp32 partial sums with atomics into an output zeroed first.
+    return triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": group_m, "SPLIT_K": split_k},
+                         num_warps=warps, num_stages=stages, pre_hook=_zero_out if split_k > 1 else None)
+
+
+# Configs by M bucket. Up to SPLIT_MAX_M tokens the GEMM streams weights: narrow N tiles and
+# split K give every SM several programs (N = 8192 / 64 = 128 tiles alone under-fill 132 SMs,
+# measured 60-70 µs at M = 64..128 vs _scaled_mm's 40). Larger M is tensor-core bound:
 # 128x256 tiles with 8 warps keep two warpgroups of wgmma busy.
+SPLIT_MAX_M = 128
+# (The first config of each pool is the one GPU tests run: a split-K one.)
 _CONFIGS_SMALL = [
-    _config(16, 64, 256, 4, 4),
-    _config(16, 32, 256, 4, 5),
-    _config(16, 128, 256, 4, 4),
-    _config(16, 32, 512, 4, 4),
+    _config(16, 64, 256, 4, 4, split_k=4),
     _config(16, 64, 512, 4, 3),
-    _config(32, 64, 256, 4, 4),
+    _config(16, 32, 512, 4, 4),
+    _config(16, 128, 256, 4, 4),
+    _config(16, 64, 256, 4, 4, split_k=2),
+    _config(16, 32, 512, 4, 4, split_k=4),
 ]
 _CONFIGS_MID = [
-    _config(64, 128, 128, 4, 4),
+    _config(64, 64, 256, 4, 4, split_k=2),
     _config(64, 64, 256, 4, 4),
     _config(128, 64, 128, 4, 4),
-    _config(64, 32, 256, 4, 4),
-    _config(128, 128, 128, 8, 4),
+    _config(64, 128, 128, 4, 4, split_k=4),
+    _config(128, 64, 128, 4, 4, split_k=4),
+    _config(128, 128, 128, 8, 4, split_k=4),
 ]
 _CONFIGS_LARGE = [
     _config(128, 256, 128, 8, 3),
@@ -58,15 +68,15 @@ _CONFIGS_LARGE = [
     _config(128, 128, 128, 8, 4),
     _config(256, 128, 128, 8, 4),
 ]
-# One config per bucket under the CPU interpreter: autotuning there would run every config.
-_CONFIGS_INTERPRET = [_config(16, 32, 32, 4, 1), _config(32, 64, 64, 4, 1)]
+# One config per bucket under the CPU interpreter (the decode one exercises split-K).
+_CONFIGS_INTERPRET = [_config(16, 32, 32, 4, 1, split_k=2), _config(32, 64, 64, 4, 1)]
 
 
 def _prune(configs, named_args, **kwargs):
     bucket = named_args["M_BUCKET"]
     if interpreting():
         return [configs[0] if bucket <= 16 else configs[1]]
-    pool = _CONFIGS_SMALL if bucket <= 32 else _CONFIGS_MID if bucket <= 128 else _CONFIGS_LARGE
+    pool = _CONFIGS_SMALL if bucket <= 32 else _CONFIGS_MID if bucket <= SPLIT_MAX_M else _CONFIGS_LARGE
     return [c for c in configs if c in pool][: 1 if _launch.ONE_CONFIG else None]
 
 
@@ -83,7 +93,7 @@ def _w8a8_gemm_kernel(
     stride_xm, stride_wn, stride_om,
     XS_PER_TOKEN: tl.constexpr, HAS_BIAS: tl.constexpr, IS_INT8: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
-    EVEN_K: tl.constexpr,
+    SPLIT_K: tl.constexpr, EVEN_K: tl.constexpr,
 ):
     # Grouped tile order: GROUP_M row-tiles share each weight column-tile while it is in L2.
     pid = tl.program_id(0)
@@ -102,11 +112,16 @@ def _w8a8_gemm_kernel(
     # Rows past M / N re-read row 0 instead of masking every load; the store drops them.
     rows_x = tl.where(offs_m < M, offs_m, 0).to(tl.int64)
     rows_w = tl.where(offs_n < N, offs_n, 0).to(tl.int64)
-    x_ptrs = x_ptr + rows_x[:, None] * stride_xm + offs_k[None, :]
-    w_ptrs = w_ptr + rows_w[None, :] * stride_wn + offs_k[:, None]
+    # This program's K range: whole BLOCK_K steps (so EVEN_K still holds per step).
+    pid_k = tl.program_id(1)
+    steps_per_split = tl.cdiv(tl.cdiv(K, BLOCK_K), SPLIT_K)
+    k_begin = pid_k * steps_per_split * BLOCK_K
+    k_end = tl.minimum(k_begin + steps_per_split * BLOCK_K, K)
+    x_ptrs = x_ptr + rows_x[:, None] * stride_xm + (k_begin + offs_k)[None, :]
+    w_ptrs = w_ptr + rows_w[None, :] * stride_wn + (k_begin + offs_k)[:, None]
 
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32 if IS_INT8 else tl.float32)
-    for k0 in range(0, K, BLOCK_K):
+    for k0 in range(k_begin, k_end, BLOCK_K):
         if EVEN_K:
             a = tl.load(x_ptrs)
             b = tl.load(w_ptrs)
@@ -130,9 +145,15 @@ def _w8a8_gemm_kernel(
     ws = tl.load(ws_ptr + offs_n, mask=mask_n, other=0.0)
     out = acc.to(tl.float32) * xs[:, None] * ws[None, :]
     if HAS_BIAS:
-        out += tl.load(bias_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
+        if pid_k == 0:
+            out += tl.load(bias_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
     out_ptrs = out_ptr + offs_m.to(tl.int64)[:, None] * stride_om + offs_n[None, :]
-    tl.store(out_ptrs, out.to(out_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_n[None, :])
+    mask = mask_m[:, None] & mask_n[None, :]
+    if SPLIT_K == 1:
+        tl.store(out_ptrs, out.to(out_ptr.dtype.element_ty), mask=mask)
+    else:
+        # The scales are linear, so each split adds its scaled partial sum.
+        tl.atomic_add(out_ptrs, out, mask=mask)
 
 
 def w8a8_gemm_triton(xq, xs, wq, ws, bias, out_dtype, qdtype: torch.dtype):
@@ -140,24 +161,25 @@ def w8a8_gemm_triton(xq, xs, wq, ws, bias, out_dtype, qdtype: torch.dtype):
     check_w8a8(xq, xs, wq, ws, bias, out_dtype, qdtype)
     m, k = xq.shape
     n = wq.shape[0]
-    out = torch.empty(m, n, dtype=out_dtype, device=xq.device)
-    if m == 0 or n == 0:
-        return out
-    if k == 0:
-        return out.zero_() + (bias.to(out_dtype) if bias is not None else 0)
+    if m == 0 or n == 0 or k == 0:
+        out = torch.zeros(m, n, dtype=out_dtype, device=xq.device)
+        return out + bias.to(out_dtype) if bias is not None else out
+    bucket = m_bucket(m)
+    # Split-K candidates accumulate in fp32; the cast afterwards is one small launch.
+    out = torch.empty(m, n, dtype=torch.float32 if bucket <= SPLIT_MAX_M else out_dtype, device=xq.device)
     xq = xq if xq.stride(1) == 1 else xq.contiguous()
     wq = wq if wq.stride(1) == 1 else wq.contiguous()
     xs = xs.contiguous()
     ws = ws.contiguous()
 
     def grid(meta):
-        return (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n, meta["BLOCK_N"]),)
+        return (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n, meta["BLOCK_N"]), meta["SPLIT_K"])
 
     _w8a8_gemm_kernel[grid](
         xq, wq, xs, ws, bias if bias is not None else ws, out,
-        m, n, k, m_bucket(m),
+        m, n, k, bucket,
         xq.stride(0), wq.stride(0), out.stride(0),
         XS_PER_TOKEN=xs.shape[0] != 1,
         HAS_BIAS=bias is not None, IS_INT8=qdtype == torch.int8,
     )
-    return out
+    return out.to(out_dtype)

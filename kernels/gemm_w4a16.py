@@ -122,6 +122,8 @@ _CONFIGS_DECODE = [
     _config(16, 32, 128, 4, 4, 4),
     _config(16, 64, 128, 2, 4, 4),
     _config(16, 128, 128, 8, 4, 3),
+    _config(16, 32, 128, 8, 4, 4),
+    _config(16, 64, 128, 16, 4, 4),
 ]
 _CONFIGS_PREFILL = [
     _config(64, 128, 128, 1, 4, 4),
