@@ -35,6 +35,7 @@ class SampleShipper:
         self._cond = threading.Condition()
         self._stop = threading.Event()
         self._sending = 0
+        self._outage = False
         self._thread: threading.Thread | None = None
         self.sent = self.dropped = 0
 
@@ -88,9 +89,12 @@ class SampleShipper:
                 batch = self._next_batch()
                 if batch is None:
                     break
-                if self._send(client, batch, final=self._stop.is_set()):
+                final = self._stop.is_set()
+                if self._send(client, batch, final=final):
                     outage_backoff = self.backoff_s
-                elif not self._stop.is_set():
+                elif final:
+                    break  # unreachable while stopping: what is left is counted below
+                else:
                     # Still unreachable after the retries: wait longer before the next round.
                     self._stop.wait(outage_backoff)
                     outage_backoff = min(outage_backoff * 2, self.max_backoff_s)
@@ -135,8 +139,9 @@ class SampleShipper:
         try:
             retrying(client.post_samples, deployment, payload)
         except ControlPlaneUnavailable as exc:
-            log.warning("canary samples for deployment %s not sent (%s); %d buffered", deployment, exc,
-                        len(self._buffer) + len(batch))
+            if not self._outage:  # once per outage: retries go on quietly with growing backoff
+                log.warning("control plane unreachable, canary samples buffered (at most %d): %s", self.capacity, exc)
+                self._outage = True
             with self._cond:
                 self._buffer.extendleft(reversed(batch))  # oldest first again
                 self._sending = 0
@@ -149,6 +154,9 @@ class SampleShipper:
             self._drop("rejected", len(batch))
             return True
         self._finish_batch()
+        if self._outage:
+            log.warning("control plane reachable again; sending buffered canary samples")
+            self._outage = False
         self.sent += len(batch)
         if self.metrics:
             self.metrics.samples_sent.inc(len(batch))
