@@ -518,10 +518,11 @@ def pack(pieces: list[str], joiner: str, targets: list[int], bounds: tuple[int, 
 
 def pick(candidates: list[tuple[str, str]], n: int, per_doc: int, exclude=frozenset()) -> list[tuple[str, str]]:
     """Up to `n` (doc_id, text) pairs in hash order, at most `per_doc` from one document."""
-    taken, per = [], {}
+    taken, per, seen = [], {}, set(exclude)
     for doc_id, text in sorted(candidates, key=lambda item: sha256(item[1])):
-        if text in exclude or per.get(doc_id, 0) >= per_doc:
+        if text in seen or per.get(doc_id, 0) >= per_doc:
             continue
+        seen.add(text)
         per[doc_id] = per.get(doc_id, 0) + 1
         taken.append((doc_id, text))
         if len(taken) == n:
@@ -548,10 +549,22 @@ def build_calibration(train_docs, count) -> list[dict]:
     return [record(text, "en-short", english_tags(doc_id)) for doc_id, text in chosen]
 
 
+def train_pieces(train_docs) -> set[str]:
+    """Every paragraph and code block of the train split.
+
+    A held-out file can still repeat a train file's boilerplate (distutils copies one
+    docstring paragraph into many commands); such pieces are kept out of eval samples.
+    """
+    pieces = set()
+    for doc in train_docs:
+        pieces.update(prose_paragraphs(doc.text) if doc.kind == "prose" else code_blocks(doc.text))
+    return pieces
+
+
 def build_eval(heldout_docs, count, exclude: set[str]) -> list[dict]:
-    """Held-out English (short and long) and Python source samples."""
+    """Held-out English (short and long) and Python source samples, none of `exclude`."""
     short = pick(short_candidates(heldout_docs, count), EVAL_COUNTS["en-short"], per_doc=4, exclude=exclude)
-    used = {text for _, text in short}
+    used = exclude | {text for _, text in short}
     long_candidates = [
         (doc.doc_id, text)
         for doc in heldout_docs if doc.kind == "prose"
@@ -562,7 +575,8 @@ def build_eval(heldout_docs, count, exclude: set[str]) -> list[dict]:
     code_candidates = [
         (doc.doc_id, text)
         for doc in heldout_docs if doc.kind == "code"
-        for text in pack(code_blocks(doc.text), "\n\n", CODE_TARGETS, CODE_TOKENS, count)
+        for text in pack([b for b in code_blocks(doc.text) if b not in exclude], "\n\n",
+                         CODE_TARGETS, CODE_TOKENS, count)
     ]
     code = pick(code_candidates, EVAL_COUNTS["code"], per_doc=2)
     rows = [record(t, "en-short", english_tags(d)) for d, t in short]
@@ -630,14 +644,15 @@ def fill_template(template: str, stream: SentenceStream) -> str:
 
 
 def compose_code(langs: list[str], streams: dict, count, target_tokens: int, offset: int) -> str:
-    """Python snippets with comments in `langs`, in turn, until `target_tokens`."""
+    """Python snippets with comments in `langs`, in turn, until `target_tokens` and every
+    language has had a snippet."""
     snippets, i = [], 0
     while True:
         template = CODE_TEMPLATES[(offset + i) % len(CODE_TEMPLATES)]
         snippets.append(fill_template(template, streams[langs[i % len(langs)]]))
         i += 1
         text = "\n\n".join(snippets)
-        if count(text) >= target_tokens:
+        if i >= len(langs) and count(text) >= target_tokens:
             return text
 
 
@@ -686,7 +701,7 @@ def main(argv=None) -> None:
     calib = build_calibration(splits["train"], count)
     corpora = {
         "calib-en-short.jsonl": calib,
-        "eval-en.jsonl": build_eval(splits["heldout"], count, exclude={row["text"] for row in calib}),
+        "eval-en.jsonl": build_eval(splits["heldout"], count, exclude=train_pieces(splits["train"])),
         "traffic-multiscript.jsonl": build_traffic(count),
     }
     for name, rows in corpora.items():

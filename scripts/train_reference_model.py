@@ -544,8 +544,10 @@ def write_model_card(out: Path, log: dict) -> None:
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=Path("assets/models/pops-llama-tiny"))
-    parser.add_argument("--prepare-only", action="store_true", help="extract text, train the tokenizer, write token ids")
-    parser.add_argument("--prep-dir", type=Path, help="where --prepare-only writes (default: a temporary folder)")
+    parser.add_argument("--prepare-only", action="store_true",
+                        help="extract text, train the tokenizer, write token ids")
+    parser.add_argument("--prep-dir", type=Path,
+                        help="where preparation writes (default: .ref-prep with --prepare-only, else a temporary folder)")
     parser.add_argument("--train-from", type=Path, help="train from a folder written by --prepare-only")
     parser.add_argument("--device", help="cuda or cpu (default: cuda when available)")
     parser.add_argument("--steps", type=int, default=6000)
