@@ -328,6 +328,53 @@ def demo_cmd(home: Annotated[Path, typer.Option(help="Where engines and reports 
     out.print(demo_table(rows))
 
 
+# --- serve ------------------------------------------------------------------------------------
+@app.command("serve")
+def serve_cmd(
+    endpoint: Annotated[str, typer.Option(help="Endpoint name: whose deployments are served; `model` in requests.")]
+    = "default",
+    control_plane: Annotated[Optional[str], typer.Option(
+        "--control-plane", help="Control plane URL; the endpoint's active, canary and shadow engines follow it.")] = None,
+    api_key: Annotated[Optional[str], typer.Option(
+        "--api-key", envvar="POPS_SERVE_API_KEY", help="Control plane API key (submitter role or higher).")] = None,
+    engine: Annotated[Optional[list[Path]], typer.Option(
+        "--engine", "-e", help="Engine folder (repeatable). Standalone: the first serves; with a control plane: "
+                               "local copies of its engines, matched by content hash.")] = None,
+    canary: Annotated[Optional[Path], typer.Option(help="Standalone: an engine folder serving --canary-share.")] = None,
+    canary_share: Annotated[float, typer.Option(help="Standalone: the canary's share of requests.")] = 0.0,
+    shadow: Annotated[Optional[Path], typer.Option(
+        help="Standalone: an engine compared on every request, serving none.")] = None,
+    reference: Annotated[Optional[Path], typer.Option(
+        help="Reference model folder (default: each engine's source model).")] = None,
+    sample_share: Annotated[float, typer.Option(help="Share of active-engine requests re-run in reference precision.")]
+    = 0.01,
+    canary_sample_share: Annotated[float, typer.Option(help="Share of canary requests re-run in reference precision.")]
+    = 0.1,
+    poll_interval: Annotated[float, typer.Option(help="Seconds between deployment polls.")] = 5.0,
+    samples_out: Annotated[Optional[Path], typer.Option(help="Also append every canary sample to this JSONL file.")]
+    = None,
+    device: Annotated[str, typer.Option(help="torch device for engines and the reference.")] = "cpu",
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8080,
+):
+    """Serves OpenAI-style /v1/completions with shadow canaries; /healthz and /metrics beside it."""
+    import uvicorn
+    from pydantic import ValidationError
+
+    from runtime.serving import ServeConfig, create_app
+
+    with _input_errors():
+        try:
+            config = ServeConfig(endpoint=endpoint, control_plane_url=control_plane, api_key=api_key,
+                                 engine_paths=engine or [], canary_path=canary, canary_share=canary_share,
+                                 shadow_path=shadow, reference_path=reference, sample_share=sample_share,
+                                 canary_sample_share=canary_sample_share, poll_interval_s=poll_interval,
+                                 samples_out=samples_out, device=device)
+        except ValidationError as exc:
+            raise InputError.from_pydantic(exc) from None
+    uvicorn.run(create_app(config), host=host, port=port, log_level="info")
+
+
 def _tokenizer(model: Path):
     from transformers import AutoTokenizer
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
 class ServeConfig(BaseModel):
@@ -41,6 +41,14 @@ class ServeConfig(BaseModel):
     max_tokens_limit: int = Field(1024, ge=1, le=65_536, description="Largest `max_tokens` a request may ask for.")
     device: str = Field("cpu", description="torch device the engines and the reference run on.")
     samples_out: Path | None = Field(None, description="Also append every canary sample to this JSONL file.")
+
+    @field_validator("engine_paths", "canary_path", "shadow_path")
+    @classmethod
+    def _engine_folders(cls, value):
+        for path in value if isinstance(value, list) else [value] if value is not None else []:
+            if not (path / "manifest.json").is_file():
+                raise ValueError(f"no engine at {str(path)!r} (manifest.json missing); give a folder `pops build` wrote")
+        return value
 
     @model_validator(mode="after")
     def _one_source(self) -> "ServeConfig":
