@@ -47,6 +47,12 @@ def get_observer(name: str, **kwargs) -> "Observer":
         raise InputError(f"bad arguments for observer {name!r}: {exc}", loc=("observer_kwargs",)) from None
 
 
+def abs_amax(rows: torch.Tensor) -> torch.Tensor:
+    """max |x| per column of [N, C] in one pass with no |x| copy; NaN propagates."""
+    lo, hi = torch.aminmax(rows, dim=0)
+    return torch.maximum(hi, lo.neg())
+
+
 class Observer:
     """Base class. `update(x)` folds in a tensor; `amax()` is a 0-d tensor (per tensor) or [C]
     (per channel, C = x.shape[-1]); `scale(fmax)` is amax / fmax, floored so it is never 0."""
@@ -61,7 +67,16 @@ class Observer:
     def update(self, x: torch.Tensor) -> None:
         """Folds one tensor (any shape; channels are its last dim when per channel) into the state."""
         rows = self._rows(x)
-        self._update(rows)  # validates before it changes any state
+        self.observe(rows, abs_amax(rows))
+
+    def observe(self, rows: torch.Tensor, batch_amax: torch.Tensor) -> None:
+        """Folds in fp32 rows [N, C] (C = 1 per tensor) whose per-column max |x| the caller has
+        already taken: the calibration hooks share one pass over each activation."""
+        if self.channels is not None and rows.shape[1] != self.channels:
+            raise InputError(f"expected {self.channels} channels in the last dim, got {rows.shape[1]}", loc=("x",))
+        if not torch.isfinite(batch_amax).all():
+            raise InputError("tensor has NaN or infinite values; its range cannot be calibrated", loc=("x",))
+        self._update(rows, batch_amax.reshape(rows.shape[1:]))
         self.channels = rows.shape[1]
         self.steps += 1
 
@@ -80,24 +95,14 @@ class Observer:
         return self.amax().clamp(min=AMAX_FLOOR) / fmax
 
     def _rows(self, x: torch.Tensor) -> torch.Tensor:
-        # |x| as fp32 [rows, C], C = 1 when per tensor. Symmetric formats only need magnitudes.
+        # fp32 [rows, C], C = 1 when per tensor; a view of x where possible, never written to.
         if not isinstance(x, torch.Tensor) or not x.is_floating_point():
             raise InputError("observers take floating-point tensors", loc=("x",))
         if x.numel() == 0:
             raise InputError("cannot observe an empty tensor", loc=("x",))
-        rows = x.detach().reshape(-1, x.shape[-1] if self.per_channel else 1).float().abs()
-        if self.channels is not None and rows.shape[1] != self.channels:
-            raise InputError(f"expected {self.channels} channels in the last dim, got {rows.shape[1]}", loc=("x",))
-        return rows
+        return x.detach().reshape(-1, x.shape[-1] if self.per_channel else 1).float()
 
-    @staticmethod
-    def _batch_amax(rows: torch.Tensor) -> torch.Tensor:
-        amax = rows.amax(dim=0)
-        if not torch.isfinite(amax).all():
-            raise InputError("tensor has NaN or infinite values; its range cannot be calibrated", loc=("x",))
-        return amax
-
-    def _update(self, rows: torch.Tensor) -> None:
+    def _update(self, rows: torch.Tensor, batch_amax: torch.Tensor) -> None:
         raise NotImplementedError
 
     def _amax(self) -> torch.Tensor:
@@ -115,9 +120,8 @@ class MinMaxObserver(Observer):
         super().__init__(per_channel=per_channel)
         self._max: torch.Tensor | None = None
 
-    def _update(self, rows: torch.Tensor) -> None:
-        amax = self._batch_amax(rows)
-        self._max = amax if self._max is None else torch.maximum(self._max, amax)
+    def _update(self, rows: torch.Tensor, batch_amax: torch.Tensor) -> None:
+        self._max = batch_amax if self._max is None else torch.maximum(self._max, batch_amax)
 
     def _amax(self) -> torch.Tensor:
         return self._max
@@ -140,16 +144,15 @@ class PercentileObserver(Observer):
         self._sampler = RowSampler(int(capacity or (2**12 if per_channel else 2**17)), seed=seed)
         self._max: torch.Tensor | None = None
 
-    def _update(self, rows: torch.Tensor) -> None:
-        amax = self._batch_amax(rows)
-        self._max = amax if self._max is None else torch.maximum(self._max, amax)
+    def _update(self, rows: torch.Tensor, batch_amax: torch.Tensor) -> None:
+        self._max = batch_amax if self._max is None else torch.maximum(self._max, batch_amax)
         self._sampler.add(rows)
 
     def _amax(self) -> torch.Tensor:
         sample = self._sampler.rows()
         if sample.shape[0] == 0:  # everything thinned away: only possible with a tiny capacity
             return self._max
-        return torch.minimum(percentile(sample.sort(dim=0).values, self.q), self._max)
+        return torch.minimum(percentile(sample.abs().sort(dim=0).values, self.q), self._max)
 
 
 def _fp8_round_trip(dtype: torch.dtype, fmax: float) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
@@ -217,9 +220,8 @@ class MseObserver(Observer):
         self._max: torch.Tensor | None = None
         self._best: torch.Tensor | None = None
 
-    def _update(self, rows: torch.Tensor) -> None:
-        amax = self._batch_amax(rows)
-        self._max = amax if self._max is None else torch.maximum(self._max, amax)
+    def _update(self, rows: torch.Tensor, batch_amax: torch.Tensor) -> None:
+        self._max = batch_amax if self._max is None else torch.maximum(self._max, batch_amax)
         self._sampler.add(rows)
         self._best = None
 
@@ -229,7 +231,7 @@ class MseObserver(Observer):
         return self._best
 
     def _search(self) -> torch.Tensor:
-        sample = self._sampler.rows()
+        sample = self._sampler.rows().abs()  # symmetric round trips: the error of -x is that of x
         amax = self._max.clamp(min=AMAX_FLOOR)
         if sample.shape[0] == 0:
             return self._max
@@ -255,8 +257,8 @@ class AmaxHistoryObserver(Observer):
         self.length = int(length)
         self._history: deque[torch.Tensor] = deque(maxlen=self.length)
 
-    def _update(self, rows: torch.Tensor) -> None:
-        self._history.append(self._batch_amax(rows))
+    def _update(self, rows: torch.Tensor, batch_amax: torch.Tensor) -> None:
+        self._history.append(batch_amax)
 
     def _amax(self) -> torch.Tensor:
         return torch.stack(list(self._history)).amax(dim=0)

@@ -2,9 +2,9 @@
 
 Every row seen is kept with the same probability `rate`. While the sample fits in `capacity`
 rows the rate is 1 and the sample is the whole stream, so small tensors get exact percentiles.
-When it overflows, each kept row survives a coin flip and the rate halves, so memory stays
-below `capacity` rows and the work per update is proportional to the rows kept, not the rows
-seen. Sampling inside one update is with replacement (a row may be drawn twice), which keeps
+Before an update would overflow it, each kept row survives a coin flip and the rate halves
+(as often as needed), so memory stays below `capacity` rows and the work per update is
+proportional to the rows kept, not the rows seen. Sampling inside one update is with replacement (a row may be drawn twice), which keeps
 every row's expected multiplicity equal to `rate`. A seeded generator makes it reproducible.
 """
 from __future__ import annotations
@@ -29,13 +29,17 @@ class RowSampler:
         """Offers rows [n, channels]; keeps each with probability `rate`."""
         n = rows.shape[0]
         self.seen += n
+        # Lower the rate before drawing, so a large update is never copied whole only to be thinned.
+        while self._kept + n * self.rate > self.capacity:
+            self._thin()
         if self.rate < 1.0:
             k = int(torch.binomial(torch.tensor(float(n)), torch.tensor(self.rate), generator=self._gen))
             if k == 0:
                 return
             idx = torch.randint(n, (k,), generator=self._gen).to(rows.device)
             rows = rows.index_select(0, idx)
-        self._chunks.append(rows.detach().float().cpu())
+        # Copy while sampling everything: the rows may be a view of a live activation.
+        self._chunks.append(rows.detach().to(device="cpu", dtype=torch.float32, copy=self.rate == 1.0))
         self._kept += rows.shape[0]
         while self._kept > self.capacity:
             self._thin()
@@ -47,10 +51,11 @@ class RowSampler:
         return self._chunks[0] if self._chunks else torch.empty(0)
 
     def _thin(self) -> None:
-        sample = self.rows()
-        keep = torch.rand(sample.shape[0], generator=self._gen) < 0.5
-        self._chunks = [sample[keep]]
-        self._kept = int(keep.sum())
+        if self._kept:
+            sample = self.rows()
+            keep = torch.rand(sample.shape[0], generator=self._gen) < 0.5
+            self._chunks = [sample[keep]]
+            self._kept = int(keep.sum())
         self.rate /= 2
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from runtime.calibration.observers import Observer
+from runtime.calibration.observers import Observer, abs_amax
 from runtime.calibration.sampling import RowSampler, percentile
 
 PERCENTILES = (99.0, 99.9, 99.99)
@@ -13,7 +13,10 @@ PERCENTILES = (99.0, 99.9, 99.99)
 OUTLIER_RATIO = 6.0
 # Log2 histogram range: bin i counts |x| in [2^(HIST_MIN_EXP + i), 2^(HIST_MIN_EXP + i + 1)).
 # Values below 2^HIST_MIN_EXP land in bin 0, values above the range in the last bin; exact
-# zeros are counted apart.
+# zeros are counted apart. The histogram counts the percentile sample (every value while
+# percentile_exact): an exact bincount of every activation cost more than the forward pass
+# itself on 2 CPU cores, and shares of 1e-4 and up are what it is read for. amax and
+# channel_amax stay exact, so rare outliers are never lost.
 HIST_MIN_EXP = -32
 HIST_BINS = 64
 # Values per tensor kept for the percentiles: exact below this, a uniform sample above.
@@ -22,7 +25,8 @@ _ZERO_BIN = -1 - HIST_MIN_EXP
 
 
 class Log2Histogram(BaseModel):
-    """Counts of |x| per power-of-two bin: counts[i] covers [2^(min_exp+i), 2^(min_exp+i+1))."""
+    """Counts of |x| per power-of-two bin: counts[i] covers [2^(min_exp+i), 2^(min_exp+i+1)).
+    Counts are of the uniform percentile sample; divide by their sum (plus zeros) for shares."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -46,7 +50,7 @@ class TensorStats(BaseModel):
     rms: float = Field(description="root mean square of x")
     channel_amax: list[float] = Field(description="max |x| per input channel")
     percentiles: dict[str, float] = Field(description="percentiles of |x|, keyed '99', '99.9', '99.99'")
-    percentile_exact: bool = Field(description="False when percentiles come from a uniform sample")
+    percentile_exact: bool = Field(description="False when percentiles and histogram come from a uniform sample")
     histogram: Log2Histogram
     outlier_channels: list[int] = Field(description=f"channels whose amax > {OUTLIER_RATIO}x the median channel amax")
     observer_amax: float = Field(description="the amax the calibration's observer chose; scales come from it")
@@ -72,35 +76,36 @@ class StatsAccumulator:
         self.tokens = 0
         self._sum_sq = 0.0
         self._channel_amax: torch.Tensor | None = None
-        self._hist = torch.zeros(HIST_BINS, dtype=torch.int64)
-        self._zeros = 0
         self._sampler = RowSampler(sample, seed=seed)
 
     def update(self, rows: torch.Tensor) -> None:
-        """Folds in activations [tokens, channels] (any float dtype, any device)."""
-        self.observer.update(rows)  # validates shape and finiteness first
-        a = rows.detach().float().abs()
-        channel_amax = a.amax(dim=0)
+        """Folds in activations [tokens, channels] (any float dtype, any device); never writes to them.
+
+        Three passes over the data (aminmax, vector_norm, a sparse gather): no |x| copy.
+        """
+        a = rows.detach().float()
+        channel_amax = abs_amax(a)
+        if self.observer.per_channel:
+            self.observer.observe(a, channel_amax)
+        else:
+            self.observer.observe(a.reshape(-1, 1), channel_amax.max())
         self._channel_amax = channel_amax if self._channel_amax is None \
             else torch.maximum(self._channel_amax, channel_amax)
         self.tokens += a.shape[0]
-        self._sum_sq += float(a.pow(2).sum())
-        flat = a.reshape(-1)
-        # frexp: |x| = m * 2^e with m in [0.5, 1), so floor(log2 |x|) = e - 1. frexp(0) has
-        # e = 0, so zeros land in the bin of [0.5, 1) and are moved out (no boolean-mask copy).
-        bins = (torch.frexp(flat).exponent - (1 + HIST_MIN_EXP)).clamp_(0, HIST_BINS - 1)
-        hist = torch.bincount(bins, minlength=HIST_BINS).cpu()
-        zeros = int((flat == 0).sum())
-        hist[_ZERO_BIN] -= zeros
-        self._zeros += zeros
-        self._hist += hist
-        self._sampler.add(flat.unsqueeze(1))
+        self._sum_sq += float(torch.linalg.vector_norm(a)) ** 2
+        self._sampler.add(a.reshape(-1, 1))
 
     def finalize(self) -> TensorStats:
         """The statistics so far."""
         channel_amax = self._channel_amax.cpu()
         n = channel_amax.numel() * self.tokens
-        values = self._sampler.rows().reshape(-1).sort().values
+        values = self._sampler.rows().reshape(-1).abs().sort().values
+        zeros = values.numel() - int(torch.count_nonzero(values))
+        # frexp: |x| = m * 2^e with m in [0.5, 1), so floor(log2 |x|) = e - 1; frexp(0) has e = 0,
+        # so zeros land in the bin of [0.5, 1) and are moved out.
+        exponent = torch.frexp(values).exponent.sub_(1 + HIST_MIN_EXP).clamp_(0, HIST_BINS - 1)
+        hist = torch.bincount(exponent, minlength=HIST_BINS)
+        hist[_ZERO_BIN] -= zeros
         median = float(channel_amax.median())
         outliers = (channel_amax > OUTLIER_RATIO * median).nonzero().reshape(-1).tolist() if median > 0 else []
         return TensorStats(
@@ -111,7 +116,7 @@ class StatsAccumulator:
             channel_amax=channel_amax.tolist(),
             percentiles={_key(q): float(percentile(values, q)) for q in PERCENTILES},
             percentile_exact=self._sampler.rate == 1.0,
-            histogram=Log2Histogram(counts=self._hist.tolist(), zeros=self._zeros),
+            histogram=Log2Histogram(counts=hist.tolist(), zeros=zeros),
             outlier_channels=outliers,
             observer_amax=float(self.observer.amax()),
         )

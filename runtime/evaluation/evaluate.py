@@ -132,20 +132,23 @@ def evaluate(
             for batch in token_batches(tokenizer, chosen, seq_len=seq_len, batch_size=batch_size):
                 captured: dict[str, torch.Tensor] = {}
 
-                def keep_reference(name, out, mask=batch.mask):
-                    captured[name] = _rows(out, mask).double()
+                index = None if bool(batch.mask.all()) else batch.mask.reshape(-1).nonzero().squeeze(1)
 
-                def compare_candidate(name, out, mask=batch.mask):
+                def keep_reference(name, out, mask=batch.mask, index=index):
+                    # A copy: the reference's later ops may reuse the output's memory in place.
+                    captured[name] = _rows(out, mask, index).to(dtype=torch.float32, copy=True)
+
+                def compare_candidate(name, out, mask=batch.mask, index=index):
                     ref = captured.pop(name, None)
                     if ref is None:  # called more often than in the reference: not comparable
                         return
-                    cand = _rows(out, mask).double().to(ref.device)
+                    cand = _rows(out, mask, index).to(device=ref.device, dtype=torch.float32, copy=True)
                     if cand.shape != ref.shape:  # same name, different layer: not comparable
                         mismatched.add(name)
                         return
-                    diff = ref - cand
-                    signal[name] += float(ref.pow(2).sum())
-                    noise[name] += float(diff.pow(2).sum())
+                    # Identical outputs give an exact 0 noise energy, hence the SQNR ceiling.
+                    signal[name] += float(torch.linalg.vector_norm(ref)) ** 2
+                    noise[name] += float(torch.linalg.vector_norm(cand.sub_(ref))) ** 2
 
                 with _output_hooks(reference_model, matched, keep_reference):
                     ref_logits = _logits(reference_model, batch)
@@ -199,12 +202,13 @@ def _logits(model: nn.Module, batch) -> torch.Tensor:
     return out.logits.float()
 
 
-def _rows(t: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Real-token rows [tokens, features] of a [B, T, features] output."""
-    mask = mask.to(t.device)
-    if t.dim() >= 3 and t.shape[:2] == mask.shape:
-        return t[mask]
-    return t.reshape(-1, t.shape[-1])
+def _rows(t: torch.Tensor, mask: torch.Tensor, index: torch.Tensor | None) -> torch.Tensor:
+    """Real-token rows [tokens, features] of a [B, T, features] output; `index` holds the flat
+    positions of the real tokens (None: no padding)."""
+    flat = t.reshape(-1, t.shape[-1])
+    if index is None or not (t.dim() >= 3 and t.shape[:2] == mask.shape):
+        return flat
+    return flat.index_select(0, index.to(t.device))
 
 
 @contextmanager
