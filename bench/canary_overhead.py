@@ -1,0 +1,199 @@
+"""Serving throughput with shadow canaries: requests/s at 0%, 1%, 10% and 100% shadow sampling.
+
+    PYTHONPATH=. python bench/canary_overhead.py --out bench/results/canary-overhead.json
+
+An engine is built from the reference model (assets/models/pops-llama-tiny, fp8 W8A8 on the `cpu`
+profile by default) and served by `pops serve`'s app under uvicorn on a local port. A closed loop of
+`--concurrency` HTTP clients sends greedy completions of eval-en prompts; for each sampling share the
+same engine serves `--requests` requests and the shadow worker re-runs the sampled ones teacher-forced
+through the reference and the engine, as in production (bounded queue, drops counted). Shares are
+interleaved over `--rounds` rounds; each ratio is the median over rounds of requests/s at that share
+divided by requests/s at 0% in the same round, so slow drifts of a shared machine cancel.
+Target (issue 5): at most 5% throughput loss at 1%.
+
+Shadow work still queued when a share's last request completes is finished before the next share
+starts and is not counted against either; at 100% the queue is full and most jobs are dropped, so the
+100% row measures the cost of a saturated shadow worker, not of re-running every request.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import torch  # noqa: E402
+
+DEFAULT_SHARES = (0.0, 0.01, 0.1, 1.0)
+
+
+def build_engine(model: Path, recipe_name: str, out_root: Path) -> Path:
+    """Builds (or finds, by content hash) the engine to serve."""
+    from runtime.accelerators import get_profile
+    from runtime.engines import build
+    from runtime.recipes import preset
+
+    return build(model, preset(recipe_name), get_profile("cpu"), out_root=out_root).path
+
+
+def prompts(corpus: Path, n: int) -> list[str]:
+    lines = [json.loads(line)["text"] for line in corpus.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return [lines[i % len(lines)] for i in range(n)]
+
+
+class Server:
+    """The serving app under uvicorn in a thread of this process."""
+
+    def __init__(self, app, port: int):
+        import uvicorn
+
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        while not self.server.started:
+            time.sleep(0.05)
+        return self
+
+    def __exit__(self, *exc):
+        self.server.should_exit = True
+        self.thread.join(60)
+
+
+async def load(url: str, texts: list[str], *, concurrency: int, max_tokens: int, tag: str) -> tuple[float, list[float]]:
+    """Sends every prompt through `concurrency` clients; returns (wall seconds, per-request latencies)."""
+    import httpx
+
+    queue: asyncio.Queue = asyncio.Queue()
+    for i, text in enumerate(texts):
+        queue.put_nowait((i, text))
+    latencies: list[float] = []
+
+    async def client(http: httpx.AsyncClient) -> None:
+        while not queue.empty():
+            i, text = queue.get_nowait()
+            started = time.perf_counter()
+            r = await http.post("/v1/completions", json={"prompt": text, "max_tokens": max_tokens, "temperature": 0},
+                                headers={"X-Request-ID": f"{tag}-{i}"})
+            r.raise_for_status()
+            latencies.append(time.perf_counter() - started)
+
+    async with httpx.AsyncClient(base_url=url, timeout=600) as http:
+        started = time.perf_counter()
+        await asyncio.gather(*(client(http) for _ in range(concurrency)))
+        return time.perf_counter() - started, latencies
+
+
+def counter(metric, *labels) -> float:
+    return metric.labels(*labels)._value.get() if labels else metric._value.get()
+
+
+def run(args) -> dict:
+    from runtime.serving import Routes, ServeConfig, ServedEngine, ServingService, Slot, create_app
+
+    with tempfile.TemporaryDirectory() as tmp:
+        engine_path = build_engine(args.model, args.recipe, Path(args.engines or tmp))
+        service = ServingService(ServeConfig(endpoint="bench", engine_paths=[engine_path],
+                                             shadow_queue_size=args.queue_size))
+        engine = ServedEngine.load(engine_path)
+        service.router.swap(Routes(active=Slot(engine)))
+        service.references.get(engine)  # the reference loads before timing, as the watcher does in production
+        port = args.port
+        url = f"http://127.0.0.1:{port}"
+        texts = prompts(args.corpus, args.requests)
+        rows = {share: {"rps": [], "latencies": [], "taken": 0, "dropped": 0, "sampled": 0} for share in args.shares}
+        with Server(create_app(service), port):
+            asyncio.run(load(url, texts[: args.warmup], concurrency=args.concurrency, max_tokens=args.max_tokens,
+                             tag="warmup"))
+            for r in range(args.rounds):
+                order = list(args.shares[r % len(args.shares):]) + list(args.shares[: r % len(args.shares)])
+                for share in order:
+                    service.router.swap(Routes(active=Slot(engine), sample_share=share))
+                    taken0 = counter(service.metrics.samples_taken, "active")
+                    dropped0 = counter(service.metrics.samples_dropped, "shadow_queue_full")
+                    tag = f"r{r}-s{share}"
+                    wall, latencies = asyncio.run(load(url, texts, concurrency=args.concurrency,
+                                                       max_tokens=args.max_tokens, tag=tag))
+                    service.worker.wait_idle(600)  # leftovers are not charged to the next share
+                    row = rows[share]
+                    row["rps"].append(len(texts) / wall)
+                    row["latencies"].extend(latencies)
+                    row["taken"] += counter(service.metrics.samples_taken, "active") - taken0
+                    row["dropped"] += counter(service.metrics.samples_dropped, "shadow_queue_full") - dropped0
+                    print(f"round {r} share {share:>5.0%}: {len(texts) / wall:6.2f} req/s", flush=True)
+        service.stop()
+        base = rows[args.shares[0]]["rps"]
+        results = []
+        for share, row in rows.items():
+            ratios = [rps / b for rps, b in zip(row["rps"], base)]
+            lat = sorted(row["latencies"])
+            results.append({
+                "shadow_share": share, "requests_per_s_median": statistics.median(row["rps"]),
+                "requests_per_s_rounds": row["rps"], "ratio_vs_0": statistics.median(ratios),
+                "throughput_loss_pct": 100 * (1 - statistics.median(ratios)), "ratios_by_round": ratios,
+                "latency_p50_s": lat[len(lat) // 2], "latency_p95_s": lat[int(len(lat) * 0.95)],
+                "shadow_samples_taken": int(row["taken"]), "shadow_jobs_dropped": int(row["dropped"]),
+            })
+        at_1pct = next((x for x in results if x["shadow_share"] == 0.01), None)
+        return {
+            "bench": "canary_overhead", "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+                        "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__},
+            "engine": {"engine_id": engine.engine_id, "recipe": args.recipe, "model": str(args.model),
+                       "device": "cpu"},
+            "settings": {"requests": args.requests, "concurrency": args.concurrency, "max_tokens": args.max_tokens,
+                         "rounds": args.rounds, "shadow_queue_size": args.queue_size,
+                         "corpus": str(args.corpus.relative_to(REPO) if args.corpus.is_relative_to(REPO) else args.corpus)},
+            "results": results,
+            "target": {"max_throughput_loss_pct_at_1pct": 5.0,
+                       "met": None if at_1pct is None else at_1pct["throughput_loss_pct"] <= 5.0},
+        }
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", type=Path, default=REPO / "assets" / "models" / "pops-llama-tiny")
+    p.add_argument("--recipe", default="fp8_w8a8", help="Preset of the served engine.")
+    p.add_argument("--engines", type=Path, default=None, help="Engines folder (default: a temporary one).")
+    p.add_argument("--corpus", type=Path, default=REPO / "assets" / "corpora" / "eval-en.jsonl")
+    p.add_argument("--shares", type=float, nargs="+", default=list(DEFAULT_SHARES))
+    p.add_argument("--requests", type=int, default=200, help="Requests per share per round.")
+    p.add_argument("--warmup", type=int, default=8)
+    p.add_argument("--concurrency", type=int, default=4)
+    p.add_argument("--max-tokens", type=int, default=16)
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--queue-size", type=int, default=64)
+    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice).")
+    p.add_argument("--port", type=int, default=8931)
+    p.add_argument("--out", type=Path, default=None)
+    args = p.parse_args()
+    if args.shares[0] != 0.0:
+        p.error("--shares must start with 0 (the baseline)")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    report = run(args)
+    print(f"\n{'share':>6} {'req/s':>8} {'vs 0%':>7} {'loss':>7} {'p50 s':>7} {'p95 s':>7} {'samples':>8} {'dropped':>8}")
+    for x in report["results"]:
+        print(f"{x['shadow_share']:>6.0%} {x['requests_per_s_median']:8.2f} {x['ratio_vs_0']:7.3f} "
+              f"{x['throughput_loss_pct']:6.1f}% {x['latency_p50_s']:7.3f} {x['latency_p95_s']:7.3f} "
+              f"{x['shadow_samples_taken']:8d} {x['shadow_jobs_dropped']:8d}")
+    print(f"target <= 5% loss at 1%: {'met' if report['target']['met'] else 'NOT met'}")
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(report, indent=2) + "\n")
+        print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
