@@ -368,7 +368,8 @@ class WorkerProcess:
     def stop(self) -> None:
         if self.proc is None or self.proc.poll() is not None:
             return
-        self.proc.send_signal(signal.SIGTERM)  # warm shutdown
+        # Cold shutdown: the tests wait for their jobs, so nothing is in flight (warm shutdown takes ~8 s).
+        self.proc.send_signal(signal.SIGQUIT)
         try:
             self.proc.wait(timeout=15)
         except subprocess.TimeoutExpired:
@@ -376,20 +377,34 @@ class WorkerProcess:
             self.proc.wait(timeout=10)
 
 
-@pytest.fixture
-def start_worker(tmp_path) -> Iterator[Callable[..., WorkerProcess]]:
-    """Starts worker subprocesses for a test and stops every one of them afterwards."""
-    workers: list[WorkerProcess] = []
+class SharedWorker:
+    """One worker for a whole test module (starting one and importing torch in it costs seconds).
 
-    def start(settings, *, extra_env: dict[str, str] | None = None, **kwargs) -> WorkerProcess:
-        env = {**settings_env(settings), **(extra_env or {})}
-        worker = WorkerProcess(env, tmp_path / f"worker-{len(workers)}.log", **kwargs)
-        workers.append(worker)
-        return worker.start()
+    `write_delay(s)` makes its engine builds pause `s` seconds between writing the weights into
+    the temporary folder and renaming it (see worker_app.py), without restarting it.
+    """
 
-    yield start
-    for worker in workers:
-        worker.stop()
+    def __init__(self, settings, folder: Path):
+        self.settings, self.folder = settings, folder
+        self.delay_file = folder / "engine-write-delay"
+        self.worker: WorkerProcess | None = None
+        self.starts = 0
+
+    def write_delay(self, seconds: float) -> None:
+        self.delay_file.write_text(str(seconds))
+
+    def ensure(self) -> WorkerProcess:
+        """The running worker, started on first use (or again after it was killed or stopped)."""
+        if self.worker is None or self.worker.proc.poll() is not None:
+            env = {**settings_env(self.settings), "JOBS_TEST_ENGINE_WRITE_DELAY_FILE": str(self.delay_file)}
+            self.starts += 1
+            self.worker = WorkerProcess(env, self.folder / f"worker-{self.starts}.log").start()
+        return self.worker
+
+    def stop(self) -> None:
+        if self.worker is not None:
+            self.worker.stop()
+            self.worker = None
 
 
 # --- a private Redis that a test may restart -------------------------------------------------------
