@@ -37,17 +37,25 @@ _SCRIPT_RANGES: tuple[tuple[str, int, int], ...] = (
 )
 
 # The code heuristic: a sample is code when at least 30% of its non-blank lines look like code
-# (start with a keyword such as `def`, `import`, `#include`, `return`, or end with `;`, `{`, `}`,
-# `):` or `=>`) and at least 4% of its non-space characters are code punctuation (`{}[]();=<>`).
-# Prose with a few parentheses fails the first test, one-line formulas fail the second.
+# and at least 3% of its non-space characters are code punctuation ({}[]();=<>_). A line looks
+# like code when it starts with a keyword (`def`, `import`, `return`, `#include`, `const`, ...)
+# or a decorator, is an assignment (`x = ...`, `a.b += 1`) or a bare call (`f(x)`), or ends
+# with `;`, `{`, `}`, `:` after a closing bracket or `else`/`try`/`finally`, or `=>`.
+# Prose with a few parentheses fails the first test; one-line formulas fail the second.
 _CODE_LINE = re.compile(
-    r"^\s*(def |class |import |from \S+ import |#include|#define|return\b|function\b|const |let |var |"
-    r"public |private |fn |func |package |if \(|for \(|while \(|SELECT |@\w+)"
-    r"|[;{}]\s*$|\):\s*$|=>\s*$",
+    r"^\s*(def \w+\(|class \w+\s*[(:]|import [\w.]+(\s+as\s+\w+)?(\s*,\s*[\w.]+)*\s*$|from [\w.]+ import |#include|#define|return\b|raise |yield\b|assert |async |await |"
+    r"elif |else:|try:|except\b|finally:|with .+:\s*$|if .+:\s*$|for .+ in .+:\s*$|while .+:\s*$|"
+    r"function\b|const |let |var |public |private |fn |func |package |if \(|for \(|while \(|SELECT |@\w+)"
+    r"|^\s*[A-Za-z_][\w.\[\]'\"]*\s*(=|\+=|-=|\*=|/=)\s*[^=\s]"
+    r"|^\s*[A-Za-z_][\w.]*\(.*\)\s*$"
+    r"|[;{}]\s*$|[)\]]:\s*$|=>\s*$",
 )
-_CODE_PUNCT = set("{}[]();=<>")
+_CODE_PUNCT = set("{}[]();=<>_")
 CODE_LINE_SHARE = 0.30
-CODE_PUNCT_SHARE = 0.04
+# Profiles keep the most common tags only: per-file provenance tags would otherwise grow a
+# profile with its corpus.
+MAX_TAGS = 64
+CODE_PUNCT_SHARE = 0.03
 
 
 class CoverageProfile(BaseModel):
@@ -60,7 +68,8 @@ class CoverageProfile(BaseModel):
     mean_tokens: float = Field(description="Mean text length, in tokens.")
     length_buckets: dict[str, float] = Field(description="Share of texts per token-length bucket (all buckets).")
     scripts: dict[str, float] = Field(description="Share of texts per dominant script (all scripts).")
-    tags: dict[str, float] = Field(default_factory=dict, description="Share of texts carrying each tag.")
+    tags: dict[str, float] = Field(
+        default_factory=dict, description=f"Share of texts carrying each tag (the {MAX_TAGS} most common).")
     slices: dict[str, float] = Field(default_factory=dict, description="Share of texts per slice.")
 
 
@@ -161,16 +170,25 @@ def coverage_profile(
         mean_tokens=float(sum(token_counts)) / n,
         length_buckets={label: buckets[label] / n for label in BUCKET_LABELS},
         scripts={script: scripts[script] / n for script in SCRIPTS},
-        tags={tag: count / n for tag, count in sorted(tags.items())},
+        tags={tag: count / n for tag, count in sorted(tags.most_common(MAX_TAGS))},
         slices={name: count / n for name, count in slices.items()},
     )
 
 
 def check_coverage(
-    calibration: CoverageProfile, traffic: CoverageProfile, *, min_share: float = 0.01,
+    calibration: CoverageProfile,
+    traffic: CoverageProfile,
+    *,
+    min_share: float = 0.01,
+    tag_prefixes: Sequence[str] = ("domain:",),
 ) -> list[CoverageGap]:
     """Lists every length bucket, script and tag that is at least `min_share` of traffic
-    but has no calibration sample at all."""
+    but has no calibration sample at all.
+
+    Only tags starting with one of `tag_prefixes` are compared (default: `domain:` tags;
+    provenance tags such as `source:...` name single files and would all be gaps); pass
+    `("",)` to compare every tag.
+    """
     if not 0.0 <= min_share <= 1.0:
         raise InputError(f"min_share must be in [0, 1], got {min_share}", loc=("min_share",))
     gaps: list[CoverageGap] = []
@@ -196,6 +214,8 @@ def check_coverage(
                 kind="script", key=script, traffic_share=share, calibration_share=0.0,
                 message=f"no calibration sample in {what}; {_pct(share)} of traffic is {script}"))
     for tag, share in traffic.tags.items():
+        if not tag.startswith(tuple(tag_prefixes)):
+            continue
         if share >= min_share and calibration.tags.get(tag, 0.0) == 0.0:
             gaps.append(CoverageGap(
                 kind="tag", key=tag, traffic_share=share, calibration_share=0.0,

@@ -166,15 +166,47 @@ def test_check_coverage_min_share_and_inner_bucket():
 
 
 def test_check_coverage_tags_and_code():
-    calibration = coverage_profile([Sample(text="plain prose")], token_counts=[10])
+    calibration = coverage_profile([Sample(text="plain prose", tags=("domain:docs", "source:a.py"))],
+                                   token_counts=[10])
     traffic = coverage_profile(
-        [Sample(text="def f(x):\n    return x\n", tags=("python",)), Sample(text="plain")], token_counts=[10, 10])
+        [Sample(text="def f(x):\n    return x\n", tags=("python", "domain:code", "source:b.py")),
+         Sample(text="plain", tags=("domain:docs",))], token_counts=[10, 10])
     messages = [str(g) for g in check_coverage(calibration, traffic)]
-    assert "no calibration sample in code; 50% of traffic is code" in messages
-    assert "no calibration sample tagged 'python'; 50% of traffic is tagged 'python'" in messages
+    assert messages == ["no calibration sample in code; 50% of traffic is code",
+                        "no calibration sample tagged 'domain:code'; 50% of traffic is tagged 'domain:code'"]
+    every_tag = [str(g) for g in check_coverage(calibration, traffic, tag_prefixes=("",))]
+    assert "no calibration sample tagged 'python'; 50% of traffic is tagged 'python'" in every_tag
+    assert "no calibration sample tagged 'source:b.py'; 50% of traffic is tagged 'source:b.py'" in every_tag
+
+
+def test_python_code_without_braces_is_code():
+    source = ("from contextlib import contextmanager\nimport sys\n\n"
+              "def source_hash(source_bytes):\n    \"Return the hash.\"\n"
+              "    return _imp.source_hash(_RAW_MAGIC_NUMBER, source_bytes)\n\n"
+              "def resolve_name(name, package):\n    if not name.startswith('.'):\n        return name\n")
+    assert text_script(source) == "code"
+    assert text_script("class to add info() and geturl() methods to an open file.") == "Latin"
+    assert text_script("import the module first, then call it.") == "Latin"
 
 
 def test_profile_round_trips_json(tiny_corpus, tiny_tokenizer):
     profile = coverage_profile(tiny_corpus, tiny_tokenizer)
     assert CoverageProfile.model_validate_json(profile.model_dump_json()) == profile
     assert json.loads(profile.model_dump_json())["samples"] == 8
+
+
+def test_shipped_corpora_gaps():
+    """The repository's calibration corpus is short English; its traffic corpus is long and multiscript."""
+    from pathlib import Path
+
+    from transformers import AutoTokenizer
+
+    root = Path(__file__).resolve().parents[2] / "assets"
+    tokenizer = AutoTokenizer.from_pretrained(root / "models" / "pops-llama-tiny")
+    calibration = coverage_profile(Corpus.load(root / "corpora" / "calib-en-short.jsonl"), tokenizer)
+    traffic = coverage_profile(Corpus.load(root / "corpora" / "traffic-multiscript.jsonl"), tokenizer)
+    assert calibration.scripts["Latin"] == 1.0 and calibration.length_buckets["0-128"] == 1.0
+    gaps = check_coverage(calibration, traffic)
+    assert {g.key for g in gaps if g.kind == "script"} == {"CJK", "Cyrillic", "Arabic", "Greek", "Devanagari", "code"}
+    assert {g.key for g in gaps if g.kind == "length"} == {"128-512", "512-2048", "2048+"}
+    assert all(str(g).startswith("no calibration sample") for g in gaps)
