@@ -62,7 +62,10 @@ def measure(loaded, prompt_len: int, new_tokens: int, vocab: int) -> dict:
     from transformers import StaticCache
 
     model = loaded.model
-    cache = StaticCache(config=model.config, max_cache_len=prompt_len + new_tokens + 16)
+    # transformers may derive the write position from the cache's own fill level rather than
+    # cache_position (seen with 5.17), so every step of every phase below (5 + 4 x new_tokens)
+    # gets its own slot; attention over a static cache costs the same at any fill level.
+    cache = StaticCache(config=model.config, max_cache_len=prompt_len + 4 * new_tokens + 32)
     prompt = torch.randint(3, vocab, (1, prompt_len), device="cuda")
     positions = torch.arange(prompt_len, device="cuda")
 
@@ -161,6 +164,7 @@ def main() -> None:
         "engine_path": "runtime.engines.build(profile=h100) -> runtime.engines.load_engine(device=cuda)",
         "variants": {},
     }
+    os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
     for name in RECIPES:
         t0 = time.perf_counter()
         engine = build(model_dir, preset(name), get_profile("h100"), out_root=work / "engines")
@@ -172,6 +176,8 @@ def main() -> None:
         row.update({"engine_id": engine.engine_id, "build_s": built_s, "linear_kernels": kernels,
                     "linear_weight_bytes": engine.manifest["bytes"].get("linear_ops")})
         result["variants"][name] = row
+        with open(args.out, "w") as f:  # partial results survive a later failure
+            json.dump(result, f, indent=1)
         print(f"{name}: ttft {row['ttft_ms']:.1f} ms, decode {row['decode_tokens_per_s_graph']} tok/s graph, "
               f"{row['decode_tokens_per_s_eager']:.0f} eager, peak {row['peak_gpu_memory_gib']:.2f} GiB, "
               f"kernels {kernels}" + (f", graph error {row['graph_error']}" if row["graph_error"] else ""), flush=True)
