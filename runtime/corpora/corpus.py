@@ -97,6 +97,21 @@ class Corpus:
         """Slice names in first-seen order."""
         return list(dict.fromkeys(s.slice for s in self.samples))
 
+    def balanced(self, n: int) -> list[Sample]:
+        """Up to `n` samples taken round-robin across slices (first-seen slice order, file order
+        within a slice), so a cap on samples never drops a slice that sits late in the file."""
+        if n >= len(self.samples):
+            return list(self.samples)
+        queues = {name: [s for s in self.samples if s.slice == name] for name in self.slices()}
+        picked: list[Sample] = []
+        depth = 0
+        while len(picked) < n:
+            for queue in queues.values():
+                if depth < len(queue) and len(picked) < n:
+                    picked.append(queue[depth])
+            depth += 1
+        return picked
+
     def head(self, n: int) -> "Corpus":
         """The first `n` samples as a corpus of the same name."""
         return Corpus(self.samples[:n], name=self.name)

@@ -96,8 +96,9 @@ def evaluate(
     batch_size: int = 4,
     progress: Callable[[int, int], None] | None = None,
 ) -> EvaluationReport:
-    """Runs the first `max_samples` corpus samples (truncated to `seq_len` tokens) through both
-    models and compares them token by token and layer by layer.
+    """Runs up to `max_samples` corpus samples, taken round-robin across slices so every slice
+    is measured (see Corpus.balanced), truncated to `seq_len` tokens, through both models and
+    compares them token by token and layer by layer.
 
     Args:
         reference_model: the model in its reference precision (or anything with a `.model`).
@@ -114,7 +115,7 @@ def evaluate(
     if max_samples < 1:
         raise InputError(f"max_samples must be >= 1, got {max_samples}", loc=("max_samples",))
     gates = parse_gates(gates or [])  # fail on a bad gate before any forward pass
-    chosen = list(corpus.samples[:max_samples])
+    chosen = corpus.balanced(max_samples)
 
     candidate_modules = dict(candidate_model.named_modules())
     layer_names = [op.name for op in linear_ops(reference_model)]

@@ -28,6 +28,14 @@ def test_load_reads_samples_slices_and_tags(tiny_corpus):
     assert tiny_corpus.samples[1].tags == ()
 
 
+def test_balanced_takes_every_slice(tiny_corpus):
+    picked = tiny_corpus.balanced(5)
+    assert [s.slice for s in picked] == ["english", "russian", "code", "english", "russian"]
+    assert picked[0] is tiny_corpus.samples[0] and picked[3] is tiny_corpus.samples[1]
+    assert tiny_corpus.balanced(100) == list(tiny_corpus.samples)
+    assert [s.slice for s in tiny_corpus.balanced(8)].count("english") == 4
+
+
 def test_missing_slice_is_default(tmp_path):
     corpus = Corpus.load(_write(tmp_path / "c.jsonl", ['{"text": "hello"}']))
     assert corpus.samples[0].slice == "default"

@@ -106,6 +106,11 @@ def test_nan_candidate_is_reported_and_fails(tiny_gpt2, tiny_tokenizer, tiny_cor
     json.loads(report.model_dump_json(), parse_constant=lambda c: pytest.fail(f"non-JSON {c}"))
 
 
+def test_sample_cap_keeps_every_slice(tiny_gpt2, tiny_tokenizer, tiny_corpus):
+    report = evaluate(tiny_gpt2, tiny_gpt2, tiny_tokenizer, tiny_corpus, max_samples=3, seq_len=16)
+    assert {name: m.samples for name, m in report.by_slice.items()} == {"english": 1, "russian": 1, "code": 1}
+
+
 def test_progress(tiny_llama, tiny_tokenizer, tiny_corpus):
     calls = []
     evaluate(tiny_llama, tiny_llama, tiny_tokenizer, tiny_corpus, max_samples=5, seq_len=16, batch_size=2,
