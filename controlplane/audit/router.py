@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Query
 
 from controlplane.audit import service
 from controlplane.audit.schemas import AuditEventPublic, AuditEventsPublic, AuditFilters
@@ -16,7 +16,7 @@ router = APIRouter(prefix="/audit-events", tags=["audit"], dependencies=[Viewer]
 
 
 @router.get("", response_model=AuditEventsPublic)
-def list_events(db: DbSession, page: Pagination, filters: Annotated[AuditFilters, Depends()]) -> AuditEventsPublic:
+def list_events(db: DbSession, page: Pagination, filters: Annotated[AuditFilters, Query()]) -> AuditEventsPublic:
     """Audit events, newest first, filtered by actor, action, object and time."""
     rows, count = service.list_events(db=db, filters=filters, page=page)
     return AuditEventsPublic(data=[AuditEventPublic.model_validate(r) for r in rows], count=count)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, status
+from fastapi import APIRouter, Query, status
 
 from controlplane.auth import service
 from controlplane.auth.schemas import ApiKeyCreate, ApiKeyCreated, ApiKeyFilters, ApiKeyPublic, ApiKeysPublic, Revoke
@@ -29,7 +29,7 @@ def create_key(key_in: ApiKeyCreate, db: DbSession, settings: AppSettings, calle
 
 
 @router.get("", response_model=ApiKeysPublic, dependencies=[Admin])
-def list_keys(db: DbSession, page: Pagination, filters: Annotated[ApiKeyFilters, Depends()]) -> ApiKeysPublic:
+def list_keys(db: DbSession, page: Pagination, filters: Annotated[ApiKeyFilters, Query()]) -> ApiKeysPublic:
     """Keys, newest first (never their secrets)."""
     rows, count = service.list_keys(db=db, filters=filters, page=page)
     return ApiKeysPublic(data=[ApiKeyPublic.model_validate(r) for r in rows], count=count)

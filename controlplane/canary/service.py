@@ -95,15 +95,19 @@ def ingest(*, db: Session, deployment: Deployment, samples: list[CanarySampleIn]
     now = utcnow()
     start = window_start(now, window_seconds)
     fresh = _new_samples(db, deployment, samples)
-    if fresh:
-        db.execute(insert(CanarySample), [
-            {**s.model_dump(), "deployment_id": deployment.id, "created_at": now} for s in fresh
-        ])
-        _merge(_locked_window(db, deployment=deployment, start=start, seconds=window_seconds), fresh)
     result = CanaryIngestResult(deployment_id=deployment.id, accepted=len(fresh),
                                 duplicates=len(samples) - len(fresh), window_start=start)
     audit.record(db=db, actor=actor, action="canary.ingest", object_type="deployment", object_id=deployment.id,
                  after=result.model_dump(mode="json"))
+    db.flush()
+    if fresh:
+        # With RETURNING, SQLAlchemy's "insertmanyvalues" sends the batch as a few multi-row INSERTs
+        # (one round trip per ~1000 rows) instead of one statement per sample.
+        db.scalars(insert(CanarySample).returning(CanarySample.id), [
+            {**s.model_dump(), "deployment_id": deployment.id, "created_at": now} for s in fresh
+        ]).all()
+        # Last before the commit: concurrent batches queue on this row lock, so hold it briefly.
+        _merge(_locked_window(db, deployment=deployment, start=start, seconds=window_seconds), fresh)
     db.commit()
     return result
 
