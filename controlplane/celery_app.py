@@ -67,7 +67,6 @@ def create_celery(
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,  # a worker holds one job at a time; the rest wait in Redis
-        task_track_started=True,
         # One direct exchange per queue: a job routed to `gpu` is never also delivered to `cpu`.
         task_queues=tuple(Queue(name, Exchange(name, type="direct"), routing_key=name) for name in QUEUES),
         task_default_queue=CPU_QUEUE,
@@ -81,7 +80,7 @@ def create_celery(
         broker_channel_error_retry=True,
         result_backend_always_retry=True,
         result_backend_max_retries=20,
-        result_expires=7 * 24 * 3600,  # job state lives in the database; results are a convenience
+        result_expires=7 * 24 * 3600,  # job tasks store no results (the jobs table is their result store)
         worker_hijack_root_logger=False,
     )
     return app

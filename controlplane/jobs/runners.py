@@ -79,6 +79,7 @@ def _write_atomically(final: Path, write: Callable[[Path], None]) -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{final.name}-", dir=final.parent))
     try:
         write(tmp)
+        tmp.chmod(0o755)  # mkdtemp makes it owner-only; the API and other hosts read artifacts too
         os.rename(tmp, final)
     except OSError:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -152,6 +153,7 @@ def run_calibrate(ctx: JobContext) -> Outcome:
     summary = calibration_summary(calibration)
     ctx.run.log_params({"observer": summary["observer"], "tokens": summary["tokens"]})
     ctx.run.log_metrics(summary, prefix="calibration.")
+    ctx.run.log_dict({"content_hash": digest, **summary, "meta": calibration.metadata}, "calibration_summary.json")
 
     def rows(db: Session) -> dict[str, Any]:
         row = _find_or_add(db, Calibration, digest, lambda: Calibration(

@@ -27,6 +27,10 @@ class JobTask(Task):
     """A job task: acks late, retries transient errors with backoff, records exhausted retries on the job."""
 
     abstract = True
+    # The jobs table is the result store (status, progress, result ids, error). Storing Celery results
+    # too would make every publish subscribe the API to a Redis pub/sub channel it never reads, and
+    # make a submission wait ~20 s on a down result backend before failing.
+    ignore_result = True
     acks_late = True
     reject_on_worker_lost = True
     autoretry_for = runners.TRANSIENT_ERRORS

@@ -25,7 +25,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[3]
 PG_HOST, PG_PORT, REDIS_HOST, REDIS_PORT = "127.0.0.1", 5432, "127.0.0.1", 6379
-PG_ADMIN_URL = f"postgresql://postgres@{PG_HOST}:{PG_PORT}/test"
+PG_ADMIN_URL = f"postgresql://postgres@{PG_HOST}:{PG_PORT}/test"  # where databases are created and dropped
 PEPPER = "jobs-tests-pepper-0123456789"
 IN_CI = os.environ.get("CI", "").lower() == "true"
 
@@ -166,9 +166,14 @@ def sqlite_settings(tmp_path, models_root, mlflow_uri):
 
 
 def _dispose(settings) -> None:
+    _dispose_url(settings.database_url)
+
+
+def _dispose_url(url: str) -> None:
+    """Closes the pooled connections `controlplane.db.get_engine` holds for this URL."""
     from controlplane.db import _ENGINES
 
-    engine = _ENGINES.pop(settings.database_url, None)
+    engine = _ENGINES.pop(url, None)
     if engine is not None:
         engine.dispose()
 
@@ -176,24 +181,16 @@ def _dispose(settings) -> None:
 @pytest.fixture(scope="session")
 def pg_url() -> Iterator[str]:
     """A PostgreSQL database of this test session's own, migrated to head, dropped afterwards."""
-    require_services()
-    import psycopg
+    from tests.controlplane.databases import create_database, drop_database
 
-    name = f"pops_jobs_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    url = f"postgresql+psycopg://postgres@{PG_HOST}:{PG_PORT}/{name}"
+    require_services()
+    url = create_database()
     try:
         migrate(url)
         yield url
     finally:
-        from controlplane.db import _ENGINES
-
-        engine = _ENGINES.pop(url, None)
-        if engine is not None:
-            engine.dispose()
-        with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        _dispose_url(url)
+        drop_database(url)
 
 
 @pytest.fixture(scope="session")

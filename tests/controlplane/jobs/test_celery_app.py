@@ -21,6 +21,7 @@ def test_worker_app_acks_late_and_requeues_on_worker_loss(tmp_path, models_root)
     for name in ("pops.calibrate", "pops.build", "pops.evaluate"):
         task = get_celery(settings).tasks[name]
         assert task.acks_late and task.reject_on_worker_lost and task.max_retries > 0
+        assert task.ignore_result  # the jobs table is the result store
         # Only transient errors retry: a bad recipe must fail the job at once, not five times.
         assert ValueError not in task.autoretry_for and Exception not in task.autoretry_for
 

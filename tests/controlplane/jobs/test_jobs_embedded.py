@@ -301,3 +301,55 @@ def test_bad_gate_is_422_naming_it(env):
     detail = response.json()["detail"][0]
     assert detail["loc"][:4] == ["body", "gates", 0, "metric"] and "unknown metric 'vibes'" in detail["msg"]
     assert job_count(settings) == 0
+
+
+def test_submission_is_audited(env):
+    client, settings, ids = env
+    job = client.post("/v1/jobs/build", json=build_body(ids, reason="nightly fp8 refresh")).json()
+    admin = {"Authorization": f"Bearer {api_key(settings, Role.admin)}"}
+    events = client.get("/v1/audit-events", params={"object_type": "job", "object_id": str(job["id"])},
+                        headers=admin).json()
+    assert events["count"] == 1
+    event = events["data"][0]
+    assert event["action"] == "job.build" and event["actor"] == "submitter-tester"
+    assert event["reason"] == "nightly fp8 refresh" and event["before"] is None
+    assert event["after"]["params"] == job["params"] and event["after"]["status"] == "queued"
+
+
+def test_unreachable_broker_is_503_and_the_job_is_marked_failed(tmp_path, models_root, mlflow_uri, model_dir,
+                                                                corpus_file):
+    from .conftest import migrate
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    settings = make_settings(tmp_path, database_url=f"sqlite:///{tmp_path / 'pops.db'}", models_root=models_root,
+                             mlflow_tracking_uri=mlflow_uri, broker_url=f"redis://127.0.0.1:{port}/0")
+    migrate(settings.database_url)
+    ids = seed(settings, model_dir=model_dir, corpus_file=corpus_file)
+    key = api_key(settings, Role.submitter)
+    with TestClient(create_app(settings), headers={"Authorization": f"Bearer {key}"}) as client:
+        response = client.post("/v1/jobs/build", json=build_body(ids), headers={"Idempotency-Key": "no-broker"})
+        assert response.status_code == 503
+        assert response.json()["detail"][0]["loc"] == ["broker"]
+        replay = client.post("/v1/jobs/build", json=build_body(ids), headers={"Idempotency-Key": "no-broker"})
+    assert replay.status_code == 200  # the key names the job that could not be queued; it says why
+    assert replay.json()["status"] == "failed" and "broker is unreachable" in replay.json()["error"]
+
+
+@pytest.mark.parametrize("env, args, message", [
+    ({"POPS_BROKER_URL": None}, ["worker"], "POPS_BROKER_URL is not set"),
+    ({"POPS_BROKER_URL": "redis://127.0.0.1:1/0"}, ["worker", "-Q", "cpu,tpu"], "unknown queue(s) tpu"),
+])
+def test_pops_worker_refuses_bad_configuration(env, args, message):
+    from typer.testing import CliRunner
+
+    from controlplane import cli
+    from controlplane.settings import get_settings
+
+    get_settings.cache_clear()
+    try:
+        result = CliRunner().invoke(cli.app, args, env=env)
+    finally:
+        get_settings.cache_clear()
+    assert result.exit_code == 2 and message in result.output
