@@ -83,10 +83,6 @@ def _prune(configs, named_args, **kwargs):
 @triton.autotune(
     configs=_CONFIGS_INTERPRET if interpreting() else _CONFIGS_SMALL + _CONFIGS_MID + _CONFIGS_LARGE,
     key=["M_BUCKET", "N", "K"],
-    # Time candidates as CUDA-graph replays: decode-sized kernels run for less time than a
-    # launch costs the host on the H100 machine, so plain do_bench picked configs by host noise
-    # (measured: its M = 128 fp8 pick ran 37.8 µs of device time vs _scaled_mm's 29.6).
-    use_cuda_graph=True,
     prune_configs_by={"early_config_prune": _prune},
 )
 @triton.heuristics({"EVEN_K": lambda args: args["K"] % args["BLOCK_K"] == 0})

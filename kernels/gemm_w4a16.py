@@ -17,9 +17,10 @@ X_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 SCALE_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 # Symmetric int4 stores codes q = round(w / scale) + 8, so the zero point is always 8.
 SYMMETRIC_ZERO = 8
-# From this many tokens up the launcher dequantizes the weight once and calls cuBLAS
-# (measured on H100 in bench/kernels.py: see bench/results/kernels-h100.md).
-DEQUANT_MIN_M = 1024
+# From this many tokens up the launcher dequantizes the weight once and calls cuBLAS. Measured
+# on H100 at K = N = 8192 (bench/results/kernels-h100.md): fused 96 µs vs dequant+cuBLAS 129 at
+# M = 128, 139 vs 132 at M = 256, 535 vs 247 at M = 1024.
+DEQUANT_MIN_M = 256
 
 
 def _check_group(k: int, group_size: int) -> None:
@@ -159,10 +160,6 @@ def _prune(configs, named_args, **kwargs):
 @triton.autotune(
     configs=_CONFIGS_INTERPRET if interpreting() else _CONFIGS_DECODE + _CONFIGS_PREFILL,
     key=["M_BUCKET", "N", "K", "GROUP"],
-    # Time candidates as CUDA-graph replays: decode-sized kernels run for less time than a
-    # launch costs the host on the H100 machine, so plain do_bench picked configs by host noise
-    # (measured: its M = 128 fp8 pick ran 37.8 µs of device time vs _scaled_mm's 29.6).
-    use_cuda_graph=True,
     prune_configs_by={"early_config_prune": _prune},
 )
 @triton.jit
