@@ -1,1 +1,1 @@
-"""controlplane."""
+"""PrecisionOps control plane: the service (REST API, database, rollout, auth) over the runtime library."""
