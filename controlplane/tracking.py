@@ -50,11 +50,11 @@ def _client(tracking_uri: str) -> tuple[Any, str]:
     with _CLIENTS_LOCK:
         if tracking_uri in _CLIENTS:
             return _CLIENTS[tracking_uri]
-        from mlflow.tracking import MlflowClient  # heavy import, only where jobs run
-
         store_uri, artifact_location = store_uris(tracking_uri)
         if store_uri.startswith("http"):
             _check_server(store_uri)
+        from mlflow.tracking import MlflowClient  # heavy import (seconds), only where jobs run
+
         client = MlflowClient(tracking_uri=store_uri)
         experiment = client.get_experiment_by_name(EXPERIMENT)
         if experiment is None:

@@ -52,7 +52,7 @@ class JobContext:
 
 @dataclass
 class Outcome:
-    """What a runner made: the result rows to write with the job's completion, and MLflow metrics."""
+    """What a runner made: a function adding its result rows (in the completing transaction), and a summary."""
 
     rows: Callable[[Session], dict[str, Any]]  # adds or finds the result rows; returns their ids
     summary: str
@@ -253,6 +253,10 @@ def run_evaluate(ctx: JobContext) -> Outcome:
     device = _device(ctx.job)
     ctx.progress.stage("loading models", 0.0, 0.1)
     reference = load_model(model_row.path)
+    if reference.content_hash != engine_row.manifest["model"]["content_hash"]:
+        raise InputError(f"model {model_row.id}'s folder is not the one engine {engine_row.id} was built from "
+                         f"({engine_row.manifest['model']['content_hash']}); the reference would be wrong",
+                         loc=("params", "engine_id"))
     candidate = load_engine(local_path(engine_row.uri), device=device)
     reference.model.to(device)
     ctx.progress.stage("evaluating", 0.1, 0.9)
@@ -280,7 +284,9 @@ def run_evaluate(ctx: JobContext) -> Outcome:
         db.flush()
         return {"evaluation_id": row.id, "verdict": verdict.value}
 
-    return Outcome(rows, f"evaluated: gates {verdict.value}")
+    metrics = document["metrics"]
+    return Outcome(rows, f"evaluated on {report.samples} samples: kl_mean {metrics['kl_mean']:.4g}, "
+                         f"top1_agreement {metrics['top1_agreement']:.4f}; gates {verdict.value}")
 
 
 RUNNERS: dict[JobKind, Callable[[JobContext], Outcome]] = {

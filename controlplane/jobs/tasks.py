@@ -44,6 +44,13 @@ class JobTask(Task):
         db = make_session_factory(get_engine(settings))()
         try:
             return runners.execute(db=db, job_id=job_id, settings=settings)
+        except runners.TRANSIENT_ERRORS as exc:
+            db.rollback()
+            if not self.request.is_eager:
+                raise  # autoretry_for: back off and run again
+            # In-process (embedded) runs retry at once, with no backoff: the same error would come back.
+            self._fail((job_id,), f"{type(exc).__name__}: {exc}")
+            return None
         except BaseException:
             db.rollback()
             raise

@@ -353,3 +353,37 @@ def test_pops_worker_refuses_bad_configuration(env, args, message):
     finally:
         get_settings.cache_clear()
     assert result.exit_code == 2 and message in result.output
+
+
+@pytest.mark.slow
+def test_reference_model_int8_engine_evaluates_close_to_bf16(sqlite_settings):
+    """The trained reference model (assets/models/pops-llama-tiny): int8 W8A8 built and evaluated as jobs.
+
+    On a trained network int8 with per-token activations should keep >= 90% top-1 agreement and
+    a small KL; the gates say so, and the job records which way they went.
+    """
+    from .conftest import REPO
+
+    model = REPO / "assets" / "models" / "pops-llama-tiny"
+    corpus = REPO / "assets" / "corpora" / "eval-en.jsonl"
+    ids = seed(sqlite_settings, model_dir=model, corpus_file=corpus)
+    with session_scope(sqlite_settings) as db:
+        build, _ = service.submit(db=db, kind=JobKind.build, job_in=BuildJobCreate(**build_body(ids)),
+                                  idempotency_key=None, actor="tests", settings=sqlite_settings)
+        assert build.status == JobStatus.succeeded, build.error
+        evaluate, _ = service.submit(
+            db=db, kind=JobKind.evaluate, idempotency_key=None, actor="tests", settings=sqlite_settings,
+            job_in=EvaluateJobCreate(engine_id=build.result["engine_id"], corpus_id=ids.corpus_id, max_samples=4,
+                                     seq_len=48, gates=[{"metric": "top1_agreement", "min": 0.9},
+                                                        {"metric": "kl_mean", "max": 0.05}]))
+    assert evaluate.status == JobStatus.succeeded, evaluate.error
+    report = local_report(_evaluation(sqlite_settings, evaluate.result["evaluation_id"]).report_uri)
+    assert evaluate.result["verdict"] == "passed", report["gate_results"]
+    assert 0 < report["metrics"]["kl_mean"] < 0.05
+
+
+def _evaluation(settings, evaluation_id: int):
+    from controlplane.evaluations.models import Evaluation
+
+    with session_scope(settings) as db:
+        return db.get(Evaluation, evaluation_id)
