@@ -13,8 +13,12 @@ from torch import nn
 from runtime.modules.quant_linear import ActivationStats, QuantLinear
 from runtime.plans import OpPlan
 
-# `channel_part[j]` names the part that owns output feature j; uint8 keeps it to one byte per row.
 MAX_PARTS = 255
+
+
+def row_index_dtype(out_features: int) -> torch.dtype:
+    """Dtype of the stored row indices of a mixed op's parts: int16 while the rows fit, else int32."""
+    return torch.int16 if out_features <= torch.iinfo(torch.int16).max else torch.int32
 
 
 class ChannelPart(QuantLinear):
@@ -24,31 +28,38 @@ class ChannelPart(QuantLinear):
 
 
 class MixedLinear(nn.Module):
-    """y = x W^T + b where row j of W (and of b) lives in the format of part `channel_part[j]`.
+    """y = x W^T + b where each part holds the rows of W (and of b) that share one format.
 
-    Buffers (what the engine's safetensors hold): `channel_part` uint8 [out], and under
-    `parts.<i>.` each part's QuantLinear buffers over its rows, in ascending row order.
+    Buffers (what the engine's safetensors hold): `rows_<i>` for parts i >= 1, the ascending
+    output features part i owns (int16, or int32 past 32767 rows); part 0 owns the rest, so a
+    layer that moves a few rows out of its main format pays two bytes per moved row and nothing
+    for the others. Under `parts.<i>.` each part's QuantLinear buffers over its rows.
     """
 
     is_quantized_linear = True
 
-    def __init__(self, in_features: int, out_features: int, parts: list[ChannelPart], channel_part: torch.Tensor,
+    def __init__(self, in_features: int, out_features: int, parts: list[ChannelPart], rows: list[torch.Tensor],
                  *, is_lm_head: bool = False, kernel: str = ""):
         super().__init__()
         if not 1 <= len(parts) <= MAX_PARTS:
             raise ValueError(f"a mixed layer has 1..{MAX_PARTS} parts, got {len(parts)}")
-        if channel_part.shape != (out_features,) or channel_part.dtype != torch.uint8:
-            raise ValueError(f"channel_part must be uint8 [{out_features}], got {channel_part.dtype} "
-                             f"{list(channel_part.shape)}")
+        if len(rows) != len(parts) - 1:
+            raise ValueError(f"{len(parts)} parts need row indices for parts 1..{len(parts) - 1}, got {len(rows)}")
         self.in_features, self.out_features = in_features, out_features
         self.is_lm_head, self.kernel = is_lm_head, kernel
         self.parts = nn.ModuleList(parts)
-        self.register_buffer("channel_part", channel_part)
+        owner = torch.zeros(out_features, dtype=torch.long)
+        for i, r in enumerate(rows, start=1):
+            r = r.long()
+            if r.numel() and (int(r.min()) < 0 or int(r.max()) >= out_features or bool((owner[r] != 0).any())):
+                raise ValueError(f"rows of part {i} are out of range or owned by another part")
+            owner[r] = i
+            self.register_buffer(f"rows_{i}", r.to(row_index_dtype(out_features)))
         for i, part in enumerate(parts):
-            index = (channel_part == i).nonzero().squeeze(1)
+            index = (owner == i).nonzero().squeeze(1)
             if index.numel() != part.out_features:
-                raise ValueError(f"part {i} has {part.out_features} rows but channel_part gives it {index.numel()}")
-            # Derived from channel_part, so not saved: the engine stores one byte per row, not eight.
+                raise ValueError(f"part {i} has {part.out_features} rows but owns {index.numel()} output features")
+            # int64 copies for index_copy_; derived, so not saved.
             self.register_buffer(f"index_{i}", index, persistent=False)
         self.bias = None  # each part carries the bias of its rows
         self.activation_stats = ActivationStats()
@@ -74,21 +85,29 @@ class MixedLinear(nn.Module):
         """
         if not op.parts:
             raise ValueError(f"{op.name}: not a mixed op (its plan has no parts)")
-        channel_part = _channel_map(op)
+        if len(op.parts) > MAX_PARTS:
+            raise ValueError(f"{op.name}: at most {MAX_PARTS} parts, got {len(op.parts)}")
+        covered = sorted(c for p in op.parts for c in p.channels)
+        if covered != list(range(op.out_features)):
+            missing = sorted(set(range(op.out_features)) - set(covered))
+            raise ValueError(f"{op.name}: every output feature must belong to exactly one part "
+                             f"(unowned: {missing[:5]}, {len(covered)} claims for {op.out_features} rows)")
         scales = input_scales or [None] * len(op.parts)
         parts = []
         for part, scale in zip(op.parts, scales):
             rows = torch.tensor(part.channels, dtype=torch.long)
             parts.append(ChannelPart.from_float(weight[rows], None if bias is None else bias[rows], part, scale))
-        return cls(op.in_features, op.out_features, parts, channel_part, is_lm_head=op.op_kind == "lm_head",
+        rows = [torch.tensor(p.channels, dtype=torch.long) for p in op.parts[1:]]
+        return cls(op.in_features, op.out_features, parts, rows, is_lm_head=op.op_kind == "lm_head",
                    kernel=op.kernel)
 
     @classmethod
     def empty_like_state(cls, op: OpPlan, state: dict[str, torch.Tensor], prefix: str) -> "MixedLinear":
         """An instance whose buffers are taken from an engine's saved tensors (no requantization)."""
         parts = [ChannelPart.empty_like_state(p, state, f"{prefix}parts.{i}.") for i, p in enumerate(op.parts)]
-        return cls(op.in_features, op.out_features, parts, state[f"{prefix}channel_part"],
-                   is_lm_head=op.op_kind == "lm_head", kernel=op.kernel)
+        rows = [state[f"{prefix}rows_{i}"] for i in range(1, len(op.parts))]
+        return cls(op.in_features, op.out_features, parts, rows, is_lm_head=op.op_kind == "lm_head",
+                   kernel=op.kernel)
 
     # --- execution -----------------------------------------------------------------------------
     def indices(self) -> list[torch.Tensor]:
@@ -97,7 +116,7 @@ class MixedLinear(nn.Module):
 
     def dequantized_weight(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """The weight values this op multiplies by, as a dense [out, in] tensor."""
-        w = torch.empty(self.out_features, self.in_features, dtype=dtype, device=self.channel_part.device)
+        w = torch.empty(self.out_features, self.in_features, dtype=dtype, device=self.index_0.device)
         for part, index in zip(self.parts, self.indices()):
             w[index] = part.dequantized_weight(dtype)
         return w
@@ -129,18 +148,3 @@ class MixedLinear(nn.Module):
                            f"xA={p.activation_format}: {p.out_features}" for p in self.parts)
         return f"in={self.in_features}, out={self.out_features}, rows by format: {counts}"
 
-
-def _channel_map(op: OpPlan) -> torch.Tensor:
-    """uint8 [out]: the part that owns each output feature; every feature owned exactly once."""
-    if len(op.parts) > MAX_PARTS:
-        raise ValueError(f"{op.name}: at most {MAX_PARTS} parts, got {len(op.parts)}")
-    owner = torch.full((op.out_features,), MAX_PARTS, dtype=torch.uint8)
-    for i, part in enumerate(op.parts):
-        rows = torch.tensor(part.channels, dtype=torch.long)
-        if rows.numel() and (bool((owner[rows] != MAX_PARTS).any()) or int(rows.max()) >= op.out_features):
-            raise ValueError(f"{op.name}: part {i} claims output features already owned or out of range")
-        owner[rows] = i
-    if bool((owner == MAX_PARTS).any()):
-        raise ValueError(f"{op.name}: output features {(owner == MAX_PARTS).nonzero().squeeze(1)[:5].tolist()} "
-                         "belong to no part")
-    return owner

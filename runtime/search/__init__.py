@@ -1,0 +1,12 @@
+"""Automatic mixed-precision search: spend bits where KL to the reference says they matter (issue 7)."""
+from runtime.search.allocation import Allocation, Budget, OpAllocation, allocate, stored_bits
+from runtime.search.candidates import CANDIDATES, DEFAULT_CANDIDATES, Candidate, admissible, get_candidates
+from runtime.search.emit import emit_recipe
+from runtime.search.search import SearchResult, op_candidates, search
+from runtime.search.sensitivity import OpSensitivity, Sensitivity, measure_sensitivity, quantized_module
+
+__all__ = [
+    "CANDIDATES", "DEFAULT_CANDIDATES", "Allocation", "Budget", "Candidate", "OpAllocation", "OpSensitivity",
+    "SearchResult", "Sensitivity", "admissible", "allocate", "emit_recipe", "get_candidates",
+    "measure_sensitivity", "op_candidates", "quantized_module", "search", "stored_bits",
+]
