@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
@@ -17,7 +18,7 @@ from runtime.corpora import BUCKET_LABELS, Corpus, length_bucket
 from runtime.corpora.batches import token_batches
 from runtime.errors import InputError
 from runtime.evaluation.gates import Gate, GateResult, apply_gates, parse_gates
-from runtime.evaluation.metrics import Metrics, kl_divergence, sqnr_from_energies, token_nll, top1_match
+from runtime.evaluation.metrics import Metrics, kl_from_log_probs, nll_from_log_probs, sqnr_from_energies, top1_match
 from runtime.models import linear_ops
 
 # Identical outputs have infinite SQNR; reports store this ceiling instead so they stay plain
@@ -224,11 +225,14 @@ def _output_hooks(model: nn.Module, names: list[str], fn) -> Iterator[None]:
 
 
 def _score(batch, ref_logits: torch.Tensor, cand_logits: torch.Tensor) -> list[_SampleScores]:
-    kl = kl_divergence(ref_logits, cand_logits)
+    # One log-softmax per model serves KL and NLL: at a 3k vocabulary it costs as much as a layer.
+    ref_logp = F.log_softmax(ref_logits, dim=-1)
+    cand_logp = F.log_softmax(cand_logits, dim=-1)
+    kl = kl_from_log_probs(ref_logp, cand_logp)
     top1 = top1_match(ref_logits, cand_logits)
     ids = batch.input_ids.to(ref_logits.device)
-    nll_ref = token_nll(ref_logits[:, :-1], ids[:, 1:])
-    nll_cand = token_nll(cand_logits[:, :-1], ids[:, 1:])
+    nll_ref = nll_from_log_probs(ref_logp[:, :-1], ids[:, 1:])
+    nll_cand = nll_from_log_probs(cand_logp[:, :-1], ids[:, 1:])
     nonfinite = (~torch.isfinite(cand_logits)).any(dim=-1)
     out = []
     for row, (sample, n) in enumerate(zip(batch.samples, batch.lengths)):

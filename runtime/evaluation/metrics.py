@@ -31,10 +31,12 @@ def kl_divergence(ref_logits: torch.Tensor, cand_logits: torch.Tensor) -> torch.
         [...] fp32: sum_v p_ref(v) * (log p_ref(v) - log p_cand(v)); rounding below zero is clamped to 0.
     """
     _same_shape(ref_logits, cand_logits, "logits")
-    ref_logp = F.log_softmax(ref_logits.float(), dim=-1)
-    cand_logp = F.log_softmax(cand_logits.float(), dim=-1)
-    kl = (ref_logp.exp() * (ref_logp - cand_logp)).sum(dim=-1)
-    return kl.clamp(min=0.0)
+    return kl_from_log_probs(F.log_softmax(ref_logits.float(), dim=-1), F.log_softmax(cand_logits.float(), dim=-1))
+
+
+def kl_from_log_probs(ref_logp: torch.Tensor, cand_logp: torch.Tensor) -> torch.Tensor:
+    """kl_divergence from log-softmax outputs, for callers that reuse them."""
+    return (ref_logp.exp() * (ref_logp - cand_logp)).sum(dim=-1).clamp(min=0.0)
 
 
 def top1_match(ref_logits: torch.Tensor, cand_logits: torch.Tensor) -> torch.Tensor:
@@ -59,7 +61,11 @@ def token_nll(logits: torch.Tensor, labels: torch.Tensor, *, ignore_index: int =
     if logits.shape[:-1] != labels.shape:
         raise InputError(f"labels shape {tuple(labels.shape)} does not match logits {tuple(logits.shape)}[:-1]",
                          loc=("labels",))
-    logp = F.log_softmax(logits.float(), dim=-1)
+    return nll_from_log_probs(F.log_softmax(logits.float(), dim=-1), labels, ignore_index=ignore_index)
+
+
+def nll_from_log_probs(logp: torch.Tensor, labels: torch.Tensor, *, ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
+    """token_nll from log-softmax outputs, for callers that reuse them."""
     keep = labels != ignore_index
     picked = logp.gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
     return torch.where(keep, -picked, torch.zeros_like(picked))
