@@ -333,7 +333,7 @@ class WorkerProcess:
         self.proc: subprocess.Popen | None = None
         self._log_offset = 0
 
-    def start(self, *, timeout: float = 60.0) -> "WorkerProcess":
+    def start(self, *, timeout: float = 120.0) -> "WorkerProcess":
         self._log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
