@@ -174,6 +174,10 @@ def test_roles_and_list_filters(env):
     page = client.get("/v1/jobs", params={"limit": 1, "offset": 1}, headers=viewer).json()
     assert page["count"] == 2 and len(page["data"]) == 1 and page["data"][0]["status"] == "succeeded"
     assert client.get("/v1/jobs", params={"kind": "calibrate"}, headers=viewer).json()["count"] == 0
+    assert client.get("/v1/jobs", params={"created_after": "2100-01-01T00:00:00Z"}, headers=viewer).json()["count"] == 0
+    assert client.get("/v1/jobs", params={"created_before": "2100-01-01T00:00:00Z"}, headers=viewer).json()["count"] == 2
+    assert client.get("/v1/jobs", params={"submitted_by": "submitter-tester"}, headers=viewer).json()["count"] == 2
+    assert client.get("/v1/jobs", params={"status": "bogus"}, headers=viewer).status_code == 422
     assert client.get("/v1/jobs/424242", headers=viewer).status_code == 404
 
 

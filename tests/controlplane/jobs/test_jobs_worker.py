@@ -110,6 +110,7 @@ def test_sigkill_mid_build_is_redelivered_and_completes_once(pg_settings, ids, w
     doomed.kill()
     killed = read_job(pg_settings, job.id)
     assert killed.status == JobStatus.running and killed.attempts == 1
+    assert killed.message == "building" and 0.05 <= killed.progress < 1  # progress was visible mid-job
     assert visible_engine_dirs(engines_root) == before
 
     worker.write_delay(0)
