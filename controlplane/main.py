@@ -34,6 +34,7 @@ ROUTERS = [
     "controlplane.alerts.router",
     "controlplane.audit.router",
     "controlplane.jobs.router",
+    "controlplane.drift.router",
 ]
 
 

@@ -20,7 +20,7 @@ DOMAIN_MODELS = (
     "controlplane.alerts.models",
 )
 # Domains other helpers add; imported when present so their tables join the metadata.
-OPTIONAL_MODELS = ("controlplane.jobs.models",)
+OPTIONAL_MODELS = ("controlplane.jobs.models", "controlplane.drift.models")
 
 
 def load_all_models() -> type[Base]:

@@ -50,6 +50,8 @@ class Settings(BaseSettings):
     max_canary_batch: int = Field(1000, ge=1, le=100_000, description="Most canary samples in one POST.")
     canary_window_seconds: int = Field(60, ge=1, le=86_400, description="Width of a canary aggregate window.")
     seed_accelerators: bool = Field(True, description="Sync accelerator profiles from the runtime at startup.")
+    alert_webhook_url: str | None = Field(
+        None, pattern=r"^https?://", description="Drift alerts are also POSTed here as JSON (retried, never blocking).")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
     @field_validator("database_url")

@@ -12,6 +12,7 @@ from controlplane.canary.models import CanarySample, CanaryWindow
 from controlplane.canary.schemas import CanaryIngestResult, CanarySampleFilters, CanarySampleIn, CanaryWindowFilters
 from controlplane.db import utcnow
 from controlplane.deployments.models import Deployment, Stage
+from controlplane.drift import flows as drift_flows
 from controlplane.errors import Conflict, InvalidInput
 from controlplane.pagination import PageParams, paginate
 
@@ -108,6 +109,9 @@ def ingest(*, db: Session, deployment: Deployment, samples: list[CanarySampleIn]
         ]).all()
         # Last before the commit: concurrent batches queue on this row lock, so hold it briefly.
         _merge(_locked_window(db, deployment=deployment, start=start, seconds=window_seconds), fresh)
+        # Same transaction: each sample reaches the sequential test exactly once and a rollback commits with the
+        # batch. Only this deployment's batches wait the longer lock; they take turns on its drift state anyway.
+        drift_flows.after_ingest(db=db, deployment=deployment, samples=fresh)
     db.commit()
     return result
 

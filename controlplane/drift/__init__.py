@@ -1,0 +1,1 @@
+"""Drift analysis: canary samples -> sequential test and window analysis -> alert -> automatic rollback."""
