@@ -21,15 +21,10 @@ from .conftest import PEPPER, make_settings, seed
 
 
 def api_key(settings, role: Role) -> str:
-    """A key of this role that authenticates."""
-    for _ in range(50):
-        with session_scope(settings) as db:
-            _, plaintext = auth_service.create(db=db, key_in=ApiKeyCreate(owner=f"{role.value}-tester", role=role),
-                                               pepper=PEPPER, actor="tests")
-            # TODO(auth): keys whose random part contains "_" fail auth.service._split; skip them until fixed.
-            if auth_service.authenticate(db=db, presented=plaintext, pepper=PEPPER) is not None:
-                return plaintext
-    raise AssertionError("no API key that authenticates")
+    with session_scope(settings) as db:
+        _, plaintext = auth_service.create(db=db, key_in=ApiKeyCreate(owner=f"{role.value}-tester", role=role),
+                                           pepper=PEPPER, actor="tests")
+    return plaintext
 
 
 @pytest.fixture
