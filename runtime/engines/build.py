@@ -5,6 +5,7 @@ import hashlib
 import json
 import os
 import shutil
+import socket
 import tempfile
 import time
 from dataclasses import dataclass
@@ -41,6 +42,26 @@ def engine_id(model_hash: str, recipe_hash: str, accelerator: str, calibration_h
     """Content address of an engine: what it was built from, and the build's format version."""
     key = json.dumps([FORMAT_VERSION, model_hash, recipe_hash, accelerator, calibration_hash])
     return hashlib.sha256(key.encode()).hexdigest()[:24]
+
+
+def _sweep_orphans(out_root: Path) -> None:
+    """Removes temporary folders of builds that died on this host (their process is gone)."""
+    host = socket.gethostname()
+    for tmp in out_root.glob(".tmp-*"):
+        parts = tmp.name.split("-")
+        # .tmp-<engine id>-<host>-<pid>-<random>; the host may itself contain dashes.
+        try:
+            pid = int(parts[-2])
+        except (ValueError, IndexError):
+            continue
+        if "-".join(parts[2:-2]) != host:
+            continue
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            shutil.rmtree(tmp, ignore_errors=True)
+        except PermissionError:
+            pass  # alive, someone else's
 
 
 def _activation_scale(calibration, op, fmax: float) -> float | None:
@@ -146,7 +167,9 @@ def build(model_path: str | os.PathLike, recipe: Recipe, profile: AcceleratorPro
         "summary": plan.summary(),
     }
     # Write everything under a temporary name in the same folder, then rename: a crash never leaves half an engine.
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{eid}-", dir=out_root))
+    _sweep_orphans(out_root)
+    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{eid}-{socket.gethostname()}-{os.getpid()}-", dir=out_root))
+    os.chmod(tmp, 0o755)  # mkdtemp makes it owner-only; engines are read by servers running as other users
     try:
         save_file(state, str(tmp / WEIGHTS), metadata={"engine_id": eid})
         for name in _CARRIED:

@@ -129,3 +129,22 @@ def test_manifest_is_plain_json(tmp_path, tiny_llama, tiny_tokenizer):
     e = build(src, preset("int8_w8a8"), get_profile("cpu"), out_root=tmp_path / "e")
     doc = json.loads((e.path / "manifest.json").read_text())
     assert doc["plan"]["accelerator"] == "cpu" and doc["model"]["architecture"] == "LlamaForCausalLM"
+
+
+def test_orphaned_temporary_folders_of_dead_builds_are_swept(tmp_path, tiny_llama, tiny_tokenizer):
+    import os
+    import socket
+    import subprocess
+
+    src = _save(tiny_llama, tiny_tokenizer, tmp_path / "m")
+    out = tmp_path / "e"
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    host = socket.gethostname()
+    orphan = out / f".tmp-abc-{host}-{dead.pid}-x1y2"
+    live = out / f".tmp-abc-{host}-{os.getpid()}-z3"
+    for d in (orphan, live):
+        d.mkdir(parents=True)
+    engine = build(src, preset("int8_w8a8"), get_profile("cpu"), out_root=out)
+    assert not orphan.exists() and live.exists()
+    assert oct(engine.path.stat().st_mode & 0o777) == "0o755"
