@@ -2,11 +2,12 @@
 
 Everything an analysis changes (its record, the sequential state, the traffic profile, alerts, the rollback with
 its approval, and every audit event) commits in ONE transaction, the ingest of the samples that triggered it
-included. Analyses of one deployment take turns on its locked state row and then lock the deployment row and
-re-read it, so of two analyses that both find drift the second sees the first one's rollback and does nothing:
-concurrent alerts roll back once.
+included. Analyses of one deployment take turns on its locked deployment row, re-read it, then lock its
+sequential state, so of two analyses that both find drift the second sees the first one's rollback and does
+nothing: concurrent alerts roll back once.
 
-Lock order (never reversed, so no deadlock): drift state -> deployment -> endpoint traffic profile.
+Lock order (as every writer of a deployment's rollout state, so no deadlock): deployment -> its canary window
+(ingest) -> drift state -> endpoint traffic profile.
 """
 from __future__ import annotations
 
@@ -48,11 +49,11 @@ class _Analysis:
 
 
 def _begin(db: Session, deployment: Deployment, policy: DriftPolicy) -> _Analysis | None:
-    """Locks the state and the deployment; None when the deployment was closed meanwhile."""
-    state = service.locked_state(db=db, deployment=deployment)
+    """Locks the deployment, then its state; None when the deployment was closed meanwhile."""
     deployment = service.locked_deployment(db=db, deployment_id=deployment.id)
     if deployment.stage in _CLOSED:
         return None
+    state = service.locked_state(db=db, deployment=deployment)
     return _Analysis(deployment=deployment, state=state, policy=policy,
                      calibration=service.calibration_coverage(db=db, engine_id=deployment.engine_id),
                      cusum=sequential.for_rate(policy.false_alarm_rate, len(METRICS)))

@@ -7,10 +7,8 @@ from fastapi import APIRouter, Query, status
 
 from controlplane.deps import CurrentDeployment, CurrentKey, DbSession, Submitter, Viewer
 from controlplane.drift import flows, service
-from controlplane.drift import profile as traffic
 from controlplane.drift.schemas import (
     AnalysisFilters,
-    CoverageGapPublic,
     DriftAnalysesPublic,
     DriftAnalysisPublic,
     TrafficProfilePublic,
@@ -47,13 +45,4 @@ def analyze(deployment: CurrentDeployment, db: DbSession, caller: CurrentKey) ->
 def traffic_profile(deployment: CurrentDeployment, db: DbSession) -> TrafficProfilePublic:
     """The endpoint's recent traffic by length bucket and script, what the engine's calibration corpus covered,
     and the gaps between them."""
-    profile = service.get_profile(db=db, endpoint=deployment.endpoint)
-    calibration = service.calibration_coverage(db=db, engine_id=deployment.engine_id)
-    shares = traffic.as_coverage(profile) if profile is not None else None
-    gaps = traffic.gaps(profile, calibration.coverage) if profile is not None and calibration is not None else []
-    return TrafficProfilePublic(
-        endpoint=deployment.endpoint, samples=shares.samples if shares else 0, half_life=traffic.PROFILE_HALF_LIFE,
-        mean_tokens=shares.mean_tokens if shares else 0.0, max_tokens=shares.max_tokens if shares else 0,
-        length_buckets=shares.length_buckets if shares else {}, scripts=shares.scripts if shares else {},
-        calibration=calibration.as_dict() if calibration else None,
-        gaps=[CoverageGapPublic.model_validate(g.model_dump()) for g in gaps])
+    return service.traffic_report(db=db, deployment=deployment)

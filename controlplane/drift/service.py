@@ -16,8 +16,9 @@ from controlplane.canary.models import CanarySample
 from controlplane.corpora.models import Corpus
 from controlplane.db import utcnow
 from controlplane.deployments.models import Deployment
+from controlplane.drift import profile as traffic
 from controlplane.drift.models import DriftAnalysis, DriftState, TrafficProfile
-from controlplane.drift.schemas import AnalysisFilters
+from controlplane.drift.schemas import AnalysisFilters, CoverageGapPublic, TrafficProfilePublic
 from controlplane.engines.models import Engine
 from controlplane.errors import NotFound
 from controlplane.pagination import PageParams, paginate
@@ -31,8 +32,10 @@ def _insert(db: Session):
 
 
 def _locked(db: Session, stmt):
-    # populate_existing: an object already in the session is refreshed from the locked row, not trusted as read.
-    return db.scalars(stmt.with_for_update().execution_options(populate_existing=True)).one()
+    # FOR NO KEY UPDATE: rows inserted meanwhile that reference this one (samples, alerts) take KEY SHARE locks
+    # on it, which FOR UPDATE would wait on and deadlock against. populate_existing: an object already in the
+    # session is refreshed from the locked row, not trusted as it was read.
+    return db.scalars(stmt.with_for_update(key_share=True).execution_options(populate_existing=True)).one()
 
 
 def locked_state(*, db: Session, deployment: Deployment) -> DriftState:
@@ -62,9 +65,18 @@ def get_profile(*, db: Session, endpoint: str) -> TrafficProfile | None:
     return db.scalar(select(TrafficProfile).where(TrafficProfile.endpoint == endpoint))
 
 
-def get_state(*, db: Session, deployment_id: int) -> DriftState | None:
-    """The deployment's sequential state, if an analysis ran."""
-    return db.scalar(select(DriftState).where(DriftState.deployment_id == deployment_id))
+def traffic_report(*, db: Session, deployment: Deployment) -> TrafficProfilePublic:
+    """The endpoint's traffic profile as shares, the deployment engine's calibration coverage, and the gaps."""
+    profile = get_profile(db=db, endpoint=deployment.endpoint) or TrafficProfile(
+        endpoint=deployment.endpoint, samples=0, weight=0.0, tokens=0.0, max_tokens=0, length_buckets={}, scripts={})
+    calibration = calibration_coverage(db=db, engine_id=deployment.engine_id)
+    shares = traffic.as_coverage(profile)
+    gaps = traffic.gaps(profile, calibration.coverage) if calibration is not None else []
+    return TrafficProfilePublic(
+        endpoint=deployment.endpoint, samples=shares.samples, half_life=traffic.PROFILE_HALF_LIFE,
+        mean_tokens=shares.mean_tokens, max_tokens=shares.max_tokens, length_buckets=shares.length_buckets,
+        scripts=shares.scripts, calibration=calibration.as_dict() if calibration else None,
+        gaps=[CoverageGapPublic.model_validate(g.model_dump()) for g in gaps])
 
 
 def window_samples(*, db: Session, deployment: Deployment, since: datetime) -> list[CanarySample]:
