@@ -95,6 +95,11 @@ def ingest(*, db: Session, deployment: Deployment, samples: list[CanarySampleIn]
     _validate(deployment, samples, max_batch=max_batch)
     now = utcnow()
     start = window_start(now, window_seconds)
+    # Batches of one deployment take turns from here to the commit: the deployment row first, then its
+    # window (drift analysis and rollbacks lock the deployment too). Taken before any sample insert, whose
+    # foreign-key check holds a KEY SHARE lock on the deployment: upgrading from that deadlocks when two
+    # batches race. NO KEY UPDATE (PostgreSQL) is the lock an UPDATE of the row takes anyway.
+    db.execute(select(Deployment.id).where(Deployment.id == deployment.id).with_for_update(key_share=True))
     fresh = _new_samples(db, deployment, samples)
     result = CanaryIngestResult(deployment_id=deployment.id, accepted=len(fresh),
                                 duplicates=len(samples) - len(fresh), window_start=start)
@@ -107,7 +112,6 @@ def ingest(*, db: Session, deployment: Deployment, samples: list[CanarySampleIn]
         db.scalars(insert(CanarySample).returning(CanarySample.id), [
             {**s.model_dump(), "deployment_id": deployment.id, "created_at": now} for s in fresh
         ]).all()
-        # Last before the commit: concurrent batches queue on this row lock, so hold it briefly.
         _merge(_locked_window(db, deployment=deployment, start=start, seconds=window_seconds), fresh)
         # Same transaction: each sample reaches the sequential test exactly once and a rollback commits with the
         # batch. Only this deployment's batches wait the longer lock; they take turns on its drift state anyway.

@@ -61,3 +61,45 @@ def test_unreachable_database_is_503_without_details(tmp_path):
                                                "type": "unavailable"}]}
         assert client.get("/v1/health").status_code == 503
     app.state.engine.dispose()
+
+
+def test_concurrent_batches_for_one_deployment_all_land(committed_app):
+    """Batches racing on one deployment (one window row, one drift state) serialize; none deadlocks or is lost."""
+    import random
+    from concurrent.futures import ThreadPoolExecutor
+
+    from pydantic import TypeAdapter
+
+    from controlplane.canary import service as canary_service
+    from controlplane.canary.models import CanaryWindow
+    from controlplane.canary.schemas import CanarySampleIn
+    from controlplane.deployments import service as deployments_service
+    from controlplane.deployments.models import Stage
+    from tests import factories
+
+    app, _, _ = committed_app
+    with app.state.session_factory() as db:
+        factories.bind(db)
+        deployment = factories.DeploymentFactory(stage=Stage.canary, traffic_share=0.1)
+        factories.bind(None)
+        db.commit()
+        deployment_id, engine_id = deployment.id, deployment.engine_id
+    rng = random.Random(0)
+    batches = [[{"engine_id": engine_id, "kl_mean": (k := rng.uniform(1e-4, 1e-2)), "kl_max": 2 * k,
+                 "top1_agreement": rng.uniform(0.95, 1.0)} for _ in range(20)] for _ in range(24)]
+    adapter = TypeAdapter(list[CanarySampleIn])
+
+    def ingest(batch):
+        with app.state.session_factory() as db:
+            target = deployments_service.get(db=db, deployment_id=deployment_id)
+            return canary_service.ingest(db=db, deployment=target, samples=adapter.validate_python(batch),
+                                         window_seconds=3600, max_batch=1000, actor="racer").accepted
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        accepted = list(pool.map(ingest, batches))
+    assert accepted == [20] * 24
+    with app.state.session_factory() as db:
+        windows = db.query(CanaryWindow).filter_by(deployment_id=deployment_id).all()
+        assert sum(w.sample_count for w in windows) == 480
+        assert sum(w.kl_mean_sum for w in windows) == pytest.approx(sum(s["kl_mean"] for b in batches for s in b),
+                                                                   rel=1e-12)
