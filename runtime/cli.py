@@ -311,6 +311,67 @@ def render_report(report) -> Table:
     return table
 
 
+# --- search -----------------------------------------------------------------------------------
+@app.command("search")
+def search_cmd(model: ModelOpt,
+               corpus: Annotated[Path, typer.Option("--corpus", "-c", help="Calibration JSONL corpus.")],
+               bits: Annotated[Optional[float], typer.Option(
+                   "--bits", help="Budget: average stored bits per weight of the searched ops.")] = None,
+               total_bytes: Annotated[Optional[int], typer.Option(
+                   "--bytes", help="Budget: total stored bytes of the searched ops.")] = None,
+               accelerator: Annotated[str, typer.Option("--accelerator", "-a")] = "cpu",
+               granularity: Annotated[str, typer.Option(help="op | channel (per output feature)")] = "channel",
+               candidate: Annotated[Optional[list[str]], typer.Option(
+                   "--candidate", help="Candidate format (repeatable; default int4_g128, int4_g128_asym, int8, "
+                                       "fp8_e4m3; bf16 is always one).")] = None,
+               samples: Annotated[int, typer.Option(help="Calibration samples.")] = 64,
+               seq_len: Annotated[int, typer.Option(help="Tokens per sample.")] = 128,
+               measure: Annotated[str, typer.Option(help="none | cheapest | all (direct KL measurements)")] = "cheapest",
+               name: Annotated[Optional[str], typer.Option(help="Recipe name.")] = None,
+               out_path: Annotated[Optional[Path], typer.Option("--out", "-o", help="Write the recipe here (.yaml/.json).")] = None,
+               as_json: JsonOpt = False):
+    """Searches a mixed-precision recipe that minimises KL to the reference within a bit budget."""
+    from runtime.accelerators import get_profile
+    from runtime.corpora import Corpus
+    from runtime.models import load_model
+    from runtime.search import DEFAULT_CANDIDATES, Budget, search
+
+    with _input_errors():
+        budget = Budget(bits_per_weight=bits, total_bytes=total_bytes)
+        profile = get_profile(accelerator)
+        loaded = load_model(model)
+        with _progress("searching") as progress:
+            result = search(loaded.model, loaded.tokenizer, Corpus.load(corpus), profile=profile, budget=budget,
+                            granularity=granularity, candidates=candidate or DEFAULT_CANDIDATES, samples=samples,
+                            seq_len=seq_len, measure=measure, name=name, model_name=str(model), progress=progress)
+    recipe = result.recipe
+    if out_path is not None:
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+        out_path.write_text(recipe.to_json() if out_path.suffix == ".json" else recipe.to_yaml())
+    a = result.allocation
+    payload = {**result.to_dict(), "path": str(out_path) if out_path else None}
+    payload["sensitivity"] = {k: v for k, v in payload["sensitivity"].items() if k != "ops"}  # per-op numbers: --out
+    if as_json:
+        _emit(True, payload)
+        return
+    table = Table(title=f"search {recipe.name} ({recipe.content_hash()[:19]}…)")
+    table.add_column("measure")
+    table.add_column("value")
+    table.add_row("budget", f"{a.budget.label()} ({a.budget_bits / a.weights:.3f} bits/weight)")
+    table.add_row("allocated", f"{a.bits_per_weight:.3f} bits/weight over {len(a.ops)} ops")
+    table.add_row("predicted KL", f"{a.predicted_kl:.3e} nats/token")
+    table.add_row("weights per format", ", ".join(f"{c}: {n / a.weights:.1%}" for c, n in
+                                                  sorted(a.weights_by_candidate().items(), key=lambda t: -t[1])))
+    table.add_row("rules / mixed ops / ignored", f"{len(recipe.rules)} / "
+                  f"{sum(bool(r.output_channels) for r in recipe.rules)} / {len(recipe.ignore)}")
+    for c, why in result.excluded.items():
+        table.add_row(f"excluded {c}", why)
+    table.add_row("seconds", f"{result.seconds:.1f}")
+    out.print(table)
+    if out_path is None:
+        out.print(recipe.to_yaml(), markup=False, highlight=False)
+
+
 # --- demo -------------------------------------------------------------------------------------
 @app.command("demo")
 def demo_cmd(home: Annotated[Path, typer.Option(help="Where engines and reports go.")] = DEFAULT_HOME / "demo",

@@ -3,10 +3,10 @@ from runtime.search.allocation import Allocation, Budget, OpAllocation, allocate
 from runtime.search.candidates import CANDIDATES, DEFAULT_CANDIDATES, Candidate, admissible, get_candidates
 from runtime.search.emit import emit_recipe
 from runtime.search.search import SearchResult, op_candidates, search
-from runtime.search.sensitivity import OpSensitivity, Sensitivity, measure_sensitivity, quantized_module
+from runtime.search.sensitivity import OpSensitivity, Sensitivity, measure_sensitivity, quantized_module, recombine
 
 __all__ = [
     "CANDIDATES", "DEFAULT_CANDIDATES", "Allocation", "Budget", "Candidate", "OpAllocation", "OpSensitivity",
     "SearchResult", "Sensitivity", "admissible", "allocate", "emit_recipe", "get_candidates",
-    "measure_sensitivity", "op_candidates", "quantized_module", "search", "stored_bits",
+    "measure_sensitivity", "op_candidates", "quantized_module", "recombine", "search", "stored_bits",
 ]

@@ -78,7 +78,7 @@ def search(
     candidates: list[str] | tuple[str, ...] = DEFAULT_CANDIDATES,
     include_lm_head: bool = False,
     ops: list[str] | None = None,
-    samples: int = 32,
+    samples: int = 64,
     seq_len: int = 128,
     batch_size: int = 8,
     draws: int = 2,
@@ -118,6 +118,7 @@ def search(
         else:
             excluded[c.name] = why
     per_op, notes = op_candidates(model, admitted, include_lm_head=include_lm_head, ops=ops)
+    _check_budget(model, per_op, budget)  # before the expensive part: the floor needs no sensitivity
     if sensitivity is None:
         sensitivity = measure_sensitivity(
             model, tokenizer, corpus, per_op, samples=samples, seq_len=seq_len, batch_size=batch_size, draws=draws,
@@ -132,6 +133,16 @@ def search(
     return SearchResult(recipe=recipe, allocation=allocation, sensitivity=sensitivity,
                         candidates=[c.name for c in admitted], excluded=excluded, accelerator=profile.name,
                         seconds=time.monotonic() - start, notes=notes)
+
+
+def _check_budget(model: nn.Module, per_op: dict[str, list[Candidate]], budget: Budget) -> None:
+    shapes = {op.name: (op.in_features, op.out_features) for op in linear_ops(model)}
+    weights = sum(shapes[n][0] * shapes[n][1] for n in per_op)
+    floor = sum(min(c.row_bits(shapes[n][0]) for c in cands) * shapes[n][1] for n, cands in per_op.items())
+    if floor > budget.total_bits(weights):
+        raise InputError(f"budget {budget.label()} ({budget.total_bits(weights) / weights:.3f} bits/weight) is below "
+                         f"the cheapest allocation of these candidates ({floor / weights:.3f} bits/weight)",
+                         loc=("budget",))
 
 
 def _restrict(sens: Sensitivity, per_op: dict[str, list[Candidate]]) -> Sensitivity:

@@ -119,7 +119,7 @@ def measure_sensitivity(
     corpus: Corpus,
     candidates: dict[str, list[Candidate]],
     *,
-    samples: int = 32,
+    samples: int = 64,
     seq_len: int = 128,
     batch_size: int = 8,
     draws: int = 2,
@@ -209,6 +209,32 @@ def _combine(op: LinearOp, names: list[str], raw_rows: dict[str, np.ndarray], ra
     return OpSensitivity(name=op.name, in_features=op.in_features, out_features=op.out_features,
                          is_lm_head=op.is_lm_head, candidates=names, rows=rows, op=whole, fisher_rows=raw_rows,
                          fisher_op=raw_op, measured=measured, scale=scale)
+
+
+def recombine(sens: Sensitivity, candidates: dict[str, Candidate], measure: str) -> Sensitivity:
+    """The same measurement combined as another `measure` mode would have (e.g. "all" -> "cheapest").
+
+    Only narrows: a mode needs measurements the original took ("none" always works).
+    """
+    from dataclasses import replace
+
+    if measure not in MEASURE_MODES:
+        raise InputError(f"measure must be one of {', '.join(MEASURE_MODES)}, got {measure!r}", loc=("measure",))
+    ops = []
+    for o in sens.ops:
+        cands = [candidates[c] for c in o.candidates]
+        measured = dict(o.measured)
+        if measure == "none":
+            measured = {}
+        elif measure == "cheapest" and measured:
+            narrow = [c for c in cands if not c.is_wide]
+            cheapest = min(narrow, key=lambda c: c.row_bits(o.in_features)).name
+            if cheapest not in measured:
+                raise InputError(f"{o.name} was not measured at {cheapest}", loc=("measure",))
+            measured = {cheapest: measured[cheapest]}
+        op = LinearOp(o.name, None, o.in_features, o.out_features, False, o.is_lm_head)
+        ops.append(_combine(op, list(o.candidates), o.fisher_rows, o.fisher_op, measured, cands))
+    return replace(sens, ops=ops, measure=measure)
 
 
 class _Ticker:

@@ -11,8 +11,8 @@ from runtime.errors import InputError
 from runtime.models import linear_ops
 from runtime.recipes import Recipe
 from runtime.search import (
-    CANDIDATES, Budget, OpSensitivity, Sensitivity, allocate, get_candidates, measure_sensitivity, search,
-    stored_bits,
+    CANDIDATES, Budget, OpSensitivity, Sensitivity, allocate, get_candidates, measure_sensitivity, recombine,
+    search, stored_bits,
 )
 from runtime.search.allocation import _hull
 
@@ -80,6 +80,20 @@ def test_cheapest_measurement_rescales_every_format_by_one_ratio(tiny_llama, tin
     o = sens.op("model.layers.0.mlp.up_proj")
     assert set(o.measured) == {"int4_g32"} and o.scale > 0
     np.testing.assert_allclose(o.rows["int8"], o.fisher_rows["int8"] * o.scale)
+
+
+def test_recombining_a_full_measurement_gives_the_cheaper_modes(tiny_llama, tiny_tokenizer, tiny_corpus):
+    per_op = _per_op(tiny_llama)
+    full = measure_sensitivity(tiny_llama, tiny_tokenizer, tiny_corpus, per_op, **FAST, measure="all")
+    cheap = measure_sensitivity(tiny_llama, tiny_tokenizer, tiny_corpus, per_op, **FAST, measure="cheapest")
+    table = {c.name: c for c in get_candidates(list(TINY))}
+    again = recombine(full, table, "cheapest")
+    for a, b in zip(again.ops, cheap.ops):
+        assert a.measured == b.measured and a.scale == pytest.approx(b.scale)
+        for c in a.candidates:
+            np.testing.assert_allclose(a.rows[c], b.rows[c], rtol=1e-9)
+    raw = recombine(full, table, "none")
+    np.testing.assert_array_equal(raw.ops[0].rows["int8"], full.ops[0].fisher_rows["int8"])
 
 
 def test_progress_counts_every_forward_pass(tiny_llama, tiny_tokenizer, tiny_corpus):
@@ -260,3 +274,26 @@ def test_per_feature_search_beats_per_op_and_uniform_int4(tmp_path, tiny_llama, 
     assert kl_feature < 0.6 * kl_op and kl_op < kl_uniform
     # The prediction (sum of unit sensitivities) is close to what the engine measures.
     assert 0.5 < per_feature.allocation.predicted_kl / kl_feature < 2.0
+
+
+def test_pops_search_writes_a_recipe_and_names_bad_budgets(tmp_path, tiny_llama_dir, tiny_corpus_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from runtime.cli import EXIT_BAD_INPUT, app
+
+    runner = CliRunner()
+    out = tmp_path / "searched.yaml"
+    args = ["search", "-m", str(tiny_llama_dir), "-c", str(tiny_corpus_path), "--candidate", "int4_g32",
+            "--candidate", "int8", "--samples", "8", "--seq-len", "48", "--out", str(out), "--json"]
+    r = runner.invoke(app, args + ["--bits", "5.5"])
+    assert r.exit_code == 0, r.output
+    doc = json.loads(r.stdout)
+    recipe = Recipe.from_yaml(out.read_text())
+    assert doc["recipe_hash"] == recipe.content_hash() and doc["metrics"]["bits_per_weight"] <= 5.5
+    assert doc["candidates"] == ["int4_g32", "int8", "bf16"]
+    r = runner.invoke(app, args)
+    assert r.exit_code == EXIT_BAD_INPUT and "budget: give exactly one of" in r.output
+    r = runner.invoke(app, args + ["--bits", "3"])
+    assert r.exit_code == EXIT_BAD_INPUT and "below the cheapest allocation" in r.output
