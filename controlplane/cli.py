@@ -117,3 +117,154 @@ def worker(
     get_celery(settings).worker_main(
         ["worker", "-Q", queues, "--concurrency", str(concurrency), "--pool", pool, "--loglevel", loglevel]
     )
+
+
+# --- the local process stack (docker-compose.yml without Docker) ----------------------------------
+stack_app = typer.Typer(help="docker-compose.yml's services as local processes (no Docker needed).",
+                        no_args_is_help=True)
+app.add_typer(stack_app, name="stack")
+
+StateDirOpt = Annotated[Optional[str], typer.Option("--state-dir", help="Where the stack keeps logs, keys, artifacts.")]
+DatabaseOpt = Annotated[str, typer.Option(help="Local PostgreSQL database the stack uses (created if missing).")]
+RedisDbOpt = Annotated[int, typer.Option(help="Local Redis db number the stack uses.")]
+
+
+def _stack_config(state_dir: Optional[str], database: str, redis_db: int, env_file: Optional[str] = None,
+                  profiles: Optional[list[str]] = None, assignments: Optional[list[str]] = None):
+    from controlplane.stack import DEFAULT_STATE_DIR, StackConfig, StackError
+
+    overrides = {}
+    for item in assignments or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            typer.echo(f"error: --set: expected VAR=value, got {item!r}", err=True)
+            raise typer.Exit(2)
+        overrides[key] = value
+    try:
+        return StackConfig(state_dir=state_dir or DEFAULT_STATE_DIR, database=database, redis_db=redis_db,
+                           env_file=env_file, profiles=tuple(profiles or ()), overrides=overrides)
+    except StackError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+
+
+@stack_app.command("up")
+def stack_up(
+    state_dir: StateDirOpt = None,
+    database: DatabaseOpt = "pops_stack",
+    redis_db: RedisDbOpt = 7,
+    env_file: Annotated[Optional[str], typer.Option(help="Variables for docker-compose.yml (default: .env, "
+                                                          "else .env.example).")] = None,
+    profile: Annotated[Optional[list[str]], typer.Option(help="Compose profiles to enable (e.g. gpu).")] = None,
+    assignments: Annotated[Optional[list[str]], typer.Option(
+        "--set", help="VAR=value for docker-compose.yml's interpolation (repeatable), e.g. POPS_API_PORT=8100.")] = None,
+) -> None:
+    """Starts api, worker, serve and dashboard from docker-compose.yml, each once its dependencies are healthy."""
+    from controlplane import stack
+
+    config = _stack_config(state_dir, database, redis_db, env_file, profile, assignments)
+    try:
+        state = stack.up(config, report=lambda line: typer.echo(line, err=True))
+    except stack.StackError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    admin = state.keys.get("POPS_STACK_ADMIN_KEY")
+    typer.echo(f"the stack is up; state in {config.state_dir}", err=True)
+    for name in state.services:
+        if state.url(name):
+            typer.echo(f"  {name}: {state.url(name)}", err=True)
+    if admin:
+        typer.echo(f"  admin key (also in {stack.State.path(config)}): {admin}", err=True)
+
+
+@stack_app.command("status")
+def stack_status(state_dir: StateDirOpt = None, database: DatabaseOpt = "pops_stack",
+                 redis_db: RedisDbOpt = 7) -> None:
+    """Each service's process and health check; exits 1 unless all are healthy."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from controlplane import stack
+
+    config = _stack_config(state_dir, database, redis_db)
+    try:
+        rows = stack.status(config)
+    except stack.StackError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    table = Table(title=f"stack in {config.state_dir}")
+    for column in ("service", "state", "health", "pid", "url", "log"):
+        table.add_column(column)
+    for r in rows:
+        table.add_row(r.name, r.state, r.health, str(r.pid or ""), r.url or "", r.log or "")
+    Console(width=200).print(table)
+    if any(r.health != "healthy" for r in rows):
+        raise typer.Exit(1)
+
+
+@stack_app.command("down")
+def stack_down(
+    state_dir: StateDirOpt = None,
+    database: DatabaseOpt = "pops_stack",
+    redis_db: RedisDbOpt = 7,
+    volumes: Annotated[bool, typer.Option("--volumes", "-v", help="Also drop the database, flush the Redis db and "
+                                                                   "remove the state folder.")] = False,
+) -> None:
+    """Stops the stack's processes (like `docker compose down`)."""
+    from controlplane import stack
+
+    config = _stack_config(state_dir, database, redis_db)
+    stack.down(config, volumes=volumes, report=lambda line: typer.echo(line, err=True))
+
+
+# --- the full-story demo ----------------------------------------------------------------------------
+@app.command("demo-stack")
+def demo_stack(
+    home: Annotated[str, typer.Option(help="Where the embedded run keeps its database, engines and report.")]
+    = ".pops/demo-full",
+    stack: Annotated[bool, typer.Option("--stack", help="Run through the local process stack (`pops stack up`).")]
+    = False,
+    state_dir: StateDirOpt = None,
+    api_url: Annotated[Optional[str], typer.Option(help="Run through this control plane instead.")] = None,
+    serve_url: Annotated[Optional[str], typer.Option(help="...and this `pops serve` (following --api-url).")] = None,
+    api_key: Annotated[Optional[str], typer.Option(envvar="POPS_DEMO_API_KEY", help="Admin key for --api-url.")]
+    = None,
+    drift_requests: Annotated[int, typer.Option(help="Most long multiscript requests sent to cause drift.")] = 48,
+    as_json: Annotated[bool, typer.Option("--json", help="The report's summary as JSON on stdout.")] = False,
+) -> None:
+    """The whole story: register, recipes, calibrate, build, evaluate, roll out through shadow and canary with a
+    recorded approver, replay traffic, inject drift, and watch the alert and the automatic rollback."""
+    import json
+    from contextlib import nullcontext
+    from pathlib import Path
+
+    from rich.console import Console
+
+    from controlplane import demo
+
+    console = Console(stderr=True)
+    config = demo.DemoConfig(home=Path(home), drift_requests=drift_requests)
+    try:
+        if api_url:
+            if not (serve_url and api_key):
+                typer.echo("error: --api-url needs --serve-url and --api-key (an admin key)", err=True)
+                raise typer.Exit(2)
+            context = nullcontext(demo.Target(api_url=api_url, serve_url=serve_url, admin_key=api_key))
+        elif stack:
+            context = nullcontext(demo.stack_target(Path(state_dir) if state_dir else None))
+        else:
+            context = demo.embedded(config)
+        with context as target:
+            summary = demo.run_demo(config, target, console)
+    except demo.DemoError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    if as_json:
+        typer.echo(json.dumps(summary, default=str))
+        return
+    files = summary["files"]
+    console.print(f"\n[bold]Done in {summary['seconds']:.0f} s.[/bold] Where to look:")
+    console.print(f"  report:    {files['html']}\n  plots:     {files['drift_png']}, {files['candidates_png']}\n"
+                  f"  data:      {files['json']}")
+    for line in summary["look"]:
+        console.print(f"  dashboard: {line}")

@@ -13,22 +13,24 @@ import streamlit as st  # noqa: E402
 
 from dashboard.session import sidebar_connection  # noqa: E402
 
+# The page scripts live in views/, not pages/: streamlit treats a `pages/` folder beside the main script as a
+# legacy multipage app and runs its files directly, without this script (no navigation, no sidebar, no key).
 st.set_page_config(page_title="PrecisionOps", page_icon=":material/tune:", layout="wide")
 
 navigation = st.navigation({
     "Rollouts": [
-        st.Page("pages/rollouts.py", title="Rollouts", icon=":material/rocket_launch:", url_path="rollouts",
+        st.Page("views/rollouts.py", title="Rollouts", icon=":material/rocket_launch:", url_path="rollouts",
                 default=True),
-        st.Page("pages/drift.py", title="Drift", icon=":material/monitoring:", url_path="drift"),
+        st.Page("views/drift.py", title="Drift", icon=":material/monitoring:", url_path="drift"),
     ],
     "Engines": [
-        st.Page("pages/engines.py", title="Engines", icon=":material/memory:", url_path="engines"),
-        st.Page("pages/evaluations.py", title="Evaluations", icon=":material/fact_check:", url_path="evaluations"),
-        st.Page("pages/compatibility.py", title="Compatibility matrix", icon=":material/grid_on:",
+        st.Page("views/engines.py", title="Engines", icon=":material/memory:", url_path="engines"),
+        st.Page("views/evaluations.py", title="Evaluations", icon=":material/fact_check:", url_path="evaluations"),
+        st.Page("views/compatibility.py", title="Compatibility matrix", icon=":material/grid_on:",
                 url_path="compatibility"),
     ],
     "Governance": [
-        st.Page("pages/audit.py", title="Audit log", icon=":material/history:", url_path="audit"),
+        st.Page("views/audit.py", title="Audit log", icon=":material/history:", url_path="audit"),
     ],
 })
 sidebar_connection()

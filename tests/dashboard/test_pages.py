@@ -5,8 +5,8 @@ import json
 
 import pytest
 
-PAGES = ["pages/rollouts.py", "pages/drift.py", "pages/engines.py", "pages/evaluations.py", "pages/compatibility.py",
-         "pages/audit.py"]
+PAGES = ["views/rollouts.py", "views/drift.py", "views/engines.py", "views/evaluations.py", "views/compatibility.py",
+         "views/audit.py"]
 
 
 def _texts(at) -> str:
@@ -140,7 +140,7 @@ def test_a_stale_view_is_refused_with_the_servers_reason(app_test, live_api):
 def test_drift_plots_windows_against_policy_thresholds(app_test, live_api):
     did = live_api.ids["deployment:chat-canary"]
     at = app_test("viewer").run()
-    at.switch_page("pages/drift.py").run()
+    at.switch_page("views/drift.py").run()
     at.selectbox(key="drift-deployment").set_value(did).run()
     assert not at.exception
     metrics = {m.label: m.value for m in at.metric}
@@ -160,7 +160,7 @@ def test_drift_plots_windows_against_policy_thresholds(app_test, live_api):
 def test_drift_marks_the_alert_and_the_automatic_rollback_with_the_analyses(app_test, live_api):
     did = live_api.ids["deployment:support-drifted"]
     at = app_test("viewer").run()
-    at.switch_page("pages/drift.py").run()
+    at.switch_page("views/drift.py").run()
     at.selectbox(key="drift-deployment").set_value(did).run()
     assert not at.exception and not at.error
     metrics = {m.label: m.value for m in at.metric}
@@ -180,7 +180,7 @@ def test_drift_marks_the_alert_and_the_automatic_rollback_with_the_analyses(app_
 def test_engines_page_shows_precision_map_fallbacks_and_plan_diff(app_test, live_api):
     ids = live_api.ids
     at = app_test("viewer").run()
-    at.switch_page("pages/engines.py").run()
+    at.switch_page("views/engines.py").run()
     at.selectbox(key="engine-select").set_value(ids["engine:fp8@a100"]).run()
     table = _table(at, "op", "weights", "activations", "kv_cache")
     q_proj = table[table["op"] == "model.layers.0.self_attn.q_proj"].iloc[0]
@@ -207,7 +207,7 @@ def test_engines_page_shows_precision_map_fallbacks_and_plan_diff(app_test, live
 
 def test_compatibility_matrix_pivots_accelerators_by_format(app_test):
     at = app_test("viewer").run()
-    at.switch_page("pages/compatibility.py").run()
+    at.switch_page("views/compatibility.py").run()
     at.radio(key="compat-role").set_value("weight").run()
     pivot = _table(at, "fp8_e4m3", "int8")
     assert {"cpu", "h100", "a100"} <= set(pivot.index)
@@ -218,7 +218,7 @@ def test_compatibility_matrix_pivots_accelerators_by_format(app_test):
 
 def test_evaluations_show_gates_slices_buckets_and_coverage_gaps(app_test, live_api):
     at = app_test("viewer").run()
-    at.switch_page("pages/evaluations.py").run()
+    at.switch_page("views/evaluations.py").run()
     at.selectbox(key="evaluation-select").set_value(live_api.ids["evaluation:fp8_static@cpu"]).run()
     gates = _table(at, "result", "metric", "scope")
     assert list(gates["metric"]) == ["kl_mean", "top1_agreement"] and set(gates["result"]) == {"pass"}
@@ -231,7 +231,7 @@ def test_evaluations_show_gates_slices_buckets_and_coverage_gaps(app_test, live_
 
 def test_audit_log_filters_on_the_server(app_test, live_api):
     at = app_test("viewer").run()
-    at.switch_page("pages/audit.py").run()
+    at.switch_page("views/audit.py").run()
     everything = _table(at, "actor", "action", "object")
     assert len(everything) > 10
     at.text_input(key="audit-action").input("deployment.promote")

@@ -18,9 +18,15 @@ if not deployments:
     st.info("No deployments yet.")
     st.stop()
 by_id = {d["id"]: d for d in deployments}
+# Open on `?deployment=<id>` when linked, else where drift is: the newest deployment with an open alert.
+linked = st.query_params.get("deployment")
+alerted = [a["deployment_id"] for a in load("alerts", lambda: api.alerts(status="open")) if a["deployment_id"] in by_id]
+first = int(linked) if linked and linked.isdigit() and int(linked) in by_id else (alerted[0] if alerted else None)
 chosen = st.selectbox("Deployment", list(by_id), key="drift-deployment",
+                      index=list(by_id).index(first) if first is not None else 0,
                       format_func=lambda i: f"#{i} {by_id[i]['endpoint']} · {by_id[i]['stage']} · engine "
                                             f"{by_id[i]['engine_id']}")
+st.query_params["deployment"] = str(chosen)
 deployment = by_id[chosen]
 policy = load("the drift policy", lambda: api.drift_policy(chosen))
 windows = load("canary windows", lambda: api.canary_windows(chosen))
