@@ -19,7 +19,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from controlplane.drift.sequential import IN_CONTROL_RATE, Cusum
+from controlplane.drift.sequential import Cusum
 from runtime.formats import WIDE_FORMATS
 
 WINSOR = 4.0
@@ -105,7 +105,8 @@ class Result:
     sequential: dict[str, dict[str, Any]]
     failed_metrics: list[str]
     between: bool = False  # inconclusive with enough samples: a value past its limit, no sequential alarm
-    layers: list[dict[str, Any]] = field(default_factory=list)
+    layers: list[dict[str, Any]] = field(default_factory=list)  # as the drifted requests saw them
+    layer_samples: int = 0  # how many requests `layers` describes
     slices: list[dict[str, Any]] = field(default_factory=list)
 
     @property
@@ -191,8 +192,12 @@ def window_checks(samples: Sequence[Sample], policy: Policy, expected: set[str],
 
 def layer_evidence(samples: Sequence[Sample], policy: Policy) -> list[dict[str, Any]]:
     """Per layer: saturation (mean and max share), amax ratio (p95 and max), how many requests breached each
-    per-request limit, and which window limits it is over. A layer saturates when more than the in-control share
-    of the window's requests breached in it, or a window value is over; saturating layers come first."""
+    per-request limit, and the window limits it is over.
+
+    A layer saturates when its inputs went past the calibrated range (amax ratio over 1: values beyond it were
+    clipped at the format's max) or its mean saturation is over the policy's limit. Layers over a limit come
+    first, then the furthest past their range.
+    """
     saturation, amax = _per_layer(samples, "saturation"), _per_layer(samples, "amax_ratio")
     rows = []
     for layer in sorted(set(saturation) | set(amax)):
@@ -209,11 +214,10 @@ def layer_evidence(samples: Sequence[Sample], policy: Policy) -> list[dict[str, 
         row["over"] = [name for name, value, limit in (
             ("saturation", _capped_mean(sat, policy.saturation_max) if sat else None, policy.saturation_max),
             ("amax_ratio", row["amax_ratio_p95"], policy.amax_ratio_max)) if value is not None and value > limit]
-        row["saturating"] = bool(row["over"]) or max(row["breaching_requests"].values()) > \
-            IN_CONTROL_RATE * len(samples)
+        row["saturating"] = bool(row["over"]) or (row["amax_ratio_max"] or 0.0) > 1.0
         rows.append(row)
-    rows.sort(key=lambda r: (not r["saturating"], -sum(r["breaching_requests"].values()),
-                             -(r["amax_ratio_p95"] or 0.0), -(r["saturation_mean"] or 0.0)))
+    rows.sort(key=lambda r: (not r["saturating"], not r["over"], -sum(r["breaching_requests"].values()),
+                             -(r["amax_ratio_max"] or 0.0), -(r["saturation_mean"] or 0.0)))
     return rows
 
 
@@ -311,8 +315,13 @@ def decide(*, samples: Sequence[Sample], policy: Policy, statistics: dict[str, i
                     failed_metrics=failed, between=outcome == Outcome.inconclusive and bool(over)
                     and n >= policy.min_samples)
     if outcome in (Outcome.failed, Outcome.inconclusive) and samples:
-        result.layers = layer_evidence(samples, policy)
         result.slices = slice_evidence(samples, policy, calibration)
+        # Layers as the drifted requests saw them: the drifted slices, else the breaching requests, else all.
+        drifted = {row["slice"] for row in result.drifted_slices}
+        population = [s for s in samples if slice_of(s) in drifted] or [
+            s for s in samples if any(breaches(s, policy).values())] or list(samples)
+        result.layers = layer_evidence(population, policy)
+        result.layer_samples = len(population)
     return result
 
 

@@ -139,7 +139,7 @@ def _analyze(db: Session, ctx: _Analysis, *, trigger: str, new_samples: int, act
     samples = service.window_samples(db=db, deployment=deployment, since=since)
     result = analysis.decide(
         samples=samples, policy=policy, statistics=state.statistics, cusum=ctx.cusum,
-        expected=analysis.expected_measurements(service.engine_manifest(db=db, engine_id=deployment.engine_id)),
+        expected=service.expected_measurements(db=db, engine_id=deployment.engine_id),
         calibration=ctx.calibration.coverage if ctx.calibration else None)
     _count(state, result.outcome)
     action, kind = _plan(db, ctx, result)
@@ -190,6 +190,7 @@ def _evidence(ctx: _Analysis, result: Result) -> dict[str, Any]:
         "failed_metrics": result.failed_metrics,
         "saturating_layers": result.saturating_layers[:_EVIDENCE_ROWS],
         "layers": result.layers[:_EVIDENCE_ROWS],
+        "layer_samples": result.layer_samples,
         "drifted_slices": result.drifted_slices[:_EVIDENCE_ROWS],
         "slices": result.slices[:_EVIDENCE_ROWS],
         "calibration": ctx.calibration.as_dict() if ctx.calibration else None,

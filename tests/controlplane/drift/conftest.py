@@ -32,7 +32,7 @@ def sample(engine_id: int, rng: random.Random, *, drift: bool = False, request_i
         body = {"kl_mean": kl, "kl_max": kl * rng.uniform(1.5, 4.0), "top1_agreement": rng.uniform(0.55, 0.8),
                 "saturation": {n: (rng.uniform(0.004, 0.02) if n == HOT_LAYER else rng.uniform(0, 2e-4))
                                for n in LAYERS},
-                "amax_ratio": {n: (rng.uniform(2.5, 4.0) if n == HOT_LAYER else rng.uniform(0.8, 1.1))
+                "amax_ratio": {n: (rng.uniform(2.5, 4.0) if n == HOT_LAYER else rng.uniform(0.8, 1.0))
                                for n in LAYERS},
                 "slice": "CJK/512-2048", "length_bucket": "512-2048", "script": "CJK",
                 "num_tokens": rng.randint(512, 2000)}
@@ -40,7 +40,7 @@ def sample(engine_id: int, rng: random.Random, *, drift: bool = False, request_i
         kl = rng.uniform(0.002, 0.03)
         body = {"kl_mean": kl, "kl_max": kl * rng.uniform(1.0, 5.0), "top1_agreement": rng.uniform(0.93, 1.0),
                 "saturation": {n: rng.uniform(0, 2e-4) for n in LAYERS},
-                "amax_ratio": {n: rng.uniform(0.6, 1.1) for n in LAYERS},
+                "amax_ratio": {n: rng.uniform(0.6, 1.0) for n in LAYERS},  # inside the calibrated ranges
                 "slice": "Latin/0-128", "length_bucket": "0-128", "script": "Latin",
                 "num_tokens": rng.randint(8, 120)}
     return {"engine_id": engine_id, **({"request_id": request_id} if request_id else {}), **body, **overrides}
