@@ -50,6 +50,7 @@ class ServingMetrics:
                                  ["role", "engine", "deployment"], registry=r)
         self.swaps = Counter("pops_engine_swaps", "Route changes (engines loaded or moved between roles).", registry=r)
         self.control_plane_up = Gauge("pops_control_plane_up", "1 if the last deployment poll succeeded.", registry=r)
+        self._layers: dict[str, set[str]] = {}  # engine -> layers with series, to drop them with the engine
 
     def render(self) -> bytes:
         """The text exposition of every metric."""
@@ -58,6 +59,7 @@ class ServingMetrics:
     def record_sample(self, sample) -> None:
         """Folds one canary sample into the shadow metrics."""
         engine = sample.engine_id
+        self._layers.setdefault(engine, set()).update(sample.saturation, sample.amax_ratio)
         self.samples_taken.labels(sample.role).inc()
         self.shadow_kl.labels(engine).observe(sample.kl_mean)
         self.shadow_top1.labels(engine).set(sample.top1_agreement)
@@ -76,15 +78,14 @@ class ServingMetrics:
             self.engine_info.labels(role, slot.engine.engine_id, str(slot.deployment_id or "")).set(1)
 
     def forget_engine(self, engine_id: str) -> None:
-        """Drops the per-layer series of an engine no longer served (bounded label sets)."""
-        for metric in (self.layer_saturation, self.layer_amax_ratio, self.saturated_values, self.observed_values,
-                       self.shadow_top1, self.shadow_kl):
-            for labels in list(_label_sets(metric)):
-                if labels and labels[0] == engine_id:
-                    metric.remove(*labels)
-
-
-def _label_sets(metric) -> list[tuple[str, ...]]:
-    # prometheus_client keeps children by label-value tuple; no public accessor lists them.
-    with metric._lock:
-        return list(metric._metrics.keys())
+        """Drops the series of an engine no longer served, so label sets stay bounded across swaps."""
+        if engine_id not in self._layers:
+            return
+        for layer in self._layers.pop(engine_id):
+            for metric in (self.layer_saturation, self.layer_amax_ratio, self.saturated_values, self.observed_values):
+                try:
+                    metric.remove(engine_id, layer)
+                except KeyError:  # a layer with a saturation but no amax ratio, or the reverse
+                    pass
+        for metric in (self.shadow_top1, self.shadow_kl):
+            metric.remove(engine_id)

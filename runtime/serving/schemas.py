@@ -1,9 +1,13 @@
 """OpenAI-style completion requests and responses (the subset PrecisionOps serves)."""
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+# Tokenizing happens before the first token; a bound keeps one request from holding the server for long.
+MAX_PROMPT_CHARS = 1_000_000
+Prompt = Annotated[str, Field(max_length=MAX_PROMPT_CHARS)]
 
 
 class CompletionRequest(BaseModel):
@@ -12,7 +16,7 @@ class CompletionRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     model: str | None = Field(None, description="The endpoint name (or an engine id it serves); default: the endpoint.")
-    prompt: str | list[str] = Field(description="A prompt, or a list of prompts (one choice each; not with stream).")
+    prompt: Prompt | list[Prompt] = Field(description="A prompt, or a list of prompts (one choice each; not with stream).")
     max_tokens: int = Field(16, ge=1, le=65_536, description="Most tokens to generate per prompt.")
     temperature: float = Field(1.0, ge=0.0, le=2.0, description="0 is greedy; higher is more random.")
     top_p: float = Field(1.0, gt=0.0, le=1.0, description="Nucleus sampling: the smallest token set reaching top_p.")
@@ -22,7 +26,7 @@ class CompletionRequest(BaseModel):
     seed: int | None = Field(None, ge=0, le=2**63 - 1, description="Makes sampling repeatable.")
     n: int = Field(1, ge=1, le=1, description="Choices per prompt (only 1).")
     user: str | None = Field(None, max_length=256, description="An end-user id, for your own accounting.")
-    slice: str | None = Field(None, min_length=1, max_length=64,
+    slice: str | None = Field(None, min_length=1, max_length=64, pattern=r"^[^\x00]+$",
                               description="PrecisionOps: tag the request's traffic slice in canary samples.")
 
     @field_validator("prompt")

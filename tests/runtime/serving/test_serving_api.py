@@ -124,3 +124,17 @@ def test_no_engine_is_503_and_unhealthy(make_service, load_engine_dir):
         assert c.get("/healthz").status_code == 503
         r = c.post("/v1/completions", json=greedy("hi"))
         assert r.status_code == 503 and "shadow" in r.json()["detail"][0]["msg"]
+
+
+def test_sampled_requests_are_logged_with_their_slice(make_service, fp8, tmp_path):
+    samples = tmp_path / "samples.jsonl"
+    service = make_service(Routes(active=Slot(fp8), sample_share=1.0), samples_out=samples)
+    with TestClient(create_app(service)) as c:
+        r = c.post("/v1/completions", json=greedy("The quick brown fox", 6, slice="support-tickets"),
+                   headers={"X-Request-ID": "tagged"})
+        assert r.status_code == 200
+        assert service.worker.wait_idle(30)
+    record = json.loads(samples.read_text().splitlines()[0])
+    assert (record["request_id"], record["role"], record["slice"]) == ("tagged", "active", "support-tickets")
+    assert record["engine_id"] == fp8.engine_id and record["deployment_id"] is None
+    assert record["num_tokens"] == r.json()["usage"]["total_tokens"]
