@@ -87,7 +87,7 @@ class Check:
     value: float | None
     limit: float
     direction: str  # "max" (value must stay at or below) or "min"
-    status: str  # within, over, missing, insufficient
+    status: str  # within, over, missing, insufficient, n/a (a measurement this engine does not make)
     layer: str | None = None  # the worst layer, for per-layer checks
 
     def as_dict(self) -> dict[str, Any]:

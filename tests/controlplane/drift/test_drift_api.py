@@ -193,6 +193,10 @@ def test_traffic_leaving_calibration_coverage_warns_before_quality_falls(client,
     assert {g["key"] for g in profile["gaps"]} == {"512-2048", "CJK"}
     assert profile["scripts"]["CJK"] > 0.01 and profile["samples"] == 103
 
+    # The same endpoint seen from an engine without static scales: no calibration corpus, so no gaps.
+    plain = client.get(f"/v1/deployments/{rollout.previous.id}/traffic-profile", headers=as_role(Role.viewer)).json()
+    assert plain["calibration"] is None and plain["gaps"] == [] and plain["samples"] == 103
+
     # Warned once per gap while the alert is open.
     assert post(client, as_role, active.id, batch(engine, rng, 3, tag="cjk2", **long_cjk)).status_code == 201
     assert len(alerts_of(session, active.id)) == 1
