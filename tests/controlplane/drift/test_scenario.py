@@ -143,10 +143,13 @@ def test_drift_is_caught_rolled_back_and_clean_traffic_is_not(control_plane):
     assert evidence["calibration"]["corpus"] == "calib-en-short"
     assert "model.layers.1.mlp.down_proj" in failed["message"]
     assert "not covered by calibration corpus calib-en-short" in failed["message"]
-    # Coverage warned before (or with) the failure, naming what calibration never had.
+    # Coverage warned before the failure, naming what calibration never had (lengths first: every long request
+    # counts towards them, while each script needs a few requests of its own).
     warnings = [a for a in alerts if a["evidence"]["kind"] == "calibration_coverage"]
-    assert warnings and warnings[0]["id"] < failed["id"]
-    assert {g["kind"] for w in warnings for g in w["evidence"]["gaps"]} == {"length", "script"}
+    assert warnings and min(w["id"] for w in warnings) < failed["id"]
+    gaps = [g for w in warnings for g in w["evidence"]["gaps"]]
+    assert {g["key"] for g in gaps if g["kind"] == "length"} & {"512-2048", "2048+"}
+    assert all(g["key"] not in ("0-128", "Latin") for g in gaps)
 
     # The false-alarm rate over repeated clean runs of the positive case's length, from the measured samples.
     clean = samples_of(cp, candidate["id"])[:SHADOW_REQUESTS + CLEAN_REQUESTS] + samples_of(cp, again["id"])
