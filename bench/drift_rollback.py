@@ -119,6 +119,8 @@ def one_run(cp: ControlPlane, traffic: Traffic, service, deployment: dict, bf16_
         "rollback_committed_s": round(rollback_at - onset, 3),
         "rollback_seen_by_client_s": round(seen_rollback - onset, 3),
         "serving_swapped_s": round(swapped - onset, 3),
+        "seconds_per_drift_sample": round((drifted_samples[-1] - drifted_samples[0]) / (len(drifted_samples) - 1), 3)
+        if len(drifted_samples) > 1 else None,
         "drift_requests_sent_before_rollback": sum(t <= rollback_at for t in sent),
         "drift_samples_ingested_before_rollback": len(drifted_samples),
         "requests_during_run": len(log),

@@ -226,7 +226,8 @@ def _slice_text(row: dict[str, Any], calibration: CalibrationCoverage | None) ->
         return row["slice"]
     if row["covered"]:
         return f"{row['slice']} (covered by calibration corpus {calibration.corpus_name})"
-    missing = [f"{what} {row[what]}" for what in ("script", "length_bucket")
+    missing = [text for what, text in (("script", f"script {row['script']}"),
+                                       ("length_bucket", f"length {row['length_bucket']} tokens"))
                if row["calibration_covers"][what] is False]
     return f"{row['slice']} (not covered by calibration corpus {calibration.corpus_name}: {', '.join(missing)})"
 
