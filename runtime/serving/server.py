@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import logging
 import re
 import time
 import uuid
@@ -19,8 +18,6 @@ from runtime.serving.generation import Completion, SamplingParams, encode_prompt
 from runtime.serving.router import NoEngine
 from runtime.serving.schemas import CompletionChoice, CompletionRequest, CompletionResponse, Usage
 from runtime.serving.service import Assignment, ServingService
-
-log = logging.getLogger(__name__)
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,100}$")
 

@@ -2,7 +2,6 @@
 buffered up to a bound and serving never stops."""
 from __future__ import annotations
 
-import pytest
 from fastapi.testclient import TestClient
 
 from runtime.serving import Routes, Slot, create_app
