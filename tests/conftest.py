@@ -1,8 +1,15 @@
 import os
 import random
 
-import pytest
 import torch
+
+# @triton.jit reads TRITON_INTERPRET when a kernel module is imported, and any test module may
+# import kernels (through runtime/) before tests/kernels' conftest runs: set it before anything.
+# Runtime code is unaffected: it dispatches to Triton only for CUDA tensors.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
