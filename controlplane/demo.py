@@ -83,6 +83,7 @@ class DemoConfig:
     window_seconds: int = 60
     canary_window_seconds: int = 5  # embedded control plane: width of a canary aggregate window
     timeout_s: float = 300.0  # longest wait for one job, one analysis or one route change
+    recipes: tuple[str, ...] = ()  # candidate names to run (the baseline always runs); empty: all of them
 
 
 class DemoError(Exception):
@@ -284,6 +285,8 @@ class Story:
     def build_candidates(self) -> None:
         config = self.config
         for doc in candidate_recipes():
+            if config.recipes and doc["name"] not in (BASELINE, *config.recipes):
+                continue
             recipe = self.admin.call("POST", "/recipes", json=doc,
                                      params={"model_id": self.ids["model"], "reason": "demo candidate"})
             row = {"recipe": recipe["name"], "recipe_id": recipe["id"], "calibration_id": None}

@@ -500,12 +500,24 @@ def _wait_healthy(service: Service, running: Running, config: StackConfig) -> No
     deadline = time.monotonic() + (check.deadline if check else 5.0)
     while time.monotonic() < deadline:
         if not alive(running.pid):
-            raise StackError(f"{service.name} exited during start-up; see {running.log}:\n{_tail(running.log)}")
+            raise StackError(f"{service.name} exited during start-up ({_exit_status(running.pid)}); see "
+                             f"{running.log}:\n{_tail(running.log)}")
         if check is None or probe(service, config):
             return
         time.sleep(min(1.0, check.interval))
     raise StackError(f"{service.name} did not become healthy within {check.deadline:.0f} s; see {running.log}:\n"
                      f"{_tail(running.log)}")
+
+
+def _exit_status(pid: int) -> str:
+    """How a child of this process ended (reaping it), or 'exited' when it is not our child."""
+    try:
+        _, status = os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        return "exited"
+    if os.WIFSIGNALED(status):
+        return f"killed by signal {signal.Signals(os.WTERMSIG(status)).name}"
+    return f"exit code {os.WEXITSTATUS(status)}" if os.WIFEXITED(status) else "exited"
 
 
 def _tail(path: str, lines: int = 15) -> str:
@@ -602,7 +614,10 @@ def up(config: StackConfig, report: Report = lambda _: None) -> State:
             _wait_healthy(service, running, config)
             report(f"{name}: healthy" + (f" at http://127.0.0.1:{running.ports[0]}" if running.ports else ""))
             if name == "api":
-                _bootstrap_keys(service, config, state, report)
+                try:
+                    _bootstrap_keys(service, config, state, report)
+                except StackError as exc:
+                    raise StackError(f"{exc}\n--- {running.log}:\n{_tail(running.log, 30)}") from None
     except BaseException:
         for running in reversed(list(state.services.values())):
             _stop(running)

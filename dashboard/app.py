@@ -19,8 +19,7 @@ st.set_page_config(page_title="PrecisionOps", page_icon=":material/tune:", layou
 
 navigation = st.navigation({
     "Rollouts": [
-        st.Page("views/rollouts.py", title="Rollouts", icon=":material/rocket_launch:", url_path="rollouts",
-                default=True),
+        st.Page("views/rollouts.py", title="Rollouts", icon=":material/rocket_launch:", default=True),  # at "/"
         st.Page("views/drift.py", title="Drift", icon=":material/monitoring:", url_path="drift"),
     ],
     "Engines": [

@@ -10,7 +10,7 @@ FORMAT_COLORS = {
     "mxfp8": "#74c476", "mxfp4": "#238b45",
 }
 SUPPORT_COLORS = {"native": "#31a354", "emulated": "#fdae6b", "unsupported": "#de2d26"}
-EVENT_COLORS = {"alert": "#de2d26", "rollback": "#252525"}
+EVENT_STYLES = {"alert": ("#de2d26", []), "rollback": ("#252525", [4, 3])}  # color, dash
 CHART_HEIGHT = 220
 
 
@@ -28,45 +28,41 @@ def _threshold(value: float, label: str) -> alt.LayerChart:
     return rule + text
 
 
-def _events(marks: pd.DataFrame) -> alt.Chart | None:
-    if marks.empty:
-        return None
-    return alt.Chart(marks).mark_rule(strokeWidth=2).encode(
-        x="time:T",
-        color=alt.Color("event:N", scale=_scale(EVENT_COLORS, list(marks["event"].unique())), title="event"),
-        tooltip=["time:T", "event:N", "label:N"])
+def _events(marks: pd.DataFrame) -> list[alt.Chart]:
+    """Alerts (red) and rollbacks (black, dashed) as vertical rules; fixed colors leave `color` to the series."""
+    rules = []
+    for event, (color, dash) in EVENT_STYLES.items():
+        part = marks[marks["event"] == event]
+        if not part.empty:
+            rules.append(alt.Chart(part).mark_rule(strokeWidth=2, color=color, strokeDash=dash).encode(
+                x="time:T", detail="event:N", tooltip=["time:T", "event:N", "label:N"]))
+    return rules
 
 
 def metric_chart(frame: pd.DataFrame, *, y: str, title: str, threshold: float | None, rule: str,
                  marks: pd.DataFrame) -> alt.LayerChart:
     """One window metric over time, its policy threshold drawn, alerts and rollbacks marked."""
     base = alt.Chart(frame).mark_line(point=True).encode(
-        x=alt.X("time:T", title="window start"), y=alt.Y(f"{y}:Q", title=title),
+        x=alt.X("time:T", title="window start"), y=alt.Y(f"{y}:Q", title=None, axis=alt.Axis(format=".3~g")),
         tooltip=["time:T", alt.Tooltip(f"{y}:Q", format=".4g"), "samples:Q"])
     layers: list[alt.Chart] = [base]
     if threshold is not None:
         layers.append(_threshold(threshold, f"{rule} {threshold:g}"))
-    events = _events(marks)
-    if events is not None:
-        layers.append(events)
+    layers += _events(marks)
     return alt.layer(*layers).properties(title=title, height=CHART_HEIGHT)
 
 
-def layer_chart(frame: pd.DataFrame, *, title: str, threshold: float | None, marks: pd.DataFrame,
-                log: bool = False) -> alt.LayerChart:
+def layer_chart(frame: pd.DataFrame, *, title: str, threshold: float | None, marks: pd.DataFrame) -> alt.LayerChart:
     """A per-layer window maximum over time (one line per layer), threshold and events as in `metric_chart`."""
     base = alt.Chart(frame).mark_line(point=True).encode(
-        x=alt.X("time:T", title="window start"),
-        y=alt.Y("value:Q", title=title, scale=alt.Scale(type="symlog") if log else alt.Undefined),
-        color=alt.Color("layer:N", legend=alt.Legend(orient="bottom", columns=2, labelLimit=320)),
+        x=alt.X("time:T", title="window start"), y=alt.Y("value:Q", title=None, axis=alt.Axis(format=".3~g")),
+        color=alt.Color("layer:N", title=None, legend=alt.Legend(orient="bottom", columns=2, labelLimit=320)),
         tooltip=["time:T", "layer:N", alt.Tooltip("value:Q", format=".4g")])
     layers: list[alt.Chart] = [base]
     if threshold is not None:
         layers.append(_threshold(threshold, f"≤ {threshold:g}"))
-    events = _events(marks)
-    if events is not None:
-        layers.append(events)
-    return alt.layer(*layers).resolve_scale(color="independent").properties(title=title, height=CHART_HEIGHT + 60)
+    layers += _events(marks)
+    return alt.layer(*layers).properties(title=title, height=CHART_HEIGHT + 60)
 
 
 def precision_heatmap(long: pd.DataFrame) -> alt.Chart:
@@ -74,10 +70,10 @@ def precision_heatmap(long: pd.DataFrame) -> alt.Chart:
     order = list(dict.fromkeys(long["op"]))
     return alt.Chart(long).mark_rect(stroke="white").encode(
         x=alt.X("tensor:N", sort=["weights", "activations", "kv_cache"], title=None, axis=alt.Axis(orient="top")),
-        y=alt.Y("op:N", sort=order, title=None, axis=alt.Axis(labelLimit=360)),
+        y=alt.Y("op:N", sort=order, title=None, axis=alt.Axis(labelLimit=360, labelFontSize=10, labelOverlap=False)),
         color=alt.Color("format:N", scale=_scale(FORMAT_COLORS, list(long["format"].unique()))),
         tooltip=["op:N", "kind:N", "tensor:N", "format:N"],
-    ).properties(height=max(200, 14 * len(order)), width=300)
+    ).properties(height=max(200, 16 * len(order)), width=300)
 
 
 def support_heatmap(pivot: pd.DataFrame) -> alt.Chart:

@@ -52,16 +52,18 @@ def gate_summary(evaluations: list[dict], corpus_names: dict[int, str]) -> str:
         gates = e.get("gates") or []
         passed = sum(1 for g in gates if g.get("passed"))
         corpus = corpus_names.get(e["corpus_id"], f"corpus {e['corpus_id']}")
-        mark = "✅" if e["verdict"] == "passed" else "❌"
-        lines.append(f"{mark} #{e['id']} {corpus}: {e['verdict']} ({passed}/{len(gates)} gates)")
+        lines.append(f"#{e['id']} {corpus}: {e['verdict']} ({passed}/{len(gates)} gates)")
     return "; ".join(lines) or "not evaluated"
 
 
-def engine_label(engine: dict | None, recipes: dict[int, dict], accelerators: dict[int, str]) -> str:
+def engine_label(engine: dict | None, recipes: dict[int, dict], accelerators: dict[int, str] | None = None) -> str:
+    """`#id recipe vN @ accelerator` (without the accelerator when none are given)."""
     if engine is None:
         return "?"
     recipe = recipes.get(engine["recipe_id"])
     name = f"{recipe['name']} v{recipe['version']}" if recipe else f"recipe {engine['recipe_id']}"
+    if accelerators is None:
+        return f"#{engine['id']} {name}"
     return f"#{engine['id']} {name} @ {accelerators.get(engine['accelerator_id'], engine['accelerator_id'])}"
 
 

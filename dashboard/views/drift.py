@@ -11,7 +11,8 @@ TOP_LAYERS = 6
 
 st.title("Drift")
 st.caption("Shadow canaries re-run served requests in reference precision. Each point is one window's aggregate; "
-           "dashed red lines are the deployment's drift-policy thresholds.")
+           "dashed red lines are the deployment's drift-policy thresholds, solid red rules the alerts, dashed black "
+           "rules the rollbacks.")
 api = client()
 deployments = load("deployments", api.deployments)
 if not deployments:
@@ -71,7 +72,7 @@ else:
                                          threshold=policy["saturation_max"]),
                       width="stretch", key="drift-saturation")
     right.altair_chart(charts.layer_chart(amax[amax["layer"].isin(picked)], title="amax ratio (observed / calibrated)",
-                                          marks=marks, threshold=policy["amax_ratio_max"], log=True),
+                                          marks=marks, threshold=policy["amax_ratio_max"]),
                        width="stretch", key="drift-amax")
     with st.expander("Window table"):
         st.dataframe(series, hide_index=True, key="drift-windows")

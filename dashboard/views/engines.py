@@ -21,7 +21,10 @@ def label(engine_id: int) -> str:
     return frames.engine_label(by_id[engine_id], recipes, accelerators) + f" · {by_id[engine_id]['content_hash'][:12]}"
 
 
-chosen = st.selectbox("Engine", list(by_id), format_func=label, key="engine-select")
+linked = st.query_params.get("engine")
+chosen = st.selectbox("Engine", list(by_id), format_func=label, key="engine-select",
+                      index=list(by_id).index(int(linked)) if linked and linked.isdigit() and int(linked) in by_id else 0)
+st.query_params["engine"] = str(chosen)
 engine = load("the engine", lambda: api.engine(chosen))
 manifest = engine["manifest"]
 sizes = manifest.get("bytes") or {}

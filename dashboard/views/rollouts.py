@@ -88,8 +88,7 @@ for endpoint in endpoints if chosen == "all endpoints" else [chosen]:
     active = next((d for d in mine if d["stage"] == "active"), None)
     rollout = next((d for d in mine if d["stage"] in ("shadow", "canary", "paused")), None)
     c1, c2, c3 = st.columns(3)
-    c1.metric("Active engine", frames.engine_label(engines.get(active["engine_id"]), recipes, accelerators)
-              if active else "none")
+    c1.metric("Active engine", frames.engine_label(engines.get(active["engine_id"]), recipes) if active else "none")
     c2.metric("Rollout", f"#{rollout['id']} {rollout['stage']}" if rollout else "none")
     c3.metric("Canary traffic", f"{rollout['traffic_share']:.0%}" if rollout and rollout["stage"] == "canary" else "0%")
     st.dataframe(

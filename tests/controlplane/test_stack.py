@@ -92,6 +92,26 @@ def test_locally_the_same_commands_point_at_the_stand_ins(tmp_path):
     assert services["api"].healthcheck.argv[-1].endswith("urlopen('http://127.0.0.1:18123/v1/health', timeout=3)")
 
 
+@pytest.fixture
+def redis_db(redis_url) -> int:
+    """An empty Redis db claimed for this test (the jobs tests' protocol): two stacks on one db would share a
+    broker, and each one's worker would take the other's jobs."""
+    import redis
+
+    token = uuid.uuid4().hex
+    for db in range(15, 0, -1):
+        client = redis.Redis(host=stack.REDIS_HOST, port=stack.REDIS_PORT, db=db)
+        if client.dbsize() == 0 and client.set("pops-tests:claim", token, nx=True, ex=3600):
+            break
+        client.close()
+    else:
+        pytest.fail("no free Redis database (1-15) to claim for the stack test")
+    yield db
+    if client.get("pops-tests:claim") == token.encode():  # `down --volumes` flushed it already when it ran
+        client.flushdb()
+    client.close()
+
+
 def _free_ports(n: int) -> list[int]:
     import socket
 
@@ -106,13 +126,14 @@ def _free_ports(n: int) -> list[int]:
 
 @pytest.mark.services
 @pytest.mark.slow
-def test_stack_up_runs_compose_as_processes_and_the_demo_runs_through_it(tmp_path, redis_url):
+def test_stack_up_runs_compose_as_processes_and_the_demo_runs_through_it(tmp_path, redis_db):
     try:
         psycopg.connect(stack.PG_ADMIN_URL, connect_timeout=3).close()
     except psycopg.OperationalError as exc:
         service_unavailable("PostgreSQL at 127.0.0.1:5432", exc)
     api_port, serve_port, dashboard_port = _free_ports(3)
-    config = StackConfig(state_dir=tmp_path / "stack", database=f"pops_stack_{uuid.uuid4().hex[:10]}", redis_db=13,
+    config = StackConfig(state_dir=tmp_path / "stack", database=f"pops_stack_{uuid.uuid4().hex[:10]}",
+                         redis_db=redis_db,
                          overrides={"POPS_API_PORT": str(api_port), "POPS_SERVE_PORT": str(serve_port),
                                     "POPS_DASHBOARD_PORT": str(dashboard_port), "POPS_API_WORKERS": "1",
                                     "POPS_SERVE_SAMPLE_SHARE": "1", "POPS_SERVE_CANARY_SAMPLE_SHARE": "1",
@@ -133,7 +154,7 @@ def test_stack_up_runs_compose_as_processes_and_the_demo_runs_through_it(tmp_pat
         # The demo through the stack: jobs go through Redis to the worker, traffic through `pops serve`.
         story = demo.DemoConfig(home=tmp_path / "demo", calibration_samples=16, eval_samples=8, eval_seq_len=96,
                                 shadow_requests=16, canary_requests=20, min_samples=12, drift_requests=40,
-                                drift_prompt_tokens=512)
+                                drift_prompt_tokens=512, recipes=("fp8_w8a8_static",))
         summary = demo.run_demo(story, demo.stack_target(config.state_dir), Console(stderr=True, force_terminal=False))
         api = httpx.Client(base_url=f"http://127.0.0.1:{api_port}/v1", timeout=30,
                            headers={"Authorization": f"Bearer {state.keys['POPS_STACK_ADMIN_KEY']}"})

@@ -1,7 +1,7 @@
 """Headless Chromium over the DevTools protocol: open a dashboard page, wait for its text, take a screenshot.
 
-Also a script that screenshots every page of a running dashboard into docs/:
-    python -m tests.dashboard.browser http://127.0.0.1:8501 docs/
+Also a script that screenshots every page of a running dashboard into docs/ (optionally with a query per page):
+    python -m tests.dashboard.browser http://127.0.0.1:8501 docs/ "drift?deployment=2" "engines?engine=2"
 """
 from __future__ import annotations
 
@@ -22,8 +22,8 @@ CHROMIUM = "/usr/bin/chromium"
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync",
          "--remote-debugging-port=0", "--hide-scrollbars", "--force-device-scale-factor=1"]
-# Page -> text that shows the page has rendered its data (not just its skeleton).
-PAGES = {"rollouts": "Awaiting approval", "drift": "Analysis outcomes", "engines": "Precision map",
+# Page -> text that shows the page has rendered its data (not just its skeleton). Rollouts, the default, is at "/".
+PAGES = {"rollouts": "Active engine", "drift": "Analysis outcomes", "engines": "Precision map",
          "evaluations": "Calibration coverage against traffic", "compatibility": "Tensor role", "audit": "events match"}
 
 
@@ -51,7 +51,8 @@ class Browser:
         port = int(port_file.read_text().split()[0])
         target = next(t for t in httpx.get(f"http://127.0.0.1:{port}/json/list", timeout=10).json()
                       if t["type"] == "page")
-        self.ws = connect(target["webSocketDebuggerUrl"], max_size=64 * 2**20, open_timeout=30)
+        self._connection = connect(target["webSocketDebuggerUrl"], max_size=64 * 2**20, open_timeout=30)
+        self.ws = self._connection.__enter__()
         self._ids = itertools.count(1)
         self.call("Page.enable")
         self.call("Emulation.setDeviceMetricsOverride", width=width, height=height, deviceScaleFactor=1, mobile=False)
@@ -91,18 +92,15 @@ class Browser:
                 raise TimeoutError(f"{url} did not show {expect!r} within {timeout:.0f} s; it shows:\n{text[:2000]}")
             time.sleep(0.3)
 
-    def screenshot(self, path: Path, *, full_page: bool = True) -> Path:
-        params = {"format": "png", "captureBeyondViewport": full_page}
-        if full_page:
-            size = self.call("Page.getLayoutMetrics")["cssContentSize"]
-            params["clip"] = {"x": 0, "y": 0, "width": size["width"], "height": min(size["height"], 4000), "scale": 1}
-        path.write_bytes(base64.b64decode(self.call("Page.captureScreenshot", **params)["data"]))
+    def screenshot(self, path: Path) -> Path:
+        """The viewport as a PNG (streamlit scrolls inside its own container: a taller viewport shows more)."""
+        path.write_bytes(base64.b64decode(self.call("Page.captureScreenshot", format="png")["data"]))
         return path
 
     def close(self) -> None:
         try:
             if getattr(self, "ws", None) is not None:
-                self.ws.close()
+                self._connection.__exit__(None, None, None)
         finally:
             self.process.terminate()
             try:
@@ -118,15 +116,18 @@ class Browser:
         self.close()
 
 
-def main(base_url: str, out: str) -> None:
-    """Screenshots every page of a running dashboard as docs/dashboard-<page>.png."""
+def main(base_url: str, out: str, *queries: str) -> None:
+    """Screenshots every page of a running dashboard as <out>/dashboard-<page>.png; `page?query` args add a query."""
     folder = Path(out)
     folder.mkdir(parents=True, exist_ok=True)
-    with Browser() as browser:
+    extra = dict(q.split("?", 1) for q in queries)
+    with Browser(height=1800) as browser:
         for page, expect in PAGES.items():
-            browser.open(f"{base_url.rstrip('/')}/{page}", expect)
+            query = f"?{extra[page]}" if page in extra else ""
+            path = "" if page == "rollouts" else page
+            browser.open(f"{base_url.rstrip('/')}/{path}{query}", expect)
             print(browser.screenshot(folder / f"dashboard-{page}.png"))
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:3])
+    main(*sys.argv[1:])

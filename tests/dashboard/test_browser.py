@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import struct
 import subprocess
 import sys
@@ -51,14 +52,17 @@ def _png_size(path) -> tuple[int, int]:
 
 def test_rollouts_page_renders_in_chromium_with_a_screenshot(dashboard, live_api, tmp_path):
     with Browser() as browser:
-        text = browser.open(f"{dashboard}/rollouts", expect="awaiting: promote to canary")
+        text = browser.open(f"{dashboard}/", expect="awaiting: promote to canary")
         shot = browser.screenshot(tmp_path / "dashboard-rollouts.png")
         drift = browser.open(f"{dashboard}/drift?deployment={live_api.ids['deployment:support-drifted']}",
                              expect="Analysis outcomes")
-    assert "Signed in as viewer-user" in text
+    assert "Signed in as viewer-user" in text and "Page not found" not in text
     for endpoint in ("chat", "code", "support"):
         assert endpoint in text.splitlines()  # each endpoint's subheader
     assert "promote to active (serving 20% now)" in text
     assert "rolled_back" in drift and "Open alerts" in drift
     width, height = _png_size(shot)
-    assert width == 1440 and height >= 1000 and shot.stat().st_size > 30_000
+    assert (width, height) == (1440, 1000) and shot.stat().st_size > 30_000
+    docs = os.environ.get("POPS_DOCS_SCREENSHOTS")  # a folder: keep the screenshot (docs/dashboard-rollouts.png)
+    if docs:
+        shutil.copyfile(shot, os.path.join(docs, shot.name))
