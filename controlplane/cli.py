@@ -242,7 +242,7 @@ def demo_stack(
 
     from controlplane import demo
 
-    console = Console(stderr=True)
+    console = Console(stderr=True, soft_wrap=True)  # commands it prints stay on one line
     config = demo.DemoConfig(home=Path(home), drift_requests=drift_requests)
     try:
         if api_url:

@@ -8,7 +8,6 @@ canary with canary samples in several windows) and `code` (an engine in shadow a
 from __future__ import annotations
 
 import random
-import socket
 import sys
 import threading
 import time
@@ -22,6 +21,8 @@ REPO = Path(__file__).resolve().parents[2]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from tests.dashboard.support import free_port, wait_for  # noqa: E402
+
 MODEL = REPO / "assets" / "models" / "pops-llama-tiny"
 CORPORA = REPO / "assets" / "corpora"
 PEPPER = "dashboard-tests-pepper-0123456789"
@@ -34,23 +35,6 @@ STATIC_FP8 = {
     "kv_cache_scheme": {"format": "fp8_e4m3"},
     "calibration": {"corpus": "calib-en-short", "samples": 8, "seq_len": 64},
 }
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_for(predicate, *, timeout: float, what: str, interval: float = 0.1):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(interval)
 
 
 @dataclass

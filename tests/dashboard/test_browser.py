@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from tests.dashboard.browser import Browser, chromium_path
-from tests.dashboard.conftest import REPO, free_port, wait_for
+from tests.dashboard.support import REPO, free_port, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(chromium_path() is None,
                                                    reason="chromium is not installed (apt-get install -y chromium)")]

@@ -1,232 +1,19 @@
-"""`pops demo-stack`: the whole story over the REST API, as an operator and serving would tell it.
-
-Registers the reference model and corpora, submits recipes, calibrates, builds and evaluates them,
-rolls the best passing engine out through shadow and canary to active (each promotion approved by
-a recorded demo approver), replays English traffic through `pops serve`, then injects drift (long,
-non-Latin requests from traffic-multiscript) until drift analysis raises an alert and rolls back to
-the last known-good engine. Finally writes a report with plots and prints where to look.
-
-By default everything runs here on the embedded default (SQLite, in-process jobs, an MLflow file
-store, the API and serving on local ports in this process). `--stack` runs the same story through
-a local process stack (`pops stack up`), and `--api-url/--serve-url` through any deployment.
-"""
+"""The story, step by step, over the REST API and serving's completions endpoint."""
 from __future__ import annotations
 
 import json
-import shutil
-import socket
-import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass, field
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import httpx
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-REPO = Path(__file__).resolve().parent.parent
-MODEL = REPO / "assets" / "models" / "pops-llama-tiny"
-CORPORA = {name: REPO / "assets" / "corpora" / f"{name}.jsonl"
-           for name in ("calib-en-short", "eval-en", "traffic-multiscript")}
-APPROVER = "demo-approver"
-BASELINE = "bf16"
+from controlplane.demo.config import APPROVER, BASELINE, CORPORA, MODEL, DemoConfig, DemoError, candidate_recipes
+from controlplane.demo.targets import Api, Target, wait
 
-
-def _static(fmt: str, description: str, kv: bool) -> dict:
-    """A W8A8 recipe with static per-tensor activation scales calibrated on short English."""
-    recipe = {"name": f"{fmt.split('_')[0]}_w8a8_static", "description": description,
-              "default": {"weights": {"format": fmt, "strategy": "channel"},
-                          "input_activations": {"format": fmt, "strategy": "tensor", "observer": "minmax"}},
-              "calibration": {"corpus": "calib-en-short"}}
-    if kv:
-        recipe["kv_cache_scheme"] = {"format": "fp8_e4m3"}
-    return recipe
-
-
-def candidate_recipes() -> list[dict]:
-    """The baseline and the candidates a latency-minded team would ship: static scales need no per-token amax,
-    so they are the cheapest to serve, and they trust their calibration corpus: the drift this demo shows."""
-    from runtime.recipes import preset
-
-    return [
-        preset(BASELINE).to_dict(),
-        _static("fp8_e4m3", "fp8 per-channel weights; fp8 activations and KV cache with calibrated static scales",
-                kv=True),
-        _static("int8", "int8 per-channel weights; int8 activations with calibrated static scales", kv=False),
-        preset("int4_w4a16_g128").to_dict(),
-    ]
-
-
-@dataclass
-class DemoConfig:
-    """How big the demo is; the defaults finish in a few minutes on 2 CPU cores."""
-
-    home: Path = Path(".pops") / "demo-full"
-    calibration_samples: int = 32
-    calibration_seq_len: int = 128
-    eval_samples: int = 24
-    eval_seq_len: int = 256
-    gates: list[dict] = field(default_factory=lambda: [
-        {"metric": "kl_mean", "max": 0.03}, {"metric": "top1_agreement", "min": 0.85},
-        {"metric": "ppl_delta_pct", "max": 5.0}])
-    shadow_requests: int = 24
-    canary_requests: int = 24
-    canary_share: float = 0.5
-    drift_requests: int = 48
-    drift_prompt_tokens: int = 768  # long requests, cut to bound the demo's time
-    max_tokens: int = 8
-    min_samples: int = 16
-    window_seconds: int = 60
-    canary_window_seconds: int = 5  # embedded control plane: width of a canary aggregate window
-    timeout_s: float = 300.0  # longest wait for one job, one analysis or one route change
-    recipes: tuple[str, ...] = ()  # candidate names to run (the baseline always runs); empty: all of them
-
-
-class DemoError(Exception):
-    """The story could not go on; the message says where and why."""
-
-
-# --- talking to the control plane and serving -----------------------------------------------------
-
-class Api:
-    """The control plane's /v1 as the demo uses it; errors carry the server's detail."""
-
-    def __init__(self, url: str, key: str, timeout_s: float):
-        self.url = url.rstrip("/")
-        self.http = httpx.Client(base_url=f"{self.url}/v1", headers={"Authorization": f"Bearer {key}"},
-                                 timeout=timeout_s)
-
-    def call(self, method: str, path: str, **kwargs) -> Any:
-        response = self.http.request(method, path, **kwargs)
-        if response.status_code >= 400:
-            raise DemoError(f"{method} {path}: {response.status_code} {response.text[:500]}")
-        return response.json()
-
-    def all(self, path: str, **params) -> list[dict]:
-        rows, offset = [], 0
-        while True:
-            page = self.call("GET", path, params={**params, "limit": 500, "offset": offset})
-            rows += page["data"]
-            offset += len(page["data"])
-            if not page["data"] or offset >= page["count"]:
-                return rows
-
-    def as_key(self, key: str) -> Api:
-        return Api(self.url, key, self.http.timeout.read or 60.0)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait(predicate: Callable[[], Any], *, timeout: float, what: str, interval: float = 0.5) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise DemoError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(interval)
-
-
-class _Server:
-    """An ASGI app under uvicorn in a thread of this process."""
-
-    def __init__(self, app, name: str):
-        import uvicorn
-
-        self.port = _free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self._server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
-        self._thread = threading.Thread(target=self._server.run, name=name, daemon=True)
-
-    def __enter__(self) -> _Server:
-        self._thread.start()
-        _wait(lambda: self._server.started, timeout=120, what=f"{self._thread.name} to listen", interval=0.05)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._server.should_exit = True
-        self._thread.join(60)
-
-
-@dataclass
-class Target:
-    """Where the story runs: the control plane, serving, an admin key, and how to look afterwards."""
-
-    api_url: str
-    serve_url: str | None
-    admin_key: str
-    look: list[str] = field(default_factory=list)  # commands that bring the dashboard up afterwards
-
-
-@contextmanager
-def embedded(config: DemoConfig) -> Iterator[Target]:
-    """The embedded default in this process: the API on SQLite (jobs in-process) and `pops serve` following it."""
-    from controlplane import migrate
-    from controlplane.auth import service as auth
-    from controlplane.auth.schemas import ApiKeyCreate
-    from controlplane.db import create_db_engine, make_session_factory
-    from controlplane.main import create_app
-    from controlplane.settings import Settings
-    from runtime.serving import ServeConfig
-    from runtime.serving import create_app as create_serving
-
-    home = config.home.resolve()
-    for stale in ("pops.db", "artifacts", "mlruns", "report"):  # every run tells the story from the start
-        path = home / stale
-        shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
-    home.mkdir(parents=True, exist_ok=True)
-    env = {"POPS_DATABASE_URL": f"sqlite:///{home / 'pops.db'}", "POPS_ARTIFACT_ROOT": str(home / "artifacts"),
-           "POPS_MLFLOW_TRACKING_URI": (home / "mlruns").as_uri(),
-           "POPS_MODELS_ROOTS": json.dumps([str(REPO / "assets" / "models")]),
-           "POPS_CANARY_WINDOW_SECONDS": str(config.canary_window_seconds)}
-    settings = Settings(database_url=env["POPS_DATABASE_URL"], artifact_root=home / "artifacts",
-                        mlflow_tracking_uri=env["POPS_MLFLOW_TRACKING_URI"], models_roots=[REPO / "assets" / "models"],
-                        canary_window_seconds=config.canary_window_seconds)
-    migrate.upgrade(settings)
-    engine = create_db_engine(settings)
-    with make_session_factory(engine)() as db:
-        pepper = settings.api_key_pepper.get_secret_value()
-        _, admin = auth.create(db=db, key_in=ApiKeyCreate(owner="demo-admin", role="admin", reason="the demo"),
-                               pepper=pepper, actor="demo")
-    engine.dispose()
-    with _Server(create_app(settings), "control-plane") as api:
-        serve_key = Api(api.url, admin, 60).call("POST", "/api-keys", json={
-            "owner": "demo-serve", "role": "submitter", "reason": "serving posts canary samples"})["key"]
-        serving = ServeConfig(endpoint="chat", control_plane_url=api.url, api_key=serve_key, sample_share=1.0,
-                              canary_sample_share=1.0, poll_interval_s=1.0, flush_interval_s=1.0)
-        with _Server(create_serving(serving), "serving") as serve:
-            (home / "demo.env").write_text("".join(f"{k}='{v}'\n" for k, v in env.items()))
-            yield Target(api_url=api.url, serve_url=serve.url, admin_key=admin, look=[
-                f"set -a; . {home / 'demo.env'}; set +a; pops api --port 8000 &",
-                "POPS_DASHBOARD_API_URL=http://127.0.0.1:8000 POPS_DASHBOARD_API_KEY={viewer_key} "
-                "streamlit run dashboard/app.py"])
-
-
-def stack_target(state_dir: Path) -> Target:
-    """A running local process stack (`pops stack up`): its API, serving and admin key."""
-    from controlplane.stack import DEFAULT_STATE_DIR, StackConfig, State
-
-    state = State.load(StackConfig(state_dir=state_dir or DEFAULT_STATE_DIR))
-    if state is None or "api" not in state.services:
-        raise DemoError(f"no stack in {state_dir}; start one with `pops stack up`")
-    admin = state.keys.get("POPS_STACK_ADMIN_KEY")
-    if not admin:
-        raise DemoError("the stack's state has no admin key (POPS_STACK_ADMIN_KEY was set in its env file); "
-                        "pass --api-url, --serve-url and --api-key instead")
-    return Target(api_url=state.url("api"), serve_url=state.url("serve"), admin_key=admin,
-                  look=[f"open {state.url('dashboard')} (the stack's dashboard; paste an approver key to act)"])
-
-
-# --- the story ------------------------------------------------------------------------------------
 
 class Story:
     """Runs the demo's steps against a target; `log` keeps what happened for the report."""
@@ -363,7 +150,7 @@ class Story:
         def routed() -> bool:
             engines = httpx.get(f"{self.target.serve_url}/healthz", timeout=30).json().get("engines", {})
             return (engines.get(role) or {}).get("deployment_id") == deployment_id
-        _wait(routed, timeout=self.config.timeout_s, what=f"serving to route {role} to deployment {deployment_id}")
+        wait(routed, timeout=self.config.timeout_s, what=f"serving to route {role} to deployment {deployment_id}")
 
     def policy_for(self, chosen: dict) -> dict:
         """Drift limits from what evaluation measured on held-out English: a window may not average twice its KL,
@@ -436,7 +223,7 @@ class Story:
 
         with self.progress() as bar:
             bar.add_task(f"{label}: waiting for drift analysis", total=None)
-            analysis = _wait(analysed, timeout=self.config.timeout_s, what=f"{label}: a successful analysis",
+            analysis = wait(analysed, timeout=self.config.timeout_s, what=f"{label}: a successful analysis",
                              interval=1.0)
         self.say(f"{label}: drift analysis #{analysis['id']} {analysis['outcome']} on {analysis['sample_count']} "
                  f"samples ({analysis['reason']})")
@@ -489,7 +276,7 @@ class Story:
         self.replay(drifting, "drift: long multiscript traffic", stop=rolled_back)
         with self.progress() as bar:
             bar.add_task("waiting for drift analysis to act", total=None)
-            _wait(rolled_back, timeout=self.config.timeout_s, what="the automatic rollback")
+            wait(rolled_back, timeout=self.config.timeout_s, what="the automatic rollback")
         alert = next(a for a in self.admin.all("/alerts", deployment_id=rollout_id)
                      if a["evidence"].get("action") == "rolled_back")
         restored = next(d for d in self.admin.all("/deployments", endpoint=self.ids["endpoint"], stage="active"))
@@ -507,7 +294,7 @@ class Story:
 
 def run_demo(config: DemoConfig, target: Target, console: Console | None = None) -> dict:
     """Tells the story against `target`; writes the report and returns its summary."""
-    from controlplane.demo_report import write_report
+    from controlplane.demo.report import write_report
 
     console = console or Console(stderr=True)
     story = Story(target, config, console)
