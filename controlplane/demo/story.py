@@ -14,6 +14,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn
 from controlplane.demo.config import APPROVER, BASELINE, CORPORA, MODEL, DemoConfig, DemoError, candidate_recipes
 from controlplane.demo.targets import Api, Target, wait
 
+DRIFT_ROUNDS = 3  # most passes over the drifting prompts before the demo gives up on a rollback
+
 
 class Story:
     """Runs the demo's steps against a target; `log` keeps what happened for the report."""
@@ -273,10 +275,19 @@ class Story:
         def rolled_back() -> bool:
             return self.admin.call("GET", f"/deployments/{rollout_id}")["stage"] == "rolled_back"
 
-        self.replay(drifting, "drift: long multiscript traffic", stop=rolled_back)
-        with self.progress() as bar:
-            bar.add_task("waiting for drift analysis to act", total=None)
-            wait(rolled_back, timeout=self.config.timeout_s, what="the automatic rollback")
+        # Rollback takes consecutive failed analyses, and analyses run as samples arrive: while the engine still
+        # serves, the drifting traffic goes on (in rounds, each measured and shipped before the next).
+        for round_ in range(1, DRIFT_ROUNDS + 1):
+            self.replay(drifting, f"drift: long multiscript traffic (round {round_})", stop=rolled_back)
+            with self.progress() as bar:
+                bar.add_task("waiting for serving to measure and ship the samples", total=None)
+                wait(lambda: rolled_back() or self.drained(), timeout=self.config.timeout_s,
+                     what="serving to ship its canary samples")
+            if rolled_back():
+                break
+        else:
+            raise DemoError(f"{DRIFT_ROUNDS} rounds of drifting traffic and deployment {rollout_id} still serves; see "
+                            f"its analyses at /v1/deployments/{rollout_id}/analyses")
         alert = next(a for a in self.admin.all("/alerts", deployment_id=rollout_id)
                      if a["evidence"].get("action") == "rolled_back")
         restored = next(d for d in self.admin.all("/deployments", endpoint=self.ids["endpoint"], stage="active"))

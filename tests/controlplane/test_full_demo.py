@@ -13,7 +13,7 @@ pytestmark = pytest.mark.slow
 
 # Smaller than the command's defaults (fewer samples and requests), the same story.
 LEAN = dict(calibration_samples=16, eval_samples=12, eval_seq_len=128, shadow_requests=16, canary_requests=20,
-            min_samples=12, drift_requests=40, drift_prompt_tokens=512)
+            min_samples=12, drift_requests=40)
 
 
 def _png_size(path) -> tuple[int, int]:

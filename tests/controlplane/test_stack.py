@@ -154,7 +154,7 @@ def test_stack_up_runs_compose_as_processes_and_the_demo_runs_through_it(tmp_pat
         # The demo through the stack: jobs go through Redis to the worker, traffic through `pops serve`.
         story = demo.DemoConfig(home=tmp_path / "demo", calibration_samples=16, eval_samples=8, eval_seq_len=96,
                                 shadow_requests=16, canary_requests=20, min_samples=12, drift_requests=40,
-                                drift_prompt_tokens=512, recipes=("fp8_w8a8_static",))
+                                recipes=("fp8_w8a8_static",))
         summary = demo.run_demo(story, demo.stack_target(config.state_dir), Console(stderr=True, force_terminal=False))
         api = httpx.Client(base_url=f"http://127.0.0.1:{api_port}/v1", timeout=30,
                            headers={"Authorization": f"Bearer {state.keys['POPS_STACK_ADMIN_KEY']}"})

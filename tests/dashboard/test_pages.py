@@ -5,6 +5,8 @@ import json
 
 import pytest
 
+pytestmark = pytest.mark.slow  # the session's seeded control plane takes 30-60 s to build on 2 cores
+
 PAGES = ["views/rollouts.py", "views/drift.py", "views/engines.py", "views/evaluations.py", "views/compatibility.py",
          "views/audit.py"]
 
