@@ -59,7 +59,8 @@ def linear_ops(model: nn.Module) -> list[LinearOp]:
 
 def norm_ops(model: nn.Module) -> list[str]:
     """Names of normalisation modules (kept wide: sensitive ops)."""
-    return [n for n, m in model.named_modules() if n and ("norm" in type(m).__name__.lower() or type(m).__name__.endswith("LayerNorm") or n.split(".")[-1].startswith("ln_"))]
+    return [n for n, m in model.named_modules()
+            if n and ("norm" in type(m).__name__.lower() or n.split(".")[-1].startswith("ln_"))]
 
 
 def attention_layers(model: nn.Module) -> list[str]:

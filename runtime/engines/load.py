@@ -66,11 +66,12 @@ def load_engine(path: str | os.PathLike, device: str | torch.device = "cpu",
                            k_scale=None if dynamic else state[f"{attn_name}.kv_quant.k_scale"].tolist(),
                            v_scale=None if dynamic else state[f"{attn_name}.kv_quant.v_scale"].tolist())
         attach(attn, kvq)
+    # Linear ops and KV quantizers took their tensors from `state` above; the rest (embeddings, norms)
+    # load here, in the serving dtype.
     quantized = set(ops) | {f"{name}.parts.{i}" for name, o in ops.items() for i in range(len(o.parts))}
-    wide = {k: v.to(dtype) if v.is_floating_point() and v.dtype not in (torch.float8_e4m3fn, torch.float8_e5m2)
-            and not k.endswith(("weight_scale", "weight_zero", "input_scale", "k_scale", "v_scale")) and
-            k.rsplit(".", 1)[0] not in quantized else v for k, v in state.items()}
-    missing, unexpected = model.load_state_dict(wide, strict=False, assign=True)
+    wide = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()
+            if k.rsplit(".", 1)[0] not in quantized and ".kv_quant." not in k}
+    _, unexpected = model.load_state_dict(wide, strict=False, assign=True)
     if unexpected:
         raise InputError(f"engine tensors the model does not have: {unexpected[:5]}", loc=("engine_path",))
     # Non-persistent buffers (rotary inv_freq) are not in the file: materialise them from the config.

@@ -52,7 +52,7 @@ class QuantLinear(nn.Module):
 
     def __init__(self, in_features: int, out_features: int, *, weight_format: str, activation_format: str,
                  weight_strategy: str = "channel", group_size: int | None = None, act_dynamic: bool = True,
-                 has_bias: bool = False, is_lm_head: bool = False, kernel: str = ""):
+                 is_lm_head: bool = False, kernel: str = ""):
         super().__init__()
         self.in_features, self.out_features = in_features, out_features
         self.weight_format, self.activation_format = weight_format, activation_format
@@ -63,16 +63,22 @@ class QuantLinear(nn.Module):
 
     # --- construction from a float op ------------------------------------------------
     @classmethod
+    def _for_op(cls, op: OpPlan) -> "QuantLinear":
+        """An instance configured by the op's plan, with no tensors yet."""
+        w_args, a_args = op.weight_args, op.activation_args
+        return cls(op.in_features, op.out_features, weight_format=op.weight, activation_format=op.activation,
+                   weight_strategy=w_args.strategy.value if w_args else "tensor",
+                   group_size=w_args.group_size if w_args else None,
+                   act_dynamic=a_args.dynamic if a_args else True,
+                   is_lm_head=op.op_kind == "lm_head", kernel=op.kernel)
+
+    @classmethod
     def from_float(cls, weight: torch.Tensor, bias: torch.Tensor | None, op: OpPlan,
                    input_scale: float | None = None) -> "QuantLinear":
         """Quantizes an [out, in] float weight by the op's plan."""
         w_args: QuantArgs | None = op.weight_args
         a_args: QuantArgs | None = op.activation_args
-        q = cls(op.in_features, op.out_features, weight_format=op.weight, activation_format=op.activation,
-                weight_strategy=w_args.strategy.value if w_args else "tensor",
-                group_size=w_args.group_size if w_args else None,
-                act_dynamic=a_args.dynamic if a_args else True, has_bias=bias is not None,
-                is_lm_head=op.op_kind == "lm_head", kernel=op.kernel)
+        q = cls._for_op(op)
         w = weight.detach().float()
         if op.weight in WIDE_FORMATS:
             q.register_buffer("weight", w.to(get_format(op.weight).storage_dtype))
@@ -99,12 +105,7 @@ class QuantLinear(nn.Module):
     @classmethod
     def empty_like_state(cls, op: OpPlan, state: dict[str, torch.Tensor], prefix: str) -> "QuantLinear":
         """An instance whose buffers are taken from an engine's saved tensors (no requantization)."""
-        w_args, a_args = op.weight_args, op.activation_args
-        q = cls(op.in_features, op.out_features, weight_format=op.weight, activation_format=op.activation,
-                weight_strategy=w_args.strategy.value if w_args else "tensor",
-                group_size=w_args.group_size if w_args else None,
-                act_dynamic=a_args.dynamic if a_args else True, has_bias=f"{prefix}bias" in state,
-                is_lm_head=op.op_kind == "lm_head", kernel=op.kernel)
+        q = cls._for_op(op)
         for name in ("weight", "weight_packed", "weight_scale", "weight_zero", "input_scale", "bias"):
             if f"{prefix}{name}" in state:
                 q.register_buffer(name, state[f"{prefix}{name}"])
