@@ -319,6 +319,9 @@ def search_cmd(model: ModelOpt,
                    "--bits", help="Budget: average stored bits per weight of the searched ops.")] = None,
                total_bytes: Annotated[Optional[int], typer.Option(
                    "--bytes", help="Budget: total stored bytes of the searched ops.")] = None,
+               latency_us: Annotated[Optional[float], typer.Option(
+                   "--latency-us", help="Budget: batch-1 decode µs per token of the searched ops on the "
+                                        "accelerator (its decode latency model; not the cpu).")] = None,
                accelerator: Annotated[str, typer.Option("--accelerator", "-a")] = "cpu",
                granularity: Annotated[str, typer.Option(help="op | channel (per output feature)")] = "channel",
                candidate: Annotated[Optional[list[str]], typer.Option(
@@ -330,14 +333,14 @@ def search_cmd(model: ModelOpt,
                name: Annotated[Optional[str], typer.Option(help="Recipe name.")] = None,
                out_path: Annotated[Optional[Path], typer.Option("--out", "-o", help="Write the recipe here (.yaml/.json).")] = None,
                as_json: JsonOpt = False):
-    """Searches a mixed-precision recipe that minimises KL to the reference within a bit budget."""
+    """Searches a mixed-precision recipe that minimises KL to the reference within a bit or latency budget."""
     from runtime.accelerators import get_profile
     from runtime.corpora import Corpus
     from runtime.models import load_model
     from runtime.search import DEFAULT_CANDIDATES, Budget, search
 
     with _input_errors():
-        budget = Budget(bits_per_weight=bits, total_bytes=total_bytes)
+        budget = Budget(bits_per_weight=bits, total_bytes=total_bytes, latency_us=latency_us)
         profile = get_profile(accelerator)
         loaded = load_model(model)
         with _progress("searching") as progress:
@@ -360,6 +363,8 @@ def search_cmd(model: ModelOpt,
     table.add_row("budget", f"{a.budget.label()} ({a.budget_bits / a.weights:.3f} bits/weight)")
     table.add_row("allocated", f"{a.bits_per_weight:.3f} bits/weight over {len(a.ops)} ops")
     table.add_row("predicted KL", f"{a.predicted_kl:.3e} nats/token")
+    if a.predicted_latency_us is not None:
+        table.add_row("predicted decode latency", f"{a.predicted_latency_us:.1f} µs/token on {result.accelerator}")
     table.add_row("weights per format", ", ".join(f"{c}: {n / a.weights:.1%}" for c, n in
                                                   sorted(a.weights_by_candidate().items(), key=lambda t: -t[1])))
     table.add_row("rules / mixed ops / ignored", f"{len(recipe.rules)} / "

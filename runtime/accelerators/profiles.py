@@ -1,6 +1,8 @@
-"""Accelerator profiles: which formats a device class runs natively, emulates, or cannot run."""
+"""Accelerator profiles: which formats a device class runs natively, emulates, or cannot run,
+and (for GPUs) a small model of what a linear op costs at batch-1 decode."""
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import Enum
 
@@ -27,6 +29,46 @@ WIDE_KERNEL = "matmul"
 
 
 @dataclass(frozen=True)
+class DecodeLatency:
+    """Batch-1 decode time of one linear op: decode reads every weight once per token, so it is weight-read bound.
+
+    One GEMM over a token costs a fixed `gemm_us[kernel]` (launch, ramp-up and tail of a
+    GEMV-shaped kernel) plus its stored weight bytes (values, scales, zero points) over the
+    kernel's effective weight-read bandwidth `bandwidth_gbps[kernel]`. A W8A8 GEMM also runs
+    its activation-quantization kernel (`act_quant_us`). The emulated path ("dequantize+matmul")
+    writes a bf16 copy of the weight (read stored, write 2 bytes per weight at `copy_gbps`) and
+    then runs the wide matmul over it. A mixed (per-output-feature) op runs one GEMM per part,
+    and each part scatters its columns into the one output (`scatter_us`).
+    """
+
+    bandwidth_gbps: Mapping[str, float] = field(hash=False)  # kernel -> GB/s of stored weight bytes read
+    gemm_us: Mapping[str, float] = field(hash=False)  # kernel -> fixed cost per GEMM
+    copy_gbps: float
+    act_quant_us: float
+    scatter_us: float
+    source: str  # where the numbers come from
+
+    def gemm(self, kernel: str, *, stored_bytes: float, weights: int, act_quant: bool = False) -> float:
+        """Predicted µs of one batch-1 GEMM by `kernel` over `weights` weights stored in `stored_bytes`."""
+        if kernel == DEQUANT_KERNEL:
+            wide_bytes = 2.0 * weights  # the bf16 copy the matmul reads
+            return (self.gemm_us[DEQUANT_KERNEL] + (stored_bytes + wide_bytes) / (self.copy_gbps * 1e3)
+                    + self.gemm(WIDE_KERNEL, stored_bytes=wide_bytes, weights=weights))
+        if kernel not in self.bandwidth_gbps:
+            raise InputError(f"no decode latency figure for kernel {kernel!r}", loc=("kernel",))
+        us = self.gemm_us[kernel] + stored_bytes / (self.bandwidth_gbps[kernel] * 1e3)  # GB/s = 1e3 bytes/µs
+        return us + (self.act_quant_us if act_quant else 0.0)
+
+    def scaled(self, datasheet_gbps: float, source: str) -> "DecodeLatency":
+        """The same kernels on a device with another HBM bandwidth: every effective bandwidth scaled by
+        the same efficiency (measured / datasheet) as on the H100; fixed costs kept."""
+        ratio = datasheet_gbps / H100_DATASHEET_GBPS
+        return DecodeLatency(bandwidth_gbps={k: v * ratio for k, v in self.bandwidth_gbps.items()},
+                             gemm_us=dict(self.gemm_us), copy_gbps=self.copy_gbps * ratio,
+                             act_quant_us=self.act_quant_us, scatter_us=self.scatter_us, source=source)
+
+
+@dataclass(frozen=True)
 class AcceleratorProfile:
     """A target device class. `support[role][format]` is (Support, reason)."""
 
@@ -35,6 +77,7 @@ class AcceleratorProfile:
     min_capability: int | None  # CUDA compute capability as 10*major+minor; None for the CPU
     support: dict[str, dict[str, tuple[Support, str]]] = field(hash=False)
     reference_only: bool = False  # every path is the pure-torch reference (the CPU)
+    latency: DecodeLatency | None = field(default=None, hash=False)  # None: no performance model (the CPU)
 
     def check(self, fmt: str, role: str) -> tuple[Support, str]:
         """(supported, reason) for a format in a role (weight, activation, kv_cache)."""
@@ -80,10 +123,35 @@ def list_profiles() -> list[AcceleratorProfile]:
     return list(_REGISTRY.values())
 
 
-def _hopper_like(name: str, cap: int, description: str, int8_act: bool = True) -> AcceleratorProfile:
+# Batch-1 decode on one H100 80GB HBM3 (datasheet 3.35 TB/s), from bench/results/kernels-h100.md: device
+# time of GEMMs replayed from a CUDA graph (as serving replays decode), a line fitted through the
+# 1x4096x4096 and 1x8192x8192 points of each kernel (stored bytes -> µs):
+#   bf16 matmul (cuBLAS)      16.5 / 47.2 µs -> 3280 GB/s + 6.3 µs  (1x14336x4096: 41.6 measured, 42.1 fitted)
+#   fp8 W8A8 (kernels.gemm_fp8) 13.9 / 31.7 µs -> 2830 GB/s + 8.0 µs  (1x14336x4096: 25.6 measured, 28.7 fitted)
+#   int8 W8A8 (kernels.gemm_int8) 12.3 / 29.6 µs -> 2910 GB/s + 6.5 µs  (1x14336x4096: 26.4 measured, 26.7 fitted)
+#   int4 g128 W4A16 (fused)   14.2 / 36.0 µs -> 1230 GB/s + 6.9 µs  (1x28672x8192: 110.4 measured, 108.7 fitted)
+# DESIGN.md's ceilings agree: the bf16 GEMV reads at 2.2 TB/s under do_bench (60 µs, host time
+# included) and a device copy moves 3.0 TB/s (read + write), the figure used for the dequantize
+# pass of emulated formats. Activation quantization at M <= 16 takes 2.1-2.7 µs of device time;
+# a mixed op's scatter (index_copy_ of one token's columns) is an elementwise kernel of the same
+# size class, taken as 2 µs. The int4 kernel reads at 37% of the datasheet bandwidth: the model
+# says so rather than the 3.88x a perfect W4A16 GEMV would give.
+H100_DATASHEET_GBPS = 3350.0
+H100_DECODE = DecodeLatency(
+    bandwidth_gbps={WIDE_KERNEL: 3280.0, "kernels.gemm_fp8": 2830.0, "kernels.gemm_int8": 2910.0,
+                    "kernels.gemm_w4a16": 1230.0},
+    gemm_us={WIDE_KERNEL: 6.3, "kernels.gemm_fp8": 8.0, "kernels.gemm_int8": 6.5, "kernels.gemm_w4a16": 6.9,
+             DEQUANT_KERNEL: 6.3},
+    copy_gbps=3000.0, act_quant_us=2.4, scatter_us=2.0,
+    source="H100 80GB HBM3, CUDA-graph decode GEMMs (bench/results/kernels-h100.md)",
+)
+
+
+def _hopper_like(name: str, cap: int, description: str, int8_act: bool = True,
+                 latency: DecodeLatency | None = None) -> AcceleratorProfile:
     n, e = Support.native, Support.emulated
     return AcceleratorProfile(
-        name=name, description=description, min_capability=cap,
+        name=name, description=description, min_capability=cap, latency=latency,
         support={
             "weight": {
                 "fp8_e4m3": (n, f"sm_{cap} fp8 tensor cores (kernels.gemm_fp8)"),
@@ -106,10 +174,16 @@ def _hopper_like(name: str, cap: int, description: str, int8_act: bool = True) -
     )
 
 
-H100 = register_profile(_hopper_like("h100", 90, "NVIDIA H100 (sm_90): fp8 and int8 tensor cores"))
-L4 = register_profile(_hopper_like("l4", 89, "NVIDIA L4 (sm_89, Ada): fp8 and int8 tensor cores"))
+H100 = register_profile(_hopper_like("h100", 90, "NVIDIA H100 (sm_90): fp8 and int8 tensor cores",
+                                     latency=H100_DECODE))
+# Not measured: the datasheet bandwidth (L4 300 GB/s GDDR6) at the H100's efficiency per kernel.
+L4 = register_profile(_hopper_like("l4", 89, "NVIDIA L4 (sm_89, Ada): fp8 and int8 tensor cores",
+                                   latency=H100_DECODE.scaled(300.0, "L4 datasheet 300 GB/s at the H100's "
+                                                                     "measured efficiency per kernel")))
 A100 = register_profile(AcceleratorProfile(
     name="a100", description="NVIDIA A100 (sm_80): int8 tensor cores, no fp8 tensor cores", min_capability=80,
+    # Not measured: A100 80GB SXM's datasheet 2039 GB/s at the H100's efficiency per kernel.
+    latency=H100_DECODE.scaled(2039.0, "A100 80GB datasheet 2039 GB/s at the H100's measured efficiency per kernel"),
     support={
         "weight": {
             "fp8_e4m3": (Support.emulated, "sm_80 has no fp8 tensor cores: fp8 weights run weight-only, "

@@ -23,23 +23,32 @@ Granularity = Literal["op", "channel"]
 
 @dataclass(frozen=True)
 class Budget:
-    """Stored bits the searched ops may use: an average per weight, or a total in bytes."""
+    """What the searched ops may cost: stored bits (an average per weight, or a total in bytes), or a
+    batch-1 decode latency on the accelerator (`latency_us`, converted to stored bytes by
+    `runtime.search.latency.allocate_for_latency` with the profile's decode latency model)."""
 
     bits_per_weight: float | None = None
     total_bytes: int | None = None
+    latency_us: float | None = None
 
     def __post_init__(self):
-        if (self.bits_per_weight is None) == (self.total_bytes is None):
-            raise InputError("give exactly one of bits_per_weight and total_bytes", loc=("budget",))
-        value = self.bits_per_weight if self.bits_per_weight is not None else self.total_bytes
+        given = {k: v for k, v in (("bits_per_weight", self.bits_per_weight), ("total_bytes", self.total_bytes),
+                                   ("latency_us", self.latency_us)) if v is not None}
+        if len(given) != 1:
+            raise InputError("give exactly one of bits_per_weight, total_bytes and latency_us", loc=("budget",))
+        (field_name, value), = given.items()
         if not value > 0:
-            field_name = "bits_per_weight" if self.bits_per_weight is not None else "total_bytes"
             raise InputError(f"{field_name} must be positive, got {value}", loc=("budget", field_name))
 
     def total_bits(self, weights: int) -> float:
+        if self.latency_us is not None:
+            raise InputError("a latency budget is converted to bytes against an accelerator profile: use "
+                             "search() or runtime.search.latency.allocate_for_latency", loc=("budget", "latency_us"))
         return self.bits_per_weight * weights if self.bits_per_weight is not None else 8.0 * self.total_bytes
 
     def label(self) -> str:
+        if self.latency_us is not None:
+            return f"{self.latency_us:g} µs decode latency"
         return (f"{self.bits_per_weight:g} bits/weight" if self.bits_per_weight is not None
                 else f"{self.total_bytes:,} bytes")
 
@@ -77,6 +86,8 @@ class Allocation:
     predicted_kl: float  # sum of the chosen units' sensitivities, nats per token
     upgrades: int  # greedy steps taken
     notes: list[str] = field(default_factory=list)
+    # Batch-1 decode µs of the searched ops on the profile (runtime.search.latency); None without a latency model.
+    predicted_latency_us: float | None = None
 
     @property
     def bits_per_weight(self) -> float:
@@ -95,7 +106,8 @@ class Allocation:
     def to_dict(self) -> dict:
         return {"granularity": self.granularity, "budget": self.budget.label(), "budget_bits": self.budget_bits,
                 "weights": self.weights, "bits": self.bits, "bits_per_weight": self.bits_per_weight,
-                "predicted_kl": self.predicted_kl, "upgrades": self.upgrades,
+                "predicted_kl": self.predicted_kl, "predicted_latency_us": self.predicted_latency_us,
+                "upgrades": self.upgrades,
                 "weights_by_candidate": self.weights_by_candidate(),
                 "ops": {o.name: o.counts() for o in self.ops}}
 

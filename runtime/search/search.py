@@ -1,6 +1,7 @@
 """The search: sensitivity, one global allocation under a budget, and a recipe with its reasons."""
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -15,6 +16,8 @@ from runtime.recipes import Recipe, validate_for_model
 from runtime.search.allocation import Allocation, Budget, Granularity, allocate
 from runtime.search.candidates import DEFAULT_CANDIDATES, Candidate, admissible, get_candidates
 from runtime.search.emit import emit_recipe
+from runtime.search.latency import LOC as LATENCY_LOC
+from runtime.search.latency import allocate_for_latency, decode_model, floor_us, predict_us, slower_than_wide
 from runtime.search.sensitivity import Sensitivity, measure_sensitivity
 
 
@@ -32,12 +35,18 @@ class SearchResult:
     notes: list[str] = field(default_factory=list)
 
     def metrics(self) -> dict[str, float]:
-        """Flat numbers for a tracking run (MLflow)."""
-        return {"bits_per_weight": self.allocation.bits_per_weight, "predicted_kl": self.allocation.predicted_kl,
-                "budget_bits_per_weight": self.allocation.budget_bits / self.allocation.weights,
-                "rules": float(len(self.recipe.rules)), "ignored": float(len(self.recipe.ignore)),
-                "mixed_ops": float(sum(bool(r.output_channels) for r in self.recipe.rules)),
-                "sensitivity_seconds": self.sensitivity.seconds, "seconds": self.seconds}
+        """Flat numbers for a tracking run (MLflow); latency ones where the profile has a decode latency model."""
+        a = self.allocation
+        metrics = {"bits_per_weight": a.bits_per_weight, "predicted_kl": a.predicted_kl,
+                   "budget_bits_per_weight": a.budget_bits / a.weights, "stored_bytes": a.bits / 8,
+                   "rules": float(len(self.recipe.rules)), "ignored": float(len(self.recipe.ignore)),
+                   "mixed_ops": float(sum(bool(r.output_channels) for r in self.recipe.rules)),
+                   "sensitivity_seconds": self.sensitivity.seconds, "seconds": self.seconds}
+        if a.predicted_latency_us is not None:
+            metrics["predicted_latency_us"] = a.predicted_latency_us
+        if a.budget.latency_us is not None:
+            metrics["latency_budget_us"] = a.budget.latency_us
+        return metrics
 
     def to_dict(self) -> dict:
         return {"recipe_hash": self.recipe.content_hash(), "recipe": self.recipe.to_dict(),
@@ -97,7 +106,8 @@ def search(
         tokenizer: its tokenizer.
         corpus: calibration corpus the sensitivity is measured on.
         profile: the accelerator; only candidates its plan runs without a fallback are used.
-        budget: average stored bits per weight, or total bytes, of the searched ops.
+        budget: average stored bits per weight, or total bytes, of the searched ops; or their batch-1
+            decode latency on the profile (`latency_us`, needs a profile with a latency model).
         granularity: "op" (one format per linear op) or "channel" (per output feature, MixLLM-style).
         candidates: candidate format names (runtime.search.CANDIDATES); bf16 is always added.
         include_lm_head: also search the logits op (stays wide otherwise, like every preset).
@@ -117,8 +127,14 @@ def search(
             admitted.append(c)
         else:
             excluded[c.name] = why
+    if budget.latency_us is not None:
+        decode_model(profile)  # a profile without a latency model cannot take a latency budget
+        in_features = max(op.in_features for op in linear_ops(model))
+        slow = slower_than_wide(admitted, profile, in_features, next(c for c in admitted if c.is_wide))
+        excluded.update(slow)
+        admitted = [c for c in admitted if c.name not in slow]
     per_op, notes = op_candidates(model, admitted, include_lm_head=include_lm_head, ops=ops)
-    _check_budget(model, per_op, budget)  # before the expensive part: the floor needs no sensitivity
+    _check_budget(model, per_op, budget, profile)  # before the expensive part: the floor needs no sensitivity
     if sensitivity is None:
         sensitivity = measure_sensitivity(
             model, tokenizer, corpus, per_op, samples=samples, seq_len=seq_len, batch_size=batch_size, draws=draws,
@@ -126,7 +142,12 @@ def search(
     else:
         sensitivity = _restrict(sensitivity, per_op)
     table = {c.name: c for c in admitted}
-    allocation = allocate(sensitivity, table, budget, granularity)
+    if budget.latency_us is not None:
+        allocation = allocate_for_latency(sensitivity, table, budget, granularity, profile)
+    else:
+        allocation = allocate(sensitivity, table, budget, granularity)
+        if profile.latency is not None:
+            allocation.predicted_latency_us = predict_us(allocation, table, profile)
     recipe = emit_recipe(allocation, sensitivity, table, model=model_name,
                          name=name or f"search-{granularity}-{budget.label().split()[0]}")
     validate_for_model(recipe, model)  # an emitted recipe that fails its own model is a bug, not bad input
@@ -135,8 +156,16 @@ def search(
                         seconds=time.monotonic() - start, notes=notes)
 
 
-def _check_budget(model: nn.Module, per_op: dict[str, list[Candidate]], budget: Budget) -> None:
+def _check_budget(model: nn.Module, per_op: dict[str, list[Candidate]], budget: Budget,
+                  profile: AcceleratorProfile) -> None:
     shapes = {op.name: (op.in_features, op.out_features) for op in linear_ops(model)}
+    if budget.latency_us is not None:
+        floor_us_ = floor_us(shapes, per_op, profile)
+        if floor_us_ > budget.latency_us:
+            raise InputError(f"latency budget {budget.latency_us:g} µs is below what the fastest allocation of these "
+                             f"candidates takes on {profile.name}: {floor_us_:.1f} µs per decoded token (the floor); "
+                             f"raise latency_us to at least {math.ceil(floor_us_ * 10) / 10:g}", loc=LATENCY_LOC)
+        return
     weights = sum(shapes[n][0] * shapes[n][1] for n in per_op)
     floor = sum(min(c.row_bits(shapes[n][0]) for c in cands) * shapes[n][1] for n, cands in per_op.items())
     if floor > budget.total_bits(weights):
