@@ -215,8 +215,8 @@ def _decode_attention_kernel(
         acc = acc * tl.load(vs_ptr + h)
 
     if DIRECT:
-        # One split: normalize and store; a length-0 sequence (l = 0) gets zeros.
-        o = tl.where(l_i[:, None] > 0, acc / l_i[:, None], 0.0)
+        # One split: normalize and store; a length-0 sequence (l = 0, acc = 0) gets zeros.
+        o = acc / tl.where(l_i > 0, l_i, 1.0)[:, None]
         o_ptrs = out_ptr + b * stride_ob + heads[:, None] * stride_oh + offs_d[None, :]
         tl.store(o_ptrs, o.to(out_ptr.dtype.element_ty), mask=mask_g[:, None])
     else:
@@ -240,13 +240,14 @@ def _reduce_splits_kernel(m_ptr, l_ptr, acc_ptr, out_ptr, NUM_HEADS, NUM_SPLITS,
     m = tl.load(m_ptr + rows, mask=mask_s, other=float("-inf"))
     l = tl.load(l_ptr + rows, mask=mask_s, other=0.0)
     m_max = tl.max(m, axis=0)
-    # Empty splits (past the sequence's end) carry m = -inf and weigh nothing; if every split is
-    # empty m_max is -inf too, and the where keeps exp2(-inf - -inf) = NaN out.
-    w = tl.where(m > float("-inf"), tl.math.exp2(m - m_max), 0.0)
+    # Empty splits (past the sequence's end) carry m = -inf, l = 0, acc = 0 and weigh nothing.
+    # If every split is empty (length 0) m_max is -inf too: 0 stands in for it so that no
+    # -inf - -inf = NaN arises, and the output is 0 / 1.
+    m_max = tl.where(m_max > float("-inf"), m_max, 0.0)
+    w = tl.math.exp2(m - m_max)
     acc = tl.load(acc_ptr + rows[:, None] * HEAD_DIM + offs_d[None, :], mask=mask_s[:, None], other=0.0)
     total = tl.sum(w * l, axis=0)
-    o = tl.sum(acc * w[:, None], axis=0)
-    o = tl.where(total > 0, o / total, 0.0)
+    o = tl.sum(acc * w[:, None], axis=0) / tl.where(total > 0, total, 1.0)
     tl.store(out_ptr + b * stride_ob + head * stride_oh + offs_d, o.to(out_ptr.dtype.element_ty))
 
 

@@ -1,0 +1,249 @@
+"""Decode attention: the split-KV Triton kernel against its fp32 torch reference.
+
+Runs on the CPU through Triton's interpreter and, marked `gpu`, on CUDA. bf16 arithmetic is
+wrong under the interpreter, so bf16 queries and caches run on the GPU only. Every
+torch.empty here starts as NaN (tests/kernels/conftest.py): an output row or a split partial
+the kernels forget to write fails the comparison.
+"""
+import math
+
+import pytest
+import torch
+
+import kernels.decode_attention as da_mod
+from kernels.decode_attention import (
+    decode_attention,
+    decode_attention_reference,
+    decode_attention_triton,
+    num_splits_for,
+    quantize_kv_reference,
+)
+
+# (Hq, Hkv, S_max, seq_lens): GQA ratios 1 and 4; lengths 1, 0, full, and none a multiple of
+# any BLOCK_N; batches with different lengths.
+CASES = [
+    (2, 2, 64, [1]),
+    (8, 2, 256, [256]),
+    (2, 2, 200, [37, 1, 200]),
+    (8, 2, 160, [100, 0, 7, 159]),
+]
+D_CPU = 64
+# Relative error against the reference on the same cache, by query dtype: fp32 runs ieee dots;
+# fp16 / bf16 round the softmax weights to q's dtype before the PV product and the output
+# at the end (2**-11 / 2**-8 relative each).
+BOUND = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1.5e-2}
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Relative Frobenius error in float64; NaN or inf anywhere makes every bound fail."""
+    a, b = a.double().cpu(), b.double().cpu()
+    if not (torch.isfinite(a).all() and torch.isfinite(b).all()):
+        return float("nan")
+    return float((a - b).norm() / b.norm())
+
+
+def with_outliers(shape, device: str, outliers: bool = True) -> torch.Tensor:
+    """Gaussian values with ~2% of entries 100x larger, as outlier channels in K and V."""
+    x = torch.randn(*shape, device=device)
+    if outliers:
+        idx = torch.randint(0, x.numel(), (max(1, x.numel() // 50),), device=device)
+        x.view(-1)[idx] *= 100.0
+    return x
+
+
+def make_cache(k: torch.Tensor, v: torch.Tensor, fmt: str):
+    """(k_cache, v_cache, k_scale, v_scale) in ``fmt`` from fp32 K and V."""
+    if fmt == "fp8_e4m3":
+        kq, ks = quantize_kv_reference(k)
+        vq, vs = quantize_kv_reference(v)
+        return kq, vq, ks, vs
+    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}[fmt]
+    return k.to(dtype), v.to(dtype), None, None
+
+
+def cache_formats(device: str):
+    return ["fp16", "fp8_e4m3"] + (["bf16"] if device == "cuda" else [])
+
+
+def q_dtypes(fmt: str, device: str):
+    """fp32 queries with any cache; 16-bit ones with their own cache dtype or fp8."""
+    if fmt == "fp16":
+        return [torch.float32, torch.float16]
+    if fmt == "bf16":
+        return [torch.float32, torch.bfloat16]
+    return [torch.float32, torch.float16] + ([torch.bfloat16] if device == "cuda" else [])
+
+
+def exact_attention(q, k, v, seq_lens) -> torch.Tensor:
+    """float64 attention on unquantized K and V, for the quantization error alone."""
+    b, hq, d = q.shape
+    g = hq // k.shape[1]
+    out = torch.zeros(b, hq, d, dtype=torch.float64)
+    for i, n in enumerate(seq_lens.tolist()):
+        ki = k[i, :, :n].double().cpu().repeat_interleave(g, dim=0)
+        vi = v[i, :, :n].double().cpu().repeat_interleave(g, dim=0)
+        p = torch.softmax((q[i].double().cpu()[:, None, :] @ ki.transpose(1, 2)) / math.sqrt(d), dim=-1)
+        out[i] = (p @ vi)[:, 0]
+    return out
+
+
+def _run_case(device, hq, hkv, s_max, lens, fmt, d, num_splits=None, k_outliers=True):
+    b = len(lens)
+    k = with_outliers((b, hkv, s_max, d), device, outliers=k_outliers)
+    v = with_outliers((b, hkv, s_max, d), device)
+    k_cache, v_cache, ks, vs = make_cache(k, v, fmt)
+    seq_lens = torch.tensor(lens, dtype=torch.int32, device=device)
+    for dtype in q_dtypes(fmt, device):
+        q = torch.randn(b, hq, d, device=device).to(dtype)
+        out = decode_attention_triton(q, k_cache, v_cache, seq_lens, k_scale=ks, v_scale=vs, num_splits=num_splits)
+        ref = decode_attention_reference(q, k_cache, v_cache, seq_lens, k_scale=ks, v_scale=vs)
+        assert out.dtype == dtype and out.shape == (b, hq, d)
+        assert torch.isfinite(out).all()
+        assert rel_err(out, ref) < BOUND[dtype], (fmt, dtype)
+        # Length-0 sequences (padded batch slots) attend to nothing and get zeros.
+        assert (out[seq_lens == 0] == 0).all()
+
+
+@pytest.mark.parametrize("hq, hkv, s_max, lens", CASES)
+@pytest.mark.parametrize("fmt", ["fp16", "fp8_e4m3", "bf16"])
+@pytest.mark.parametrize("k_outliers", [True, False], ids=["k_outliers", "k_gaussian"])
+def test_decode_attention_matches_reference(device, hq, hkv, s_max, lens, fmt, k_outliers):
+    # 100x key outliers make the softmax nearly one-hot; Gaussian keys spread it over many
+    # positions, so the online rescaling and the split reduction carry real weight.
+    if fmt not in cache_formats(device):
+        pytest.skip("bf16 arithmetic is wrong under the CPU interpreter")
+    _run_case(device, hq, hkv, s_max, lens, fmt, D_CPU, k_outliers=k_outliers)
+
+
+@pytest.mark.parametrize("num_splits", [2, 3, 7])
+def test_decode_attention_ragged_splits(device, monkeypatch, num_splits):
+    # Unaligned split boundaries: chunks of 29, 20 or 9 positions cut tiles in the middle, and
+    # with 7 splits of the 64-long cache the short sequences leave whole splits empty.
+    monkeypatch.setattr(da_mod, "SPLIT_ALIGN", 1)
+    for fmt in ("fp16", "fp8_e4m3"):
+        _run_case(device, 8, 2, 57, [57, 1, 30, 0], fmt, D_CPU, num_splits=num_splits, k_outliers=False)
+
+
+def test_fp8_cache_error_against_unquantized(device):
+    # The same attention on the fp32 K and V the fp8 cache was made from: only the e4m3
+    # rounding (3 mantissa bits, <= 6.25% per element) and the per-head scaling remain.
+    # K without outliers: a 100x key outlier turns its logit error into a softmax flip.
+    b, hq, hkv, s, d = 2, 8, 2, 200, D_CPU
+    k = with_outliers((b, hkv, s, d), device, outliers=False)
+    v = with_outliers((b, hkv, s, d), device)
+    k_cache, v_cache, ks, vs = make_cache(k, v, "fp8_e4m3")
+    seq_lens = torch.tensor([200, 77], dtype=torch.int32, device=device)
+    q = torch.randn(b, hq, d, device=device)
+    out = decode_attention(q, k_cache, v_cache, seq_lens, k_scale=ks, v_scale=vs, backend="triton")
+    exact = exact_attention(q, k, v, seq_lens)
+    # Each dequantized element is within half an e4m3 step, 2**-4 relative, of its original.
+    assert rel_err(out, exact) < 2.0**-4
+    # The per-head scales matter: one shared scale would be off by the heads' amax ratio.
+    wrong = decode_attention(q, k_cache, v_cache, seq_lens, k_scale=ks, v_scale=vs.flip(0) * 3, backend="triton")
+    assert rel_err(wrong, exact) > 0.5
+
+
+def test_sm_scale_and_noncontiguous_q(device):
+    b, hq, hkv, s, d = 2, 4, 1, 96, D_CPU
+    k, v = with_outliers((b, hkv, s, d), device).half(), with_outliers((b, hkv, s, d), device).half()
+    seq_lens = torch.tensor([96, 50], dtype=torch.int32, device=device)
+    q = torch.randn(b, d, hq, device=device).transpose(1, 2)  # [B, Hq, D], D not contiguous
+    out = decode_attention(q, k, v, seq_lens, sm_scale=0.3, backend="triton")
+    ref = decode_attention_reference(q, k, v, seq_lens, sm_scale=0.3)
+    assert rel_err(out, ref) < BOUND[torch.float32]
+    assert rel_err(ref, decode_attention_reference(q, k, v, seq_lens)) > 0.01  # the scale is used
+
+
+def test_num_splits_fill_the_gpu(monkeypatch):
+    # H100 (132 SMs), Llama-3-8B's 8 KV heads: batch 1 must split each sequence so that the
+    # programs cover every SM; a large batch needs no split; a short cache is not over-split.
+    monkeypatch.setattr(da_mod, "_sm_count", lambda device: 132)
+    dev = torch.device("cuda")
+    for b, s_max in [(1, 32768), (1, 4096), (8, 16384)]:
+        splits = num_splits_for(b, 8, s_max, dev)
+        assert b * 8 * splits >= 132
+        assert s_max / splits >= da_mod.MIN_CHUNK
+    assert num_splits_for(64, 8, 32768, dev) == 2
+    assert num_splits_for(1, 8, 1024, dev) * da_mod.MIN_CHUNK <= 1024
+    assert num_splits_for(1024, 8, 32768, dev) == 1
+
+
+def test_auto_backend_on_cpu_is_the_reference():
+    q = torch.randn(1, 2, 16)
+    k = v = torch.randn(1, 2, 8, 16, dtype=torch.float16)
+    lens = torch.tensor([5], dtype=torch.int32)
+    assert torch.equal(decode_attention(q, k, v, lens), decode_attention_reference(q, k, v, lens))
+
+
+def _valid(device):
+    q = torch.randn(2, 4, 16, device=device, dtype=torch.float16)
+    k = torch.randn(2, 2, 8, 16, device=device, dtype=torch.float16)
+    return dict(q=q, k_cache=k, v_cache=k.clone(), seq_lens=torch.tensor([3, 8], dtype=torch.int32, device=device))
+
+
+def _fp8(args):
+    kq, ks = quantize_kv_reference(args["k_cache"].float())
+    return dict(args, k_cache=kq, v_cache=kq, k_scale=ks, v_scale=ks)
+
+
+INVALID = [
+    (lambda a: dict(a, q=a["q"][0]), "q must be 3-D"),
+    (lambda a: dict(a, q=a["q"].to(torch.int32)), "q must have dtype"),
+    (lambda a: dict(a, k_cache=a["k_cache"][0]), "k_cache must be 4-D"),
+    (lambda a: dict(a, k_cache=a["k_cache"].float(), v_cache=a["v_cache"].float()), "k_cache must have dtype"),
+    (lambda a: dict(a, q=a["q"][:, :3]), "multiple of k_cache's 2 KV heads"),
+    (lambda a: dict(a, q=a["q"][:1]), r"k_cache must be \[B=1"),
+    (lambda a: dict(a, v_cache=a["v_cache"][:, :, :4]), "v_cache must have k_cache's shape"),
+    (lambda a: dict(a, v_cache=a["v_cache"].bfloat16()), "v_cache must have dtype"),
+    (lambda a: dict(a, k_cache=a["k_cache"].bfloat16(), v_cache=a["v_cache"].bfloat16()), "must match q's"),
+    (lambda a: dict(_fp8(a), k_scale=None), "k_scale is required"),
+    (lambda a: dict(_fp8(a), v_scale=torch.ones(3, device=a["q"].device)), r"v_scale must have shape \[2\]"),
+    (lambda a: dict(_fp8(a), k_scale=torch.ones(2, dtype=torch.float16, device=a["q"].device)), "k_scale must have dtype"),
+    (lambda a: dict(a, k_scale=torch.ones(2, device=a["q"].device)), "k_scale applies to an fp8 cache only"),
+    (lambda a: dict(a, seq_lens=a["seq_lens"].long()), "seq_lens must have dtype"),
+    (lambda a: dict(a, seq_lens=a["seq_lens"][:1]), r"seq_lens must have shape \[2\]"),
+    (lambda a: dict(a, sm_scale=-1.0), "sm_scale must be a positive"),
+]
+
+
+@pytest.mark.parametrize("make, message", INVALID)
+@pytest.mark.parametrize("backend", ["triton", "reference"])
+def test_invalid_inputs_name_the_argument(device, make, message, backend):
+    with pytest.raises(ValueError, match=message):
+        decode_attention(**make(_valid(device)), backend=backend)
+
+
+def test_invalid_lengths_and_head_dim(device):
+    args = _valid(device)
+    bad = dict(args, seq_lens=torch.tensor([3, 9], dtype=torch.int32, device=device))
+    with pytest.raises(ValueError, match=r"seq_lens must lie in \[0, S_max=8\]"):
+        decode_attention_reference(**bad)
+    if device == "cpu":  # the CUDA kernel clamps instead of syncing to read the lengths
+        with pytest.raises(ValueError, match="seq_lens must lie in"):
+            decode_attention(**bad, backend="triton")
+    q = torch.randn(2, 4, 48, device=device, dtype=torch.float16)
+    k = torch.randn(2, 2, 8, 48, device=device, dtype=torch.float16)
+    with pytest.raises(ValueError, match="head dim must be a power of two"):
+        decode_attention(q, k, k, args["seq_lens"], backend="triton")
+    with pytest.raises(ValueError, match="backend must be one of"):
+        decode_attention(**args, backend="cuda")
+
+
+# --- GPU only: Llama-3-8B decode shapes, every cache format, the autotuned launch -------------
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("d", [64, 128])
+@pytest.mark.parametrize("b, s_max", [(1, 16384), (4, 4096), (32, 1000)])
+@pytest.mark.parametrize("fmt", ["bf16", "fp8_e4m3", "fp16"])
+def test_decode_attention_llama_shapes_gpu(b, s_max, d, fmt):
+    hq, hkv = 32, 8
+    k, v = with_outliers((b, hkv, s_max, d), "cuda"), with_outliers((b, hkv, s_max, d), "cuda")
+    k_cache, v_cache, ks, vs = make_cache(k, v, fmt)
+    lens = torch.randint(1, s_max + 1, (b,), device="cuda", dtype=torch.int32)
+    lens[0] = s_max
+    q_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp8_e4m3": torch.bfloat16}[fmt]
+    q = torch.randn(b, hq, d, device="cuda", dtype=q_dtype)
+    out = decode_attention(q, k_cache, v_cache, lens, k_scale=ks, v_scale=vs)
+    ref = decode_attention_reference(q, k_cache, v_cache, lens, k_scale=ks, v_scale=vs)
+    assert rel_err(out, ref) < BOUND[q_dtype]
