@@ -98,7 +98,7 @@ def worker(
     pool: Annotated[str, typer.Option(help="prefork (each job in a child process) or solo.")] = "prefork",
     loglevel: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING or ERROR.")] = "INFO",
 ) -> None:
-    """Runs a Celery worker for calibrate / build / evaluate jobs (needs POPS_BROKER_URL).
+    """Runs a Celery worker for calibrate / build / evaluate / search jobs (needs POPS_BROKER_URL).
 
     The same as `celery -A controlplane.celery_app worker -Q cpu,gpu`; a host without a GPU
     consumes `-Q cpu` only.

@@ -1,4 +1,4 @@
-"""The jobs table: one row per calibrate, build or evaluate request, and the truth about its state."""
+"""The jobs table: one row per calibrate, build, evaluate or search request, and the truth about its state."""
 from __future__ import annotations
 
 import enum
@@ -15,6 +15,7 @@ class JobKind(str, enum.Enum):
     calibrate = "calibrate"
     build = "build"
     evaluate = "evaluate"
+    search = "search"  # mixed-precision search: stores a recipe (migration 0004)
 
 
 class JobStatus(str, enum.Enum):

@@ -1,4 +1,4 @@
-"""Jobs API: submit calibrate / build / evaluate jobs, read their status and progress."""
+"""Jobs API: submit calibrate / build / evaluate / search jobs, read their status and progress."""
 from __future__ import annotations
 
 from typing import Annotated
@@ -18,6 +18,7 @@ from controlplane.jobs.schemas import (
     JobParams,
     JobPublic,
     JobsPublic,
+    SearchJobCreate,
 )
 from controlplane.pagination import Pagination
 
@@ -67,6 +68,14 @@ def submit_evaluate(job_in: EvaluateJobCreate, db: DbSession, settings: AppSetti
                     response: Response, idempotency_key: IdempotencyKey = None) -> JobPublic:
     """Queues the evaluation of an engine against its reference precision on a corpus."""
     return _submit(JobKind.evaluate, job_in, db=db, settings=settings, caller=caller,
+                   idempotency_key=idempotency_key, response=response)
+
+
+@router.post("/search", **_SUBMIT)
+def submit_search(job_in: SearchJobCreate, db: DbSession, settings: AppSettings, caller: CurrentKey,
+                  response: Response, idempotency_key: IdempotencyKey = None) -> JobPublic:
+    """Queues a mixed-precision search: a recipe within a budget of bits, bytes or decode latency, stored versioned."""
+    return _submit(JobKind.search, job_in, db=db, settings=settings, caller=caller,
                    idempotency_key=idempotency_key, response=response)
 
 

@@ -30,7 +30,7 @@ from controlplane.engines.models import Engine
 from controlplane.evaluations.models import Evaluation, Verdict
 from controlplane.jobs import service
 from controlplane.jobs.models import Job, JobKind
-from controlplane.jobs.schemas import BuildJobCreate, CalibrateJobCreate, EvaluateJobCreate
+from controlplane.jobs.schemas import BuildJobCreate, CalibrateJobCreate, EvaluateJobCreate, SearchJobCreate
 from controlplane.model_registry.models import RegisteredModel
 from controlplane.recipes.models import Recipe
 from controlplane.settings import Settings
@@ -289,10 +289,77 @@ def run_evaluate(ctx: JobContext) -> Outcome:
                          f"top1_agreement {metrics['top1_agreement']:.4f}; gates {verdict.value}")
 
 
+# --- search ----------------------------------------------------------------------------------------
+
+
+def run_search(ctx: JobContext) -> Outcome:
+    """Searches a mixed-precision recipe on the corpus and stores it as a versioned recipe (reused if identical)."""
+    from runtime.accelerators import get_profile
+    from runtime.corpora import Corpus as RuntimeCorpus
+    from runtime.models import load_model
+    from runtime.search import DEFAULT_CANDIDATES, Budget, search
+
+    p = SearchJobCreate.model_validate(ctx.job.params)
+    model_row = _load(ctx.db, RegisteredModel, p.model_id, "model")
+    corpus_row = _load(ctx.db, Corpus, p.corpus_id, "corpus")
+    accelerator_row = _load(ctx.db, Accelerator, p.accelerator_id, "accelerator")
+    ctx.db.commit()
+    budget_in = p.budget.model_dump(exclude_none=True)
+    ctx.run.log_params({"kind": "search", "model_hash": model_row.content_hash, "corpus_hash": corpus_row.content_hash,
+                        "accelerator": accelerator_row.name, "granularity": p.granularity,
+                        "candidates": ",".join(p.candidates) if p.candidates else None, "samples": p.samples,
+                        "seq_len": p.seq_len, "measure": p.measure,
+                        **{f"budget.{k}": v for k, v in budget_in.items()}})
+    try:
+        budget = Budget(**budget_in)
+    except InputError as exc:  # the schema checks these too; keep the field path under params
+        raise InputError([dict(e, loc=("params",) + e["loc"]) for e in exc.errors]) from None
+    profile = get_profile(accelerator_row.name)
+    corpus = RuntimeCorpus.load(local_path(corpus_row.uri), name=corpus_row.name)
+    ctx.progress.stage("loading model", 0.0, 0.05)
+    loaded = load_model(model_row.path)
+    if loaded.content_hash != model_row.content_hash:
+        raise InputError(f"model {model_row.id}'s folder changed since it was registered "
+                         f"({model_row.content_hash} then, {loaded.content_hash} now); register it again",
+                         loc=("params", "model_id"))
+    ctx.progress.stage("measuring sensitivity", 0.05, 0.9)
+    result = search(loaded.model, loaded.tokenizer, corpus, profile=profile, budget=budget,
+                    granularity=p.granularity, candidates=p.candidates or DEFAULT_CANDIDATES, samples=p.samples,
+                    seq_len=p.seq_len, measure=p.measure, model_name=model_row.name,
+                    name=p.name or f"search-{model_row.name}-{p.granularity}"[:128], progress=ctx.progress)
+    ctx.progress.stage("allocating", 0.9, 0.95)
+    spec, metrics = result.recipe, result.metrics()
+    digest = spec.content_hash()
+    ctx.run.log_params({"recipe_hash": digest, "recipe_name": spec.name})
+    ctx.run.log_metrics(metrics)
+    ctx.run.log_dict(result.to_dict(), "search_result.json")
+    actor = f"job:{ctx.job.id}"
+
+    def rows(db: Session) -> dict[str, Any]:
+        from controlplane.recipes import service as recipes
+
+        # Identical content under this name for this model: reuse it (a retried or repeated search).
+        row = db.scalar(select(Recipe).where(Recipe.name == spec.name, Recipe.content_hash == digest,
+                                             Recipe.model_id == p.model_id).order_by(Recipe.version.desc()).limit(1))
+        created = False
+        if row is None:
+            row, created = recipes.create(db=db, spec=spec, yaml_source=None, model_id=p.model_id, actor=actor,
+                                          reason=f"searched by job {ctx.job.id} ({budget.label()} on "
+                                                 f"{accelerator_row.name})", commit=False)
+        return {"recipe_id": row.id, "recipe_name": row.name, "recipe_version": row.version,
+                "content_hash": row.content_hash, "created": created, "metrics": metrics}
+
+    latency = (f", predicted {metrics['predicted_latency_us']:.1f} µs/token on {accelerator_row.name}"
+               if "predicted_latency_us" in metrics else "")
+    return Outcome(rows, f"searched recipe {spec.name} for {budget.label()}: {metrics['bits_per_weight']:.3f} "
+                         f"bits/weight, predicted KL {metrics['predicted_kl']:.3g}{latency}")
+
+
 RUNNERS: dict[JobKind, Callable[[JobContext], Outcome]] = {
     JobKind.calibrate: run_calibrate,
     JobKind.build: run_build,
     JobKind.evaluate: run_evaluate,
+    JobKind.search: run_search,
 }
 
 

@@ -25,7 +25,14 @@ from controlplane.engines.models import Engine
 from controlplane.db import UTCDateTime, utcnow
 from controlplane.errors import Conflict, InvalidInput, NotFound, Unavailable
 from controlplane.jobs.models import Job, JobKind, JobStatus
-from controlplane.jobs.schemas import BuildJobCreate, CalibrateJobCreate, EvaluateJobCreate, JobFilters, JobParams
+from controlplane.jobs.schemas import (
+    BuildJobCreate,
+    CalibrateJobCreate,
+    EvaluateJobCreate,
+    JobFilters,
+    JobParams,
+    SearchJobCreate,
+)
 from controlplane.model_registry.models import RegisteredModel
 from controlplane.pagination import PageParams, paginate
 from controlplane.recipes.models import Recipe
@@ -33,7 +40,8 @@ from controlplane.settings import Settings
 
 log = logging.getLogger(__name__)
 
-TASK_NAMES = {JobKind.calibrate: "pops.calibrate", JobKind.build: "pops.build", JobKind.evaluate: "pops.evaluate"}
+TASK_NAMES = {JobKind.calibrate: "pops.calibrate", JobKind.build: "pops.build", JobKind.evaluate: "pops.evaluate",
+              JobKind.search: "pops.search"}
 _ERROR_MAX = 4000
 
 
@@ -72,11 +80,34 @@ def _check_references(*, db: Session, kind: JobKind, job_in: JobParams) -> bool:
                     loc=("body", "calibration_id"),
                 )
         return accelerator.min_capability is not None
+    if kind == JobKind.search:
+        assert isinstance(job_in, SearchJobCreate)
+        _require(db, RegisteredModel, job_in.model_id, "model_id", "model")
+        _require(db, Corpus, job_in.corpus_id, "corpus_id", "corpus")
+        accelerator = _require(db, Accelerator, job_in.accelerator_id, "accelerator_id", "accelerator")
+        if job_in.budget.latency_us is not None:
+            _check_latency_model(accelerator)
+        return False  # the sensitivity runs the reference paths: any host will do
     assert isinstance(job_in, EvaluateJobCreate)
     engine = _require(db, Engine, job_in.engine_id, "engine_id", "engine")
     _require(db, Corpus, job_in.corpus_id, "corpus_id", "corpus")
     accelerator = db.get(Accelerator, engine.accelerator_id)
     return accelerator is not None and accelerator.min_capability is not None
+
+
+def _check_latency_model(accelerator: Accelerator) -> None:
+    """A latency budget needs the accelerator's decode latency model (the CPU has none)."""
+    from runtime.accelerators import get_profile
+    from runtime.errors import InputError
+
+    try:
+        profile = get_profile(accelerator.name)
+    except InputError:
+        return  # not a runtime profile: the job says so when it runs
+    if profile.latency is None:
+        raise InvalidInput(f"accelerator {accelerator.name!r} has no decode latency model, so a latency budget "
+                           "cannot be converted; give bits_per_weight or total_bytes instead",
+                           loc=("body", "budget", "latency_us"))
 
 
 def _replay(existing: Job, kind: JobKind, digest: str, key: str) -> Job:

@@ -102,3 +102,9 @@ def build(self: JobTask, job_id: int) -> dict[str, Any] | None:
 def evaluate(self: JobTask, job_id: int) -> dict[str, Any] | None:
     """Evaluates the job's engine."""
     return self.run_job(job_id)
+
+
+@shared_task(base=JobTask, bind=True, name="pops.search")
+def search(self: JobTask, job_id: int) -> dict[str, Any] | None:
+    """Searches the job's mixed-precision recipe and stores it."""
+    return self.run_job(job_id)

@@ -66,8 +66,11 @@ def _target_model(*, db: Session, spec: RecipeSpec, model_id: int | None) -> Reg
 
 
 def create(*, db: Session, spec: RecipeSpec, yaml_source: str | None, model_id: int | None, actor: str,
-           reason: str | None) -> tuple[Recipe, bool]:
-    """Stores a recipe as the next version of its name; (recipe, created). Identical to the latest: no new row."""
+           reason: str | None, commit: bool = True) -> tuple[Recipe, bool]:
+    """Stores a recipe as the next version of its name; (recipe, created). Identical to the latest: no new row.
+
+    `commit=False` only flushes: the caller's transaction (a job's completion) commits it or rolls it back.
+    """
     model = _target_model(db=db, spec=spec, model_id=model_id)
     if model is not None:
         try:
@@ -93,7 +96,8 @@ def create(*, db: Session, spec: RecipeSpec, yaml_source: str | None, model_id: 
     audit.record(db=db, actor=actor, action="recipe.create", object_type="recipe", object_id=recipe.id,
                  before=audit.snapshot(latest, exclude=("yaml_text",)) if latest is not None else None,
                  after=audit.snapshot(recipe, exclude=("yaml_text",)), reason=reason)
-    db.commit()
+    if commit:
+        db.commit()
     return recipe, True
 
 

@@ -18,7 +18,7 @@ def test_worker_app_acks_late_and_requeues_on_worker_loss(tmp_path, models_root)
     assert conf.broker_connection_retry_on_startup and conf.broker_connection_max_retries is None
     assert not conf.task_always_eager
     assert conf.result_backend == settings.broker_url
-    for name in ("pops.calibrate", "pops.build", "pops.evaluate"):
+    for name in ("pops.calibrate", "pops.build", "pops.evaluate", "pops.search"):
         task = get_celery(settings).tasks[name]
         assert task.acks_late and task.reject_on_worker_lost and task.max_retries > 0
         assert task.ignore_result  # the jobs table is the result store

@@ -19,7 +19,7 @@ from controlplane.db import session_scope
 from controlplane.engines.models import Engine
 from controlplane.jobs import service
 from controlplane.jobs.models import Job, JobKind, JobStatus
-from controlplane.jobs.schemas import BuildJobCreate, CalibrateJobCreate, EvaluateJobCreate
+from controlplane.jobs.schemas import BuildJobCreate, CalibrateJobCreate, EvaluateJobCreate, SearchJobCreate
 
 from .conftest import (
     PG_ADMIN_URL,
@@ -163,6 +163,31 @@ def test_worker_runs_calibrate_build_evaluate(pg_settings, ids, worker):
     evaluate = wait_finished(pg_settings, evaluate.id)
     assert evaluate.status == JobStatus.succeeded, evaluate.error
     assert evaluate.result["verdict"] == "passed"
+
+
+def test_worker_runs_a_search_and_its_recipe_builds(pg_settings, ids, worker):
+    """search -> build: a worker process searches a recipe with a latency budget, stores it, and it builds."""
+    from controlplane.recipes.models import Recipe
+
+    worker.write_delay(0)
+    worker.ensure()
+    search = submit(pg_settings, JobKind.search, SearchJobCreate(
+        model_id=ids.model_id, corpus_id=ids.corpus_id, accelerator_id=ids.accelerator_ids["l4"],
+        budget={"latency_us": 200.0}, granularity="op", candidates=["int4_g128"], samples=4, seq_len=32,
+        name="worker-searched"), key="worker-search")
+    assert search.status == JobStatus.queued and search.queue == "cpu"
+    search = wait_finished(pg_settings, search.id)
+    assert search.status == JobStatus.succeeded, search.error
+    assert search.progress == 1.0 and search.attempts == 1 and search.mlflow_run_id
+    assert search.result["metrics"]["predicted_latency_us"] <= 200.0
+    with session_scope(pg_settings) as db:
+        recipe = db.get(Recipe, search.result["recipe_id"])
+        assert recipe.name == "worker-searched" and recipe.content_hash == search.result["content_hash"]
+
+    build = submit(pg_settings, JobKind.build, BuildJobCreate(
+        model_id=ids.model_id, recipe_id=search.result["recipe_id"], accelerator_id=ids.accelerator_ids["l4"]))
+    build = wait_finished(pg_settings, build.id)
+    assert build.status == JobStatus.succeeded, build.error
 
 
 def test_database_outage_mid_job_is_retried_with_backoff(pg_settings, pg_url, ids, worker):
