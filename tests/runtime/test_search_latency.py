@@ -1,4 +1,6 @@
 """Latency budgets for the search: the decode latency model, the conversion to bytes, and its refusals."""
+import math
+
 import numpy as np
 import pytest
 
@@ -13,7 +15,7 @@ NAMES = ("int4_g128", "bf16")
 CANDS = {c: CANDIDATES[c] for c in NAMES}
 
 
-def _synthetic(n_ops=3, out=1024, k=4096, seed=0):
+def _synthetic(n_ops=3, out=512, k=4096, seed=0):
     """Decode-sized ops (bytes, not fixed costs, dominate on an L4) with lognormal row sensitivities."""
     rng = np.random.default_rng(seed)
     ops = []
@@ -64,7 +66,7 @@ def test_latency_budget_is_monotone_and_met():
     widest = predict_us(allocate(sens, CANDS, Budget(bits_per_weight=16.1), "channel"), CANDS, profile)
     assert floor < widest
     previous = None
-    for target in np.linspace(floor * 1.001, widest * 1.01, 9):
+    for target in np.linspace(floor * 1.001, widest * 1.01, 7):
         alloc = allocate_for_latency(sens, CANDS, Budget(latency_us=float(target)), "channel", profile)
         assert alloc.predicted_latency_us == pytest.approx(predict_us(alloc, CANDS, profile))
         assert alloc.predicted_latency_us <= target
@@ -83,7 +85,9 @@ def test_infeasible_latency_names_the_field_and_the_floor():
     profile = get_profile("l4")
     shapes = {o.name: (o.in_features, o.out_features) for o in sens.ops}
     floor = floor_us(shapes, {o.name: [CANDS[c] for c in o.candidates] for o in sens.ops}, profile)
-    with pytest.raises(InputError, match=rf"floor.*raise latency_us to at least {floor:.1f}") as exc:
+    at_least = math.ceil(floor * 10) / 10
+    with pytest.raises(InputError, match=rf"{floor:.1f} µs per decoded token \(the floor\); raise latency_us to "
+                                         rf"at least {at_least:g}$") as exc:
         allocate_for_latency(sens, CANDS, Budget(latency_us=floor * 0.9), "op", profile)
     assert exc.value.errors[0]["loc"] == ("budget", "latency_us")
     with pytest.raises(InputError, match="has no decode latency model") as exc:

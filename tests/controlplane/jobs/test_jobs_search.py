@@ -109,6 +109,32 @@ def test_infeasible_latency_fails_the_job_naming_the_field_and_stores_no_recipe(
     assert recipes_named(settings, "too-fast") == []
 
 
+def test_a_failure_while_completing_leaves_no_recipe(env, monkeypatch):
+    """The recipe row and its audit event commit with the job's completion, or not at all."""
+    from controlplane.audit.models import AuditEvent
+    from controlplane.jobs import runners
+    from controlplane.jobs.models import JobKind
+
+    client, settings, ids = env
+    real = runners.RUNNERS[JobKind.search]
+
+    def failing(ctx):
+        outcome = real(ctx)
+
+        def rows(db):
+            outcome.rows(db)  # the recipe and its audit event are flushed...
+            raise RuntimeError("the disk is full")  # ...then the completing transaction fails
+
+        return runners.Outcome(rows, outcome.summary)
+
+    monkeypatch.setitem(runners.RUNNERS, JobKind.search, failing)
+    job = client.post("/v1/jobs/search", json=search_body(ids, name="half-written")).json()
+    assert job["status"] == "failed" and "the disk is full" in job["error"]
+    assert recipes_named(settings, "half-written") == []
+    with session_scope(settings) as db:
+        assert db.scalar(select(func.count()).select_from(AuditEvent).where(AuditEvent.action == "recipe.create")) == 0
+
+
 @pytest.mark.parametrize("change, loc, message", [
     ({"budget": {"bits_per_weight": 5.0, "latency_us": 100.0}}, ["body", "budget"], "exactly one of"),
     ({"budget": {}}, ["body", "budget"], "exactly one of"),
