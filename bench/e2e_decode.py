@@ -15,6 +15,7 @@ import argparse
 import gc
 import json
 import os
+import re
 import statistics
 import sys
 import tempfile
@@ -55,6 +56,40 @@ def make_model_dir(path: Path, layers: int, vocab: int) -> None:
     tokenizer.save_pretrained(path)
     del model
     torch.cuda.empty_cache()
+
+
+# Kernel name patterns by stage of a decode step (the first match wins).
+STAGES = [
+    ("act_quant", re.compile(r"act_quant")),
+    ("linear", re.compile(r"w4a16|w8a8|gemm|gemv|nvjet|xmma|cutlass|splitK|dequant_w4", re.I)),
+    ("attention", re.compile(r"flash|fmha|attention|sdpa|softmax", re.I)),
+    ("other", re.compile(r".")),
+]
+
+
+def kernel_breakdown(step, pos, prompt_len: int, steps: int = 8) -> dict:
+    """Device time per decode step by stage, from the profiler's kernel records of eager steps
+    (kernel durations are the same as in a graph replay; the launch gaps are not counted)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for i in range(steps):
+            pos.fill_(prompt_len + i)
+            step()
+        torch.cuda.synchronize()
+    stages = {name: {"us": 0.0, "kernels": 0} for name, _ in STAGES}
+    top = []
+    for evt in prof.key_averages():
+        total = getattr(evt, "device_time_total", None) or getattr(evt, "cuda_time_total", 0.0)
+        if not total or evt.key.startswith("ProfilerStep"):
+            continue
+        stage = next(name for name, pattern in STAGES if pattern.search(evt.key))
+        stages[stage]["us"] += total / steps
+        stages[stage]["kernels"] += evt.count / steps
+        top.append((total / steps, evt.count / steps, evt.key[:90]))
+    top.sort(reverse=True)
+    return {"stages": stages, "total_us": sum(v["us"] for v in stages.values()),
+            "top_kernels": [{"us": round(t, 2), "per_step": round(c, 2), "name": k} for t, c, k in top[:15]]}
 
 
 def measure(loaded, prompt_len: int, new_tokens: int, vocab: int) -> dict:
@@ -125,7 +160,9 @@ def measure(loaded, prompt_len: int, new_tokens: int, vocab: int) -> dict:
             graph_tps = statistics.median(rates)
         except Exception as exc:  # recorded, not hidden: the eager number still stands
             graph_error = f"{type(exc).__name__}: {exc}"[:400]
+        breakdown = kernel_breakdown(step, pos, prompt_len)
     return {
+        "device_us_per_step_by_stage": breakdown,
         "ttft_ms": 1e3 * statistics.median(ttft), "decode_tokens_per_s_graph": graph_tps,
         "decode_tokens_per_s_eager": eager_tps, "graph_error": graph_error,
         "peak_gpu_memory_gib": torch.cuda.max_memory_allocated() / 2**30,
@@ -181,6 +218,9 @@ def main() -> None:
         print(f"{name}: ttft {row['ttft_ms']:.1f} ms, decode {row['decode_tokens_per_s_graph']} tok/s graph, "
               f"{row['decode_tokens_per_s_eager']:.0f} eager, peak {row['peak_gpu_memory_gib']:.2f} GiB, "
               f"kernels {kernels}" + (f", graph error {row['graph_error']}" if row["graph_error"] else ""), flush=True)
+        stages = row["device_us_per_step_by_stage"]
+        print(f"  device µs per step {stages['total_us']:.1f}: " + ", ".join(
+            f"{k} {v['us']:.1f} ({v['kernels']:.0f} kernels)" for k, v in stages["stages"].items()), flush=True)
         del loaded
         gc.collect()
         torch.cuda.empty_cache()

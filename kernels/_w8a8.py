@@ -156,30 +156,256 @@ def _w8a8_gemm_kernel(
         tl.atomic_add(out_ptrs, out, mask=mask)
 
 
-def w8a8_gemm_triton(xq, xs, wq, ws, bias, out_dtype, qdtype: torch.dtype):
-    """Launches :func:`_w8a8_gemm_kernel` after validating the W8A8 contract."""
+# Paths by token count: up to GEMV_MAX_M tokens a CUDA-core GEMV; up to SWAP_MAX_M the
+# tensor-core kernel with swapped operands (weights on the MMA's 64-wide side, the tokens on its
+# narrow side); above, the tiled GEMM. Measured on H100 at M = 1 (CUDA graph, 8192 x 8192): int8
+# GEMV 26.4 µs vs swapped 29.3; fp8 GEMV 32.2 vs swapped 28.9 (converting fp8 to fp32 on CUDA
+# cores costs more than the MMA), so only int8 takes the GEMV.
+GEMV_MAX_M = {torch.int8: 1, torch.float8_e4m3fn: 0}
+SWAP_MAX_M = 128
+PATHS = ("auto", "gemv", "swap", "tiled")
+
+
+def _gemv_config(bn, bk, warps, stages):
+    return triton.Config({"BLOCK_N": bn, "BLOCK_K": bk}, num_warps=warps, num_stages=stages)
+
+
+_CONFIGS_GEMV = [
+    _gemv_config(16, 512, 4, 2),
+    _gemv_config(16, 256, 2, 3),
+    _gemv_config(32, 256, 4, 3),
+    _gemv_config(8, 512, 2, 3),
+    _gemv_config(32, 512, 8, 2),
+    _gemv_config(16, 1024, 8, 2),
+    _gemv_config(64, 256, 8, 2),
+    _gemv_config(8, 1024, 4, 2),
+]
+_CONFIGS_GEMV_INTERPRET = [_gemv_config(16, 64, 4, 1)]
+
+
+def _first_only(configs, named_args, **kwargs):
+    return configs[: 1 if _launch.ONE_CONFIG else None]
+
+
+@triton.autotune(
+    configs=_CONFIGS_GEMV_INTERPRET if interpreting() else _CONFIGS_GEMV,
+    key=["BLOCK_M", "N", "K"],
+    prune_configs_by={"early_config_prune": _first_only},
+)
+@triton.heuristics({"EVEN_K": lambda args: args["K"] % args["BLOCK_K"] == 0})
+@triton.jit
+def _w8a8_gemv_kernel(
+    x_ptr, w_ptr, xs_ptr, ws_ptr, bias_ptr, out_ptr,
+    M, N, K,
+    stride_xm, stride_wn, stride_om,
+    XS_PER_TOKEN: tl.constexpr, HAS_BIAS: tl.constexpr, IS_INT8: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, EVEN_K: tl.constexpr,
+):
+    # One program owns BLOCK_N weight rows over all of K: each row is read as contiguous
+    # BLOCK_K-byte runs, multiplied with the BLOCK_M (<= 8) token rows and reduced in registers.
+    pid_n = tl.program_id(0)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    rows_w = tl.where(offs_n < N, offs_n, 0).to(tl.int64)
+    offs_m = tl.arange(0, BLOCK_M)
+    mask_m = offs_m < M
+    rows_x = tl.where(mask_m, offs_m, 0).to(tl.int64)
+    offs_k = tl.arange(0, BLOCK_K)
+    w_ptrs = w_ptr + rows_w[:, None] * stride_wn + offs_k[None, :]
+    x_ptrs = x_ptr + rows_x[:, None] * stride_xm + offs_k[None, :]
+
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32 if IS_INT8 else tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        if EVEN_K:
+            w = tl.load(w_ptrs, eviction_policy="evict_first")
+            x = tl.load(x_ptrs, mask=mask_m[:, None], other=0.0)
+        else:
+            w = tl.load(w_ptrs, mask=offs_k[None, :] < K - k0, other=0.0, eviction_policy="evict_first")
+            x = tl.load(x_ptrs, mask=mask_m[:, None] & (offs_k[None, :] < K - k0), other=0.0)
+        if IS_INT8:
+            # int8 x int8 products summed in int32 are exact, as the tensor-core path's are.
+            acc += tl.sum(w.to(tl.int32)[None, :, :] * x.to(tl.int32)[:, None, :], axis=2)
+        else:
+            acc += tl.sum(w.to(tl.float32)[None, :, :] * x.to(tl.float32)[:, None, :], axis=2)
+        w_ptrs += BLOCK_K
+        x_ptrs += BLOCK_K
+
+    mask_n = offs_n < N
+    if XS_PER_TOKEN:
+        xs = tl.load(xs_ptr + offs_m, mask=mask_m, other=0.0)
+    else:
+        xs = tl.load(xs_ptr + tl.zeros((BLOCK_M,), dtype=tl.int32))
+    ws = tl.load(ws_ptr + offs_n, mask=mask_n, other=0.0)
+    out = acc.to(tl.float32) * xs[:, None] * ws[None, :]
+    if HAS_BIAS:
+        out += tl.load(bias_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
+    out_ptrs = out_ptr + offs_m.to(tl.int64)[:, None] * stride_om + offs_n[None, :]
+    tl.store(out_ptrs, out.to(out_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_n[None, :])
+
+
+def _swap_config(bn, bk, warps, stages, split_k=1):
+    # BLOCK_M is not tuned: it is the token count rounded up to a power of two (at least 16).
+    return triton.Config({"BLOCK_N": bn, "BLOCK_K": bk, "SPLIT_K": split_k}, num_warps=warps,
+                         num_stages=stages, pre_hook=_zero_out if split_k > 1 else None)
+
+
+# Split-K (fp32 atomics into a zeroed buffer, then a cast: two more launches) pays only where
+# the output has too few tiles to fill the GPU and K is long; otherwise one program per output
+# tile stores x.dtype directly. Measured on H100: split-K won only at N = 4096, K = 14336.
+_CONFIGS_SWAP_SPLIT = [
+    _swap_config(64, 256, 4, 4, split_k=4),
+    _swap_config(64, 256, 4, 4, split_k=2),
+    _swap_config(64, 128, 4, 5, split_k=4),
+    _swap_config(128, 128, 4, 4, split_k=2),
+    _swap_config(64, 256, 4, 4, split_k=8),
+]
+_CONFIGS_SWAP_DIRECT = [
+    _swap_config(64, 256, 4, 4),
+    _swap_config(64, 256, 4, 5),
+    _swap_config(64, 128, 4, 6),
+    _swap_config(128, 256, 8, 3),
+    _swap_config(128, 128, 4, 4),
+    _swap_config(32, 256, 4, 4),
+    _swap_config(64, 512, 4, 3),
+]
+_CONFIGS_SWAP_INTERPRET = [_swap_config(32, 32, 4, 1, split_k=2)]
+_CONFIGS_SWAP_DIRECT_INTERPRET = [_swap_config(32, 32, 4, 1)]
+
+
+def swap_split_k(n: int, k: int) -> bool:
+    """Whether the swapped kernel splits K: few 64-row output tiles and a long K."""
+    return triton.cdiv(n, 64) < _sm_count() and k >= 2 * n
+
+
+def _sm_count() -> int:
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_properties(torch.cuda.current_device()).multi_processor_count
+    return 132  # the H100's, so the interpreter takes the same branch as the GPU would
+
+
+@triton.heuristics({"EVEN_K": lambda args: args["K"] % args["BLOCK_K"] == 0})
+@triton.jit
+def _w8a8_swap_body(
+    x_ptr, w_ptr, xs_ptr, ws_ptr, bias_ptr, out_ptr,
+    M, N, K,
+    stride_xm, stride_wn, stride_om,
+    XS_PER_TOKEN: tl.constexpr, HAS_BIAS: tl.constexpr, IS_INT8: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    SPLIT_K: tl.constexpr, EVEN_K: tl.constexpr,
+):
+    # out^T [N, M] = W [N, K] x^T [K, M]: the weight tile is the MMA's wide left operand and all
+    # BLOCK_M tokens its narrow right one, so one pass streams the weights and no MMA row is
+    # padding. Both operands are read K-major, as they are stored (what fp8 wgmma wants).
+    pid_n = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    rows_w = tl.where(offs_n < N, offs_n, 0).to(tl.int64)
+    offs_m = tl.arange(0, BLOCK_M)
+    mask_m = offs_m < M
+    rows_x = tl.where(mask_m, offs_m, 0).to(tl.int64)
+    offs_k = tl.arange(0, BLOCK_K)
+    steps_per_split = tl.cdiv(tl.cdiv(K, BLOCK_K), SPLIT_K)
+    k_begin = pid_k * steps_per_split * BLOCK_K
+    k_end = tl.minimum(k_begin + steps_per_split * BLOCK_K, K)
+    w_ptrs = w_ptr + rows_w[:, None] * stride_wn + (k_begin + offs_k)[None, :]
+    x_ptrs = x_ptr + rows_x[None, :] * stride_xm + (k_begin + offs_k)[:, None]
+
+    acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.int32 if IS_INT8 else tl.float32)
+    for k0 in range(k_begin, k_end, BLOCK_K):
+        if EVEN_K:
+            a = tl.load(w_ptrs)
+            b = tl.load(x_ptrs)
+        else:
+            a = tl.load(w_ptrs, mask=offs_k[None, :] < K - k0, other=0.0)
+            b = tl.load(x_ptrs, mask=offs_k[:, None] < K - k0, other=0.0)
+        if IS_INT8:
+            acc = tl.dot(a, b, acc, out_dtype=tl.int32)
+        else:
+            acc = tl.dot(a, b, acc)
+        w_ptrs += BLOCK_K
+        x_ptrs += BLOCK_K
+
+    mask_n = offs_n < N
+    if XS_PER_TOKEN:
+        xs = tl.load(xs_ptr + offs_m, mask=mask_m, other=0.0)
+    else:
+        xs = tl.load(xs_ptr + tl.zeros((BLOCK_M,), dtype=tl.int32))
+    ws = tl.load(ws_ptr + offs_n, mask=mask_n, other=0.0)
+    out = acc.to(tl.float32) * ws[:, None] * xs[None, :]
+    if HAS_BIAS:
+        if pid_k == 0:
+            out += tl.load(bias_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[:, None]
+    out_ptrs = out_ptr + offs_m.to(tl.int64)[None, :] * stride_om + offs_n[:, None]
+    mask = mask_n[:, None] & mask_m[None, :]
+    if SPLIT_K == 1:
+        tl.store(out_ptrs, out.to(out_ptr.dtype.element_ty), mask=mask)
+    else:
+        tl.atomic_add(out_ptrs, out, mask=mask)
+
+
+_w8a8_swap_kernel = triton.autotune(
+    configs=_CONFIGS_SWAP_INTERPRET if interpreting() else _CONFIGS_SWAP_SPLIT,
+    key=["BLOCK_M", "N", "K"], prune_configs_by={"early_config_prune": _first_only},
+)(_w8a8_swap_body)
+_w8a8_swap_direct_kernel = triton.autotune(
+    configs=_CONFIGS_SWAP_DIRECT_INTERPRET if interpreting() else _CONFIGS_SWAP_DIRECT,
+    key=["BLOCK_M", "N", "K"], prune_configs_by={"early_config_prune": _first_only},
+)(_w8a8_swap_body)
+
+
+def w8a8_path(m: int, qdtype: torch.dtype) -> str:
+    """The kernel the launcher runs for ``m`` tokens of ``qdtype`` (int8 or fp8 e4m3)."""
+    return "gemv" if m <= GEMV_MAX_M[qdtype] else "swap" if m <= SWAP_MAX_M else "tiled"
+
+
+def w8a8_gemm_triton(xq, xs, wq, ws, bias, out_dtype, qdtype: torch.dtype, *, path: str = "auto"):
+    """Launches the W8A8 kernel for ``xq``'s token count after validating the contract (``path``
+    forces one: ``gemv`` up to 8 tokens, ``swap`` up to 256, or ``tiled``; for bench/kernels.py)."""
     check_w8a8(xq, xs, wq, ws, bias, out_dtype, qdtype)
+    if path not in PATHS:
+        raise ValueError(f"path must be one of {PATHS}, got {path!r}")
     m, k = xq.shape
     n = wq.shape[0]
     if m == 0 or n == 0 or k == 0:
         out = torch.zeros(m, n, dtype=out_dtype, device=xq.device)
         return out + bias.to(out_dtype) if bias is not None else out
-    bucket = m_bucket(m)
-    # Split-K candidates accumulate in fp32; the cast afterwards is one small launch.
-    out = torch.empty(m, n, dtype=torch.float32 if bucket <= SPLIT_MAX_M else out_dtype, device=xq.device)
+    path = w8a8_path(m, qdtype) if path == "auto" else path
+    if path == "gemv" and m > 8:
+        raise ValueError(f"path='gemv' serves at most 8 tokens, got M={m}")
+    if path == "swap" and m > 256:
+        raise ValueError(f"path='swap' serves at most 256 tokens, got M={m}")
     xq = xq if xq.stride(1) == 1 else xq.contiguous()
     wq = wq if wq.stride(1) == 1 else wq.contiguous()
     xs = xs.contiguous()
     ws = ws.contiguous()
+    flags = dict(XS_PER_TOKEN=xs.shape[0] != 1, HAS_BIAS=bias is not None, IS_INT8=qdtype == torch.int8)
+    bias_arg = bias if bias is not None else ws
+    if path == "gemv":
+        out = torch.empty(m, n, dtype=out_dtype, device=xq.device)
+        _w8a8_gemv_kernel[lambda meta: (triton.cdiv(n, meta["BLOCK_N"]),)](
+            xq, wq, xs, ws, bias_arg, out, m, n, k, xq.stride(0), wq.stride(0), out.stride(0),
+            BLOCK_M=triton.next_power_of_2(m), **flags,
+        )
+        return out
+    if path == "swap":
+        split = swap_split_k(n, k)
+        # Split-K accumulates in fp32; the cast afterwards is one small launch.
+        out = torch.empty(m, n, dtype=torch.float32 if split else out_dtype, device=xq.device)
+        kernel = _w8a8_swap_kernel if split else _w8a8_swap_direct_kernel
+        kernel[lambda meta: (triton.cdiv(n, meta["BLOCK_N"]), meta["SPLIT_K"])](
+            xq, wq, xs, ws, bias_arg, out, m, n, k, xq.stride(0), wq.stride(0), out.stride(0),
+            BLOCK_M=max(16, triton.next_power_of_2(m)), **flags,
+        )
+        return out.to(out_dtype)
+    bucket = m_bucket(m)
+    # Split-K candidates accumulate in fp32; the cast afterwards is one small launch.
+    out = torch.empty(m, n, dtype=torch.float32 if bucket <= SPLIT_MAX_M else out_dtype, device=xq.device)
 
     def grid(meta):
         return (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n, meta["BLOCK_N"]), meta["SPLIT_K"])
 
     _w8a8_gemm_kernel[grid](
-        xq, wq, xs, ws, bias if bias is not None else ws, out,
+        xq, wq, xs, ws, bias_arg, out,
         m, n, k, bucket,
-        xq.stride(0), wq.stride(0), out.stride(0),
-        XS_PER_TOKEN=xs.shape[0] != 1,
-        HAS_BIAS=bias is not None, IS_INT8=qdtype == torch.int8,
+        xq.stride(0), wq.stride(0), out.stride(0), **flags,
     )
     return out.to(out_dtype)

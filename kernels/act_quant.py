@@ -3,7 +3,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels._launch import check_2d, check_dtype, use_triton
+from kernels._launch import check_2d, check_dtype, interpreting, use_triton
 
 FMAX = {"fp8_e4m3": 448.0, "int8": 127.0}
 QDTYPE = {"fp8_e4m3": torch.float8_e4m3fn, "int8": torch.int8}
@@ -62,9 +62,9 @@ def act_quant_reference(x: torch.Tensor, fmt: str, scale: torch.Tensor | None = 
 @triton.jit
 def _round_to_e4m3_grid(y):
     # Rounds |y| <= 448 to the nearest e4m3 value (ties to even) in fp32, so the cast that
-    # follows is exact. The GPU's cvt rounds the same way; the CPU interpreter's cast does not
-    # carry a mantissa overflow into the exponent (127.4 -> 64 instead of 128), and this keeps
-    # both backends bit-identical for ~8 integer ops per element in a memory-bound kernel.
+    # follows is exact: what the GPU's cvt does in one instruction. The CPU interpreter's cast
+    # does not carry a mantissa overflow into the exponent (127.4 -> 64 instead of 128), so the
+    # interpreter runs this instead.
     # Adding 2**(s + 23), where 2**s is the e4m3 spacing at |y|, rounds |y| to that spacing.
     a = tl.abs(y)
     biased_exp = (a.to(tl.uint32, bitcast=True) >> 23).to(tl.int32)
@@ -76,79 +76,94 @@ def _round_to_e4m3_grid(y):
 
 
 @triton.jit
-def _quantize_block(x, scale, FMAX: tl.constexpr, IS_INT8: tl.constexpr):
-    # IEEE division (div_rn), as the reference does: Triton's plain fp32 `/` is approximate on
-    # the GPU and would move values across e4m3 / int8 rounding boundaries.
-    y = tl.math.div_rn(x, scale)
+def _quantize_block(x, scale, inv_scale, FMAX: tl.constexpr, IS_INT8: tl.constexpr, EXACT_EMULATION: tl.constexpr):
+    # x / scale, correctly rounded as the reference's IEEE division. On the GPU: x times the
+    # reciprocal, then one FMA correction step (Markstein), which gives the correctly rounded
+    # quotient from a correctly rounded reciprocal; 3 instructions where div_rn costs ~10 and
+    # made the kernel ALU-bound on large inputs. The CPU interpreter has no fused multiply-add
+    # (numpy rounds twice), so there it divides.
+    if EXACT_EMULATION:
+        y = tl.math.div_rn(x, scale)
+    else:
+        q0 = x * inv_scale
+        y = tl.fma(tl.fma(-q0, scale, x), inv_scale, q0)
     y = tl.minimum(tl.maximum(y, -FMAX), FMAX)
     if IS_INT8:
         q = ((y + ROUND_MAGIC) - ROUND_MAGIC).to(tl.int8)
-    else:
+    elif EXACT_EMULATION:
         q = _round_to_e4m3_grid(y).to(tl.float8e4nv)
+    else:
+        # The GPU's cvt rounds to nearest even, as torch's cast does.
+        q = y.to(tl.float8e4nv)
     return q
 
 
 @triton.jit
 def _act_quant_kernel(
     x_ptr, q_ptr, scale_ptr, amax_ptr, nsat_ptr,
-    K, stride_xm, stride_qm,
+    M, K, stride_xm, stride_qm,
     FMAX: tl.constexpr, IS_INT8: tl.constexpr, STATIC: tl.constexpr,
-    BLOCK_K: tl.constexpr, SINGLE: tl.constexpr,
+    BLOCK_K: tl.constexpr, SINGLE: tl.constexpr, ROWS: tl.constexpr, EXACT_EMULATION: tl.constexpr,
 ):
-    # One program per token (row): amax, scale, quantized row and saturation count in one pass.
-    row = tl.program_id(0).to(tl.int64)
-    x_row = x_ptr + row * stride_xm
-    q_row = q_ptr + row * stride_qm
-    offs = tl.arange(0, BLOCK_K)
+    # ROWS tokens per program: amax, scale, quantized row and saturation count in one pass. Several
+    # rows per program put more loads in flight before the amax has to wait for them.
+    rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
+    mask_r = rows < M
+    rows = tl.where(mask_r, rows, 0).to(tl.int64)
+    x_rows = x_ptr + rows[:, None] * stride_xm
+    q_rows = q_ptr + rows[:, None] * stride_qm
+    offs = tl.arange(0, BLOCK_K)[None, :]
     if SINGLE:
-        mask = offs < K
-        x = tl.load(x_row + offs, mask=mask, other=0.0).to(tl.float32)
-        amax = tl.max(tl.abs(x), axis=0)
+        mask = mask_r[:, None] & (offs < K)
+        x = tl.load(x_rows + offs, mask=mask, other=0.0).to(tl.float32)
+        amax = tl.max(tl.abs(x), axis=1)
     else:
-        run_max = tl.zeros([BLOCK_K], dtype=tl.float32)
+        run_max = tl.zeros([ROWS, BLOCK_K], dtype=tl.float32)
         for k0 in range(0, K, BLOCK_K):
-            mask = k0 + offs < K
-            xk = tl.load(x_row + k0 + offs, mask=mask, other=0.0).to(tl.float32)
+            mask = mask_r[:, None] & (k0 + offs < K)
+            xk = tl.load(x_rows + k0 + offs, mask=mask, other=0.0).to(tl.float32)
             run_max = tl.maximum(run_max, tl.abs(xk))
-        amax = tl.max(run_max, axis=0)
-    tl.store(amax_ptr + row, amax)
+        amax = tl.max(run_max, axis=1)
+    tl.store(amax_ptr + rows, amax, mask=mask_r)
     if STATIC:
-        scale = tl.load(scale_ptr)
+        scale = tl.load(scale_ptr + tl.zeros([ROWS], dtype=tl.int32))
         limit = scale * FMAX
     else:
         scale = tl.math.div_rn(tl.maximum(amax, _AMAX_EPS), FMAX)
-        tl.store(scale_ptr + row, scale)
+        tl.store(scale_ptr + rows, scale, mask=mask_r)
+    inv_scale = tl.math.div_rn(tl.full([ROWS], 1.0, tl.float32), scale)
     if SINGLE:
-        tl.store(q_row + offs, _quantize_block(x, scale, FMAX, IS_INT8), mask=mask)
+        tl.store(q_rows + offs, _quantize_block(x, scale[:, None], inv_scale[:, None], FMAX, IS_INT8, EXACT_EMULATION), mask=mask)
         if STATIC:
-            n_sat = tl.sum((tl.abs(x) > limit).to(tl.int32), axis=0)
+            n_sat = tl.sum((tl.abs(x) > limit[:, None]).to(tl.int32), axis=1)
     else:
-        sat = tl.zeros([BLOCK_K], dtype=tl.int32)
+        sat = tl.zeros([ROWS, BLOCK_K], dtype=tl.int32)
         for k0 in range(0, K, BLOCK_K):
-            mask = k0 + offs < K
-            xk = tl.load(x_row + k0 + offs, mask=mask, other=0.0).to(tl.float32)
-            tl.store(q_row + k0 + offs, _quantize_block(xk, scale, FMAX, IS_INT8), mask=mask)
+            mask = mask_r[:, None] & (k0 + offs < K)
+            xk = tl.load(x_rows + k0 + offs, mask=mask, other=0.0).to(tl.float32)
+            tl.store(q_rows + k0 + offs, _quantize_block(xk, scale[:, None], inv_scale[:, None], FMAX, IS_INT8, EXACT_EMULATION), mask=mask)
             if STATIC:
-                sat += (tl.abs(xk) > limit).to(tl.int32)
+                sat += (tl.abs(xk) > limit[:, None]).to(tl.int32)
         if STATIC:
-            n_sat = tl.sum(sat, axis=0)
+            n_sat = tl.sum(sat, axis=1)
     if STATIC:
-        tl.store(nsat_ptr + row, n_sat)
+        tl.store(nsat_ptr + rows, n_sat, mask=mask_r)
     else:
         # A dynamic scale covers its token's amax: nothing saturates (see the reference). The
         # kernel writes the 0 itself, which saves a separate fill launch per call.
-        if row == 0:
+        if tl.program_id(0) == 0:
             tl.store(nsat_ptr, 0)
 
 
-def _num_warps(block_k: int) -> int:
-    # One warp per 512 elements of the row block (16 per thread), between 1 and 16.
-    return min(16, max(1, block_k // 512))
+def _num_warps(elems: int) -> int:
+    # One warp per 512 elements of the program's block (16 per thread), between 1 and 16.
+    return min(16, max(1, elems // 512))
 
 
-def act_quant_triton(x: torch.Tensor, fmt: str, scale: torch.Tensor | None = None, *, num_warps: int | None = None):
-    """Launches :func:`_act_quant_kernel`; same contract as :func:`act_quant` (``num_warps``
-    overrides the heuristic, for bench/kernels.py)."""
+def act_quant_triton(x: torch.Tensor, fmt: str, scale: torch.Tensor | None = None, *,
+                     num_warps: int | None = None, rows: int | None = None):
+    """Launches :func:`_act_quant_kernel`; same contract as :func:`act_quant` (``num_warps`` and
+    ``rows``, tokens per program, override the heuristics, for bench/kernels.py)."""
     _check(x, fmt, scale)
     m, k = x.shape
     if m == 0 or k == 0:
@@ -166,10 +181,14 @@ def act_quant_triton(x: torch.Tensor, fmt: str, scale: torch.Tensor | None = Non
         row_sat = torch.empty((), dtype=torch.int64, device=x.device)  # the kernel writes 0
     single = k <= MAX_SINGLE_BLOCK
     block_k = triton.next_power_of_2(k) if single else LOOP_BLOCK_K
-    _act_quant_kernel[(m,)](
-        x, q, scale, amax, row_sat, k, x.stride(0), q.stride(0),
-        FMAX=FMAX[fmt], IS_INT8=fmt == "int8", STATIC=static, BLOCK_K=block_k, SINGLE=single,
-        num_warps=num_warps or _num_warps(block_k),
+    # One token per program by default: on the H100, 2, 4 and 8 rows per program were each
+    # slower at every M measured (bench/results/kernels-h100.json, fp8_dynamic_us_by_rows_per_program).
+    rows = triton.next_power_of_2(rows or 1)
+    _act_quant_kernel[(triton.cdiv(m, rows),)](
+        x, q, scale, amax, row_sat, m, k, x.stride(0), q.stride(0),
+        FMAX=FMAX[fmt], IS_INT8=fmt == "int8", STATIC=static, BLOCK_K=block_k, SINGLE=single, ROWS=rows,
+        EXACT_EMULATION=interpreting(),
+        num_warps=num_warps or _num_warps(rows * block_k),
     )
     n_saturated = row_sat.sum(dtype=torch.int64) if static else row_sat
     return q, scale, amax, n_saturated

@@ -1,16 +1,15 @@
 """W4A16 GEMM: packed int4 weights with group-wise scales and zeros, 16-bit activations.
 
-Decode (M <= 32) is bound by reading the packed weights, N*K/2 bytes: the kernel splits K
-across programs so every SM streams weights, accumulating fp32 partial sums with atomics.
-Prefill dequantizes each weight tile in registers and feeds tensor cores; from
-``DEQUANT_MIN_M`` tokens up, dequantizing once to x.dtype and calling cuBLAS is faster.
+Decode is bound by reading the packed weights, N*K/2 bytes. A few tokens take a CUDA-core GEMV
+(one launch, no split-K); up to ``TC_MAX_M`` tokens a tensor-core kernel with the weights on
+the MMA's wide side; prefill dequantizes once to x.dtype and calls cuBLAS.
 """
 import torch
 import triton
 import triton.language as tl
 
 from kernels import _launch
-from kernels._launch import check_2d, check_dtype, check_shape, interpreting, m_bucket, use_triton
+from kernels._launch import check_2d, check_dtype, check_shape, interpreting, use_triton
 from kernels.packing import pack_int4, unpack_int4
 
 X_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
@@ -105,154 +104,283 @@ def _zero_out(nargs):
     nargs["out_ptr"].zero_()
 
 
-def _config(bm, bn, bk, split_k, warps, stages):
-    # Split-K programs add fp32 partial sums with atomics into an output zeroed first.
-    return triton.Config(
-        {"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "SPLIT_K": split_k},
-        num_warps=warps, num_stages=stages, pre_hook=_zero_out if split_k > 1 else None,
-    )
+# Paths by token count. One token takes a CUDA-core GEMV: it streams the packed bytes row by
+# row, accumulates products elementwise and reduces once at the end, in one launch that writes the
+# output (no split-K buffer to zero, no cast). Up to TC_MAX_M tokens the tensor-core kernel swaps
+# the operands (weights are the MMA's wide side, tokens its narrow side). From DEQUANT_MIN_M up,
+# dequantizing once and calling cuBLAS is faster. Thresholds from bench/results/kernels-h100.md.
+GEMV_MAX_M = 1
+TC_MAX_M = 128
+DEQUANT_MIN_M = TC_MAX_M + 1
+PATHS = ("auto", "gemv", "tc", "dequant")
 
 
-# Decode (M <= DECODE_MAX_M): one M tile of the bucket's height, narrow N and split K, so even
-# N = 4096 gives several programs per SM streaming weights. Prefill: wide tiles, no split.
-DECODE_MAX_M = 64
-_CONFIGS_DECODE = [
-    _config(16, 64, 128, 4, 4, 4),
-    _config(16, 128, 128, 4, 4, 4),
-    _config(16, 64, 128, 8, 4, 4),
-    _config(16, 32, 128, 4, 4, 4),
-    _config(16, 64, 128, 2, 4, 4),
-    _config(16, 128, 128, 8, 4, 3),
-    _config(16, 32, 128, 8, 4, 4),
-    _config(16, 64, 128, 16, 4, 4),
+def _gemv_config(bn, groups_per_step, warps, stages, magic=True):
+    return triton.Config({"BLOCK_N": bn, "GROUPS_PER_STEP": groups_per_step, "MAGIC": magic},
+                         num_warps=warps, num_stages=stages)
+
+
+_CONFIGS_GEMV = [
+    _gemv_config(32, 2, 8, 2),
+    _gemv_config(32, 2, 8, 2, magic=False),
+    _gemv_config(16, 2, 4, 2),
+    _gemv_config(8, 4, 2, 2),
+    _gemv_config(8, 4, 2, 2, magic=False),
+    _gemv_config(16, 4, 4, 1),
+    _gemv_config(32, 1, 4, 2),
+    _gemv_config(32, 4, 8, 1),
+    _gemv_config(64, 2, 8, 2),
+    _gemv_config(16, 2, 2, 3),
 ]
-_CONFIGS_PREFILL = [
-    _config(64, 128, 128, 1, 4, 4),
-    _config(128, 128, 128, 1, 8, 3),
-    _config(128, 64, 128, 1, 4, 4),
-    _config(64, 64, 128, 1, 4, 4),
-]
-# One config per bucket under the CPU interpreter (the decode one exercises split-K).
-_CONFIGS_INTERPRET = [_config(16, 32, 64, 2, 4, 1), _config(32, 32, 64, 1, 4, 1)]
+_CONFIGS_GEMV_INTERPRET = [_gemv_config(16, 2, 1, 1), _gemv_config(16, 2, 1, 1, magic=False)]
 
 
-def _prune(configs, named_args, **kwargs):
-    bucket, group = named_args["M_BUCKET"], kwargs.get("GROUP", named_args.get("GROUP"))
-    decode = bucket <= DECODE_MAX_M
+def _prune_first(configs, named_args, **kwargs):
     if interpreting():
-        chosen = [configs[0] if bucket <= 16 else configs[1]]
-    else:
-        pool = _CONFIGS_DECODE if decode else _CONFIGS_PREFILL
-        chosen = [c for c in configs if c in pool][: 1 if _launch.ONE_CONFIG else None]
-    # A K step never straddles two groups: one scale and zero per column per step.
-    block_k = group & -group
-    pruned = []
-    for c in chosen:
-        kw = dict(c.kwargs)
-        kw["BLOCK_K"] = kw["BLOCK_K"] if group % kw["BLOCK_K"] == 0 else min(block_k, kw["BLOCK_K"])
-        if decode and not interpreting():
-            # One tile covers all rows: a second M tile would stream the weights twice.
-            kw["BLOCK_M"] = max(16, min(bucket, DECODE_MAX_M))
-        pruned.append(triton.Config(kw, num_warps=c.num_warps, num_stages=c.num_stages, pre_hook=c.pre_hook))
-    return pruned
+        # One config per call; the tests pick the conversion variant through MAGIC_FOR_TESTS.
+        return [c for c in configs if c.kwargs["MAGIC"] == MAGIC_FOR_TESTS][:1]
+    return configs[: 1 if _launch.ONE_CONFIG else None]
+
+
+# Which int4 -> float conversion the CPU interpreter runs (tests flip it to cover both).
+MAGIC_FOR_TESTS = True
+# An fp32 whose exponent field is 2**23 holds an integer 0..2**23 - 1 in its mantissa bits:
+# OR-ing a 4-bit code into 0x4B000000 and subtracting 2**23 turns it into a float with two
+# full-rate ALU ops, where int -> float conversion instructions run at 1/8 of the FMA rate on
+# sm_80/sm_90 and made the dequantizing loops conversion-bound.
+MAGIC_BITS = tl.constexpr(0x4B000000)
+MAGIC_VALUE = tl.constexpr(8388608.0)
+
+
+@triton.jit
+def _codes_to_f32(c, MAGIC: tl.constexpr):
+    """4-bit codes (any integer type, values 0..15) to fp32."""
+    if MAGIC:
+        return (c.to(tl.int32) | MAGIC_BITS).to(tl.float32, bitcast=True) - MAGIC_VALUE
+    return c.to(tl.float32)
+
+
+@triton.jit
+def _to_f32(x, X_BF16: tl.constexpr):
+    """Activations to fp32; bf16 by moving its bits up (a bf16 is the top half of an fp32)."""
+    if X_BF16:
+        return (x.to(tl.uint16, bitcast=True).to(tl.uint32) << 16).to(tl.float32, bitcast=True)
+    return x.to(tl.float32)
 
 
 @triton.autotune(
-    configs=_CONFIGS_INTERPRET if interpreting() else _CONFIGS_DECODE + _CONFIGS_PREFILL,
-    key=["M_BUCKET", "N", "K", "GROUP"],
-    prune_configs_by={"early_config_prune": _prune},
+    configs=_CONFIGS_GEMV_INTERPRET if interpreting() else _CONFIGS_GEMV,
+    key=["N", "K", "GROUP"],
+    prune_configs_by={"early_config_prune": _prune_first},
 )
 @triton.jit
-def _w4a16_kernel(
+def _w4a16_gemv_kernel(
     x_ptr, p_ptr, s_ptr, z_ptr, bias_ptr, out_ptr,
-    M, N, K, M_BUCKET,
-    stride_xm, stride_pn, stride_sn, stride_om,
-    GROUP: tl.constexpr, HAS_BIAS: tl.constexpr, X_FP32: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr,
+    N, K, stride_pn, stride_sn,
+    GROUP: tl.constexpr, HAS_BIAS: tl.constexpr, X_BF16: tl.constexpr,
+    BLOCK_N: tl.constexpr, GROUPS_PER_STEP: tl.constexpr, MAGIC: tl.constexpr,
 ):
-    pid_mn = tl.program_id(0)
-    pid_k = tl.program_id(1)
-    num_pid_n = tl.cdiv(N, BLOCK_N)
-    pid_m = pid_mn // num_pid_n
-    pid_n = pid_mn % num_pid_n
-    HALF_K: tl.constexpr = BLOCK_K // 2
-
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    # One token; one program owns BLOCK_N output rows over the whole of K. A row's packed bytes
+    # are contiguous, so the [BLOCK_N, GROUP / 2] tile is BLOCK_N runs of 64 bytes (group 128) in
+    # 16-byte loads. The nibbles are interleaved back into k order in registers, so x is read
+    # contiguously too. Products accumulate elementwise across steps and are reduced once at the
+    # end: no cross-thread reduction inside the loop.
+    pid_n = tl.program_id(0)
+    HALF: tl.constexpr = GROUP // 2
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    offs_j = tl.arange(0, HALF_K)
-    offs_k = tl.arange(0, BLOCK_K)
-    rows_x = tl.where(offs_m < M, offs_m, 0).to(tl.int64)
     rows_w = tl.where(offs_n < N, offs_n, 0).to(tl.int64)
+    offs_j = tl.arange(0, HALF)
+    offs_k = tl.arange(0, GROUP)
+    n_groups = K // GROUP
+    p_rows = p_ptr + rows_w[:, None] * stride_pn + offs_j[None, :]
+
+    acc = tl.zeros((BLOCK_N, GROUP), dtype=tl.float32)
+    for g0 in range(0, n_groups, GROUPS_PER_STEP):
+        for gg in tl.static_range(GROUPS_PER_STEP):
+            g = g0 + gg
+            # Past the last group (when GROUPS_PER_STEP does not divide the count) every load is
+            # masked off and the step adds zero.
+            valid_j = g * HALF + offs_j < n_groups * HALF
+            valid_n = offs_n * 0 + g < n_groups
+            p = tl.load(p_rows + g * HALF, mask=valid_j[None, :], other=0, eviction_policy="evict_first")
+            s = tl.load(s_ptr + rows_w * stride_sn + g, mask=valid_n, other=0.0).to(tl.float32)
+            zs = tl.load(z_ptr + rows_w * stride_sn + g, mask=valid_n, other=0.0).to(tl.float32) * s
+            x = tl.load(x_ptr + g * GROUP + offs_k, mask=g * GROUP + offs_k < n_groups * GROUP, other=0.0)
+            q = tl.interleave(_codes_to_f32(p & 0xF, MAGIC), _codes_to_f32(p >> 4, MAGIC))
+            acc += (q * s[:, None] - zs[:, None]) * _to_f32(x, X_BF16)[None, :]
+
+    out = tl.sum(acc, axis=1)
     mask_n = offs_n < N
+    if HAS_BIAS:
+        out += tl.load(bias_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)
+    tl.store(out_ptr + offs_n, out.to(out_ptr.dtype.element_ty), mask=mask_n)
 
-    # This program's K range: whole BLOCK_K steps, so no step crosses a group boundary.
-    steps = tl.cdiv(K, BLOCK_K)
-    steps_per_split = tl.cdiv(steps, SPLIT_K)
-    k_begin = pid_k * steps_per_split * BLOCK_K
-    k_end = tl.minimum(k_begin + steps_per_split * BLOCK_K, K)
 
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for k0 in range(k_begin, k_end, BLOCK_K):
-        # Packed byte j of the step holds k = k0 + 2j (low nibble) and k0 + 2j + 1 (high),
-        # so the product splits into even-k and odd-k halves: no nibble interleave needed.
-        p = tl.load(p_ptr + rows_w[None, :] * stride_pn + (k0 // 2 + offs_j)[:, None])
-        g = k0 // GROUP
-        s = tl.load(s_ptr + rows_w * stride_sn + g).to(tl.float32)
-        zs = tl.load(z_ptr + rows_w * stride_sn + g).to(tl.float32) * s
-        w_even = ((p & 0xF).to(tl.float32) * s[None, :] - zs[None, :]).to(x_ptr.dtype.element_ty)
-        w_odd = ((p >> 4).to(tl.float32) * s[None, :] - zs[None, :]).to(x_ptr.dtype.element_ty)
-        # x is read contiguously (16-byte loads the pipeliner can prefetch) and split in registers.
-        x = tl.load(x_ptr + rows_x[:, None] * stride_xm + k0 + offs_k[None, :])
-        x_even, x_odd = tl.split(tl.reshape(x, [BLOCK_M, HALF_K, 2]))
-        if X_FP32:
-            # fp32 activations get full-precision products, not Triton's default tf32.
-            acc = tl.dot(x_even, w_even, acc, input_precision="ieee")
-            acc = tl.dot(x_odd, w_odd, acc, input_precision="ieee")
-        else:
-            acc = tl.dot(x_even, w_even, acc)
-            acc = tl.dot(x_odd, w_odd, acc)
+def _tc_config(bn, split_k, warps, stages, interleave=True, groups_per_step=1, magic=True):
+    # Split-K programs add fp32 partial sums with atomics into an output zeroed first.
+    return triton.Config({"BLOCK_N": bn, "SPLIT_K": split_k, "INTERLEAVE": interleave,
+                          "GROUPS_PER_STEP": groups_per_step, "MAGIC": magic}, num_warps=warps,
+                         num_stages=stages, pre_hook=_zero_out if split_k > 1 else None)
 
+
+_CONFIGS_TC = [
+    _tc_config(64, 4, 4, 3),
+    _tc_config(64, 4, 4, 3, magic=False),
+    _tc_config(64, 4, 4, 3, interleave=False),
+    _tc_config(64, 8, 4, 3),
+    _tc_config(64, 4, 4, 2, groups_per_step=2),
+    _tc_config(64, 2, 4, 3),
+    _tc_config(64, 1, 4, 4),
+    _tc_config(128, 4, 8, 3),
+    _tc_config(128, 2, 8, 3),
+    _tc_config(128, 1, 8, 3),
+    _tc_config(32, 4, 4, 3),
+    _tc_config(32, 8, 2, 3),
+]
+_CONFIGS_TC_INTERPRET = [_tc_config(32, 2, 4, 1, groups_per_step=2),
+                         _tc_config(32, 2, 4, 1, interleave=False, groups_per_step=2, magic=False)]
+
+
+def _prune_tc(configs, named_args, **kwargs):
+    if interpreting():
+        # One config per call; the tests pick the layout variant through INTERLEAVE_FOR_TESTS.
+        return [c for c in configs if c.kwargs["INTERLEAVE"] == INTERLEAVE_FOR_TESTS][:1]
+    return configs[: 1 if _launch.ONE_CONFIG else None]
+
+
+# Which tensor-core variant the CPU interpreter runs (tests flip it to cover both).
+INTERLEAVE_FOR_TESTS = True
+
+
+@triton.autotune(
+    configs=_CONFIGS_TC_INTERPRET if interpreting() else _CONFIGS_TC,
+    key=["BLOCK_M", "N", "K", "GROUP"],
+    prune_configs_by={"early_config_prune": _prune_tc},
+)
+@triton.jit
+def _w4a16_tc_kernel(
+    x_ptr, p_ptr, s_ptr, z_ptr, bias_ptr, out_ptr,
+    M, N, K,
+    stride_xm, stride_pn, stride_sn, stride_om,
+    GROUP: tl.constexpr, HAS_BIAS: tl.constexpr, X_FP32: tl.constexpr, BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr, SPLIT_K: tl.constexpr, INTERLEAVE: tl.constexpr, GROUPS_PER_STEP: tl.constexpr,
+    MAGIC: tl.constexpr,
+):
+    # out^T [N, M] = W [N, K] x^T [K, M]: the weight tile is the MMA's left operand, read K-major
+    # as it is stored, and all BLOCK_M tokens (16..128) are the right operand, so the weights are
+    # streamed once. One K step is one group (one scale and zero per row). x is always read
+    # contiguously along K. INTERLEAVE puts the nibbles back in k order for one MMA over the
+    # group; otherwise even and odd k are two MMAs against x split in registers.
+    pid_n = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    HALF: tl.constexpr = GROUP // 2
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    rows_w = tl.where(offs_n < N, offs_n, 0).to(tl.int64)
+    offs_m = tl.arange(0, BLOCK_M)
     mask_m = offs_m < M
+    rows_x = tl.where(mask_m, offs_m, 0).to(tl.int64)
+    offs_j = tl.arange(0, HALF)
+    offs_k = tl.arange(0, GROUP)
+    n_groups = K // GROUP
+    per_split = tl.cdiv(n_groups, SPLIT_K)
+    g_begin = pid_k * per_split
+    g_end = tl.minimum(g_begin + per_split, n_groups)
+    p_rows = p_ptr + rows_w[:, None] * stride_pn + offs_j[None, :]
+    w_dtype = x_ptr.dtype.element_ty
+
+    acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
+    for g0 in range(g_begin, g_end, GROUPS_PER_STEP):
+        # GROUPS_PER_STEP groups' loads are issued together, so more bytes are in flight per SM.
+        for gg in tl.static_range(GROUPS_PER_STEP):
+            # A group past this split's end clamps to its last one with a zero scale and zero:
+            # loads stay in bounds and the step adds nothing.
+            g = tl.minimum(g0 + gg, g_end - 1)
+            live = (g0 + gg < g_end).to(tl.float32)
+            p = tl.load(p_rows + g * HALF)
+            s = tl.load(s_ptr + rows_w * stride_sn + g).to(tl.float32)[:, None] * live
+            zs = tl.load(z_ptr + rows_w * stride_sn + g).to(tl.float32)[:, None] * s
+            if INTERLEAVE:
+                q = tl.interleave(_codes_to_f32(p & 0xF, MAGIC), _codes_to_f32(p >> 4, MAGIC))
+                w = (q * s - zs).to(w_dtype)
+                x_t = tl.load(x_ptr + rows_x[None, :] * stride_xm + g * GROUP + offs_k[:, None])
+                if X_FP32:
+                    # fp32 activations get full-precision products, not Triton's default tf32.
+                    acc = tl.dot(w, x_t, acc, input_precision="ieee")
+                else:
+                    acc = tl.dot(w, x_t, acc)
+            else:
+                w_even = (_codes_to_f32(p & 0xF, MAGIC) * s - zs).to(w_dtype)
+                w_odd = (_codes_to_f32(p >> 4, MAGIC) * s - zs).to(w_dtype)
+                x = tl.load(x_ptr + rows_x[:, None] * stride_xm + g * GROUP + offs_k[None, :])
+                x_even, x_odd = tl.split(tl.reshape(x, [BLOCK_M, HALF, 2]))
+                if X_FP32:
+                    acc = tl.dot(w_even, tl.trans(x_even), acc, input_precision="ieee")
+                    acc = tl.dot(w_odd, tl.trans(x_odd), acc, input_precision="ieee")
+                else:
+                    acc = tl.dot(w_even, tl.trans(x_even), acc)
+                    acc = tl.dot(w_odd, tl.trans(x_odd), acc)
+
+    mask_n = offs_n < N
     if HAS_BIAS:
         if pid_k == 0:
-            acc += tl.load(bias_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
-    out_ptrs = out_ptr + offs_m.to(tl.int64)[:, None] * stride_om + offs_n[None, :]
-    mask = mask_m[:, None] & mask_n[None, :]
+            acc += tl.load(bias_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[:, None]
+    out_ptrs = out_ptr + offs_m.to(tl.int64)[None, :] * stride_om + offs_n[:, None]
+    mask = mask_n[:, None] & mask_m[None, :]
     if SPLIT_K == 1:
         tl.store(out_ptrs, acc.to(out_ptr.dtype.element_ty), mask=mask)
     else:
         tl.atomic_add(out_ptrs, acc, mask=mask)
 
 
-def gemm_w4a16_triton(x, packed, scales, zeros, group_size: int, bias=None):
-    """Launches :func:`_w4a16_kernel` (or dequant + cuBLAS for M >= DEQUANT_MIN_M on CUDA)."""
+def _w4a16_path(m: int, group_size: int) -> str:
+    # The fused kernels step one group at a time with tl.arange over GROUP / 2 bytes: a power of
+    # two of at least 16 bytes. Other groups dequantize first.
+    if group_size & (group_size - 1) or group_size < 32:
+        return "dequant"
+    if m <= GEMV_MAX_M:
+        return "gemv"
+    return "tc" if m <= TC_MAX_M else "dequant"
+
+
+def gemm_w4a16_triton(x, packed, scales, zeros, group_size: int, bias=None, *, path: str = "auto"):
+    """Launches the W4A16 path for ``x``'s token count (``path`` forces one, for bench/kernels.py)."""
     _check_w4a16(x, packed, scales, zeros, group_size, bias)
+    if path not in PATHS:
+        raise ValueError(f"path must be one of {PATHS}, got {path!r}")
     m, k = x.shape
     n = packed.shape[0]
     if m == 0 or n == 0:
         return x.new_empty(m, n)
-    # Groups whose K step would be under 32 (16 packed bytes) are too small for a tensor-core
-    # step; they take the dequantize path too.
-    small_group = group_size & -group_size < 32
-    if small_group or (x.is_cuda and m >= DEQUANT_MIN_M):
+    if path == "auto":
+        path = _w4a16_path(m, group_size)
+    elif path != "dequant" and _w4a16_path(1, group_size) == "dequant":
+        raise ValueError(f"path={path!r} needs a power-of-two group_size >= 32, got {group_size}")
+    if path == "gemv" and m != 1:
+        raise ValueError(f"path='gemv' serves one token, got M={m}")
+    if path == "tc" and m > 256:
+        raise ValueError(f"path='tc' serves at most 256 tokens, got M={m}")
+    if path == "dequant":
         w = dequantize_w4_triton(packed, scales, zeros, group_size, x.dtype)
         return torch.nn.functional.linear(x, w, bias.to(x.dtype) if bias is not None else None)
     x = x.contiguous()
     packed = packed.contiguous()
     scales = scales.contiguous()
     zeros = zeros.contiguous()
-    bucket = m_bucket(m)
-    # Decode accumulates split-K partial sums in fp32; prefill stores x.dtype directly.
-    out = torch.empty(m, n, dtype=torch.float32 if bucket <= DECODE_MAX_M else x.dtype, device=x.device)
-
-    def grid(meta):
-        return (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n, meta["BLOCK_N"]), meta["SPLIT_K"])
-
-    _w4a16_kernel[grid](
-        x, packed, scales, zeros, bias if bias is not None else scales, out,
-        m, n, k, bucket,
-        x.stride(0), packed.stride(0), scales.stride(0), out.stride(0),
+    args = (m, n, k, x.stride(0), packed.stride(0), scales.stride(0))
+    if path == "gemv":
+        out = torch.empty(m, n, dtype=x.dtype, device=x.device)
+        _w4a16_gemv_kernel[lambda meta: (triton.cdiv(n, meta["BLOCK_N"]),)](
+            x, packed, scales, zeros, bias if bias is not None else scales, out, n, k,
+            packed.stride(0), scales.stride(0), GROUP=group_size, HAS_BIAS=bias is not None,
+            X_BF16=x.dtype == torch.bfloat16,
+        )
+        return out
+    # Split-K candidates accumulate in fp32; the cast afterwards is one small launch.
+    out = torch.empty(m, n, dtype=torch.float32, device=x.device)
+    _w4a16_tc_kernel[lambda meta: (triton.cdiv(n, meta["BLOCK_N"]), meta["SPLIT_K"])](
+        x, packed, scales, zeros, bias if bias is not None else scales, out, *args, out.stride(0),
         GROUP=group_size, HAS_BIAS=bias is not None, X_FP32=x.dtype == torch.float32,
+        BLOCK_M=max(16, triton.next_power_of_2(m)),
     )
     return out.to(x.dtype)
 

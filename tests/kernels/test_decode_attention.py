@@ -145,7 +145,9 @@ def test_fp8_cache_error_against_unquantized(device):
 
 def test_sm_scale_and_noncontiguous_q(device):
     b, hq, hkv, s, d = 2, 4, 1, 96, D_CPU
-    k, v = with_outliers((b, hkv, s, d), device).half(), with_outliers((b, hkv, s, d), device).half()
+    # Gaussian keys: with 100x outliers the softmax is one-hot at any scale and the last check
+    # below could not tell the scales apart.
+    k, v = with_outliers((b, hkv, s, d), device, outliers=False).half(), with_outliers((b, hkv, s, d), device).half()
     seq_lens = torch.tensor([96, 50], dtype=torch.int32, device=device)
     q = torch.randn(b, d, hq, device=device).transpose(1, 2)  # [B, Hq, D], D not contiguous
     out = decode_attention(q, k, v, seq_lens, sm_scale=0.3, backend="triton")

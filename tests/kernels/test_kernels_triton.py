@@ -7,6 +7,8 @@ import pytest
 import torch
 
 import kernels.act_quant as act_quant_mod
+import kernels.gemm_w4a16 as gemm_w4a16_mod
+import kernels._w8a8 as w8a8_mod
 from kernels.act_quant import act_quant, act_quant_reference
 from kernels.gemm_fp8 import gemm_fp8, gemm_fp8_reference
 from kernels.gemm_int8 import gemm_int8, gemm_int8_reference
@@ -24,7 +26,7 @@ ACT_SHAPES = [(1, 64), (7, 130), (33, 257)]
 GEMM_SHAPES = [(1, 33, 64), (7, 96, 130), (16, 70, 256), (33, 130, 96)]
 W4_SHAPES = [(1, 33, 128, 64), (7, 96, 256, 128), (40, 70, 256, 128), (3, 20, 96, 32)]
 # Larger shapes that only the GPU runs (the interpreter keeps every dim <= 256).
-GPU_GEMM_SHAPES = [(1, 4096, 4096), (16, 1000, 2048), (300, 2048, 1032)]
+GPU_GEMM_SHAPES = [(1, 4096, 4096), (3, 4096, 4104), (16, 1000, 2048), (100, 1000, 2048), (300, 2048, 1032)]
 
 
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -101,6 +103,22 @@ def test_act_quant_long_rows_and_subnormals(device, monkeypatch):
     assert torch.equal(got.float(), act_quant_reference(tiny, "fp8_e4m3", torch.tensor(1.0))[0].float().to(device))
 
 
+@pytest.mark.parametrize("loop", [False, True])
+def test_act_quant_several_rows_per_program(device, monkeypatch, loop):
+    # Large M packs rows into one program; 13 rows in blocks of 4 leave a ragged last block.
+    if loop:
+        monkeypatch.setattr(act_quant_mod, "MAX_SINGLE_BLOCK", 64)
+        monkeypatch.setattr(act_quant_mod, "LOOP_BLOCK_K", 32)
+    x = with_outliers(13, 100, device, torch.float16)
+    for fmt, scale in [("fp8_e4m3", None), ("int8", None), ("int8", torch.tensor(0.03, device=device))]:
+        got = act_quant_mod.act_quant_triton(x, fmt, scale, rows=4)
+        ref = act_quant_reference(x, fmt, scale)
+        assert torch.equal(got[0].float(), ref[0].float())
+        assert torch.equal(got[1], ref[1]) and torch.equal(got[2], ref[2]) and int(got[3]) == int(ref[3])
+        if scale is not None:
+            assert int(got[3]) > 0
+
+
 # --- W8A8 GEMMs ---------------------------------------------------------------------------
 
 GEMMS = {
@@ -140,6 +158,30 @@ def test_w8a8_gemm_matches_reference(device, m, n, k, fmt):
         assert rel_err(out, exact) < (0.08 if fmt == "fp8_e4m3" else 0.05)
 
 
+@pytest.mark.parametrize("m, path", [(1, "gemv"), (6, "gemv"), (3, "swap"), (40, "swap"), (1, "tiled"), (140, "tiled")])
+@pytest.mark.parametrize("fmt", ["fp8_e4m3", "int8"])
+def test_w8a8_every_path_matches_reference(device, m, path, fmt):
+    # The dispatcher picks a path by M; each one is forced here, with K not a multiple of any block.
+    n, k = 70, 130
+    _, reference = GEMMS[fmt]
+    x, w, xq, xs, wq, ws = _w8a8_inputs(m, n, k, fmt, device)
+    bias = torch.randn(n, device=device)
+    qdtype = torch.float8_e4m3fn if fmt == "fp8_e4m3" else torch.int8
+    out = w8a8_mod.w8a8_gemm_triton(xq, xs, wq, ws, bias, torch.float16, qdtype, path=path)
+    ref = reference(xq.cpu(), xs.cpu(), wq.cpu(), ws.cpu(), bias.cpu(), torch.float32)
+    assert out.dtype == torch.float16 and out.shape == (m, n)
+    assert rel_err(out, ref) < _w8a8_bound(fmt, torch.float16, device)
+
+
+def test_w8a8_path_errors():
+    xq, xs, _, _ = act_quant_reference(torch.randn(9, 32), "int8")
+    wq, ws, _, _ = act_quant_reference(torch.randn(8, 32), "int8")
+    with pytest.raises(ValueError, match="path must be one of"):
+        w8a8_mod.w8a8_gemm_triton(xq, xs, wq, ws, None, torch.float16, torch.int8, path="fast")
+    with pytest.raises(ValueError, match="at most 8 tokens"):
+        w8a8_mod.w8a8_gemm_triton(xq, xs, wq, ws, None, torch.float16, torch.int8, path="gemv")
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("m, n, k", GPU_GEMM_SHAPES)
 @pytest.mark.parametrize("fmt", ["fp8_e4m3", "int8"])
@@ -171,6 +213,38 @@ def test_w4a16_gemm_matches_reference(device, m, n, k, group, symmetric):
         assert rel_err(out, ref) < bound
 
 
+@pytest.mark.parametrize("m, path, variant", [
+    (1, "gemv", True), (1, "gemv", False), (1, "tc", True), (20, "tc", True), (20, "tc", False),
+    (130, "tc", False), (3, "dequant", True)])
+def test_w4a16_every_path_matches_reference(device, monkeypatch, m, path, variant):
+    # The dispatcher picks a path by M; each one is forced here at sizes it may not get by default,
+    # with each variant the GPU autotuner picks between: the GEMV's two int4 -> float conversions
+    # and the tensor-core kernel's two layouts (each with one conversion).
+    monkeypatch.setattr(gemm_w4a16_mod, "INTERLEAVE_FOR_TESTS", variant)
+    monkeypatch.setattr(gemm_w4a16_mod, "MAGIC_FOR_TESTS", variant)
+    n, k, group = 72, 256, 64
+    w = torch.randn(n, k, device=device)
+    packed, scales, zeros = quantize_w4_reference(w, group, False)
+    x = with_outliers(m, k, device, torch.float16)
+    bias = torch.randn(n, device=device)
+    out = gemm_w4a16_mod.gemm_w4a16_triton(x, packed, scales, zeros, group, bias, path=path)
+    ref = gemm_w4a16_reference(x.float(), packed, scales, zeros, group, bias)
+    assert out.dtype == torch.float16 and out.shape == (m, n)
+    assert rel_err(out, ref) < 2e-3
+
+
+def test_w4a16_path_errors():
+    x = torch.randn(9, 64)
+    packed, scales, zeros = quantize_w4_reference(torch.randn(8, 64), 32, True)
+    with pytest.raises(ValueError, match="path must be one of"):
+        gemm_w4a16_mod.gemm_w4a16_triton(x, packed, scales, zeros, 32, path="fast")
+    with pytest.raises(ValueError, match="serves one token"):
+        gemm_w4a16_mod.gemm_w4a16_triton(x, packed, scales, zeros, 32, path="gemv")
+    packed, scales, zeros = quantize_w4_reference(torch.randn(8, 48), 24, True)
+    with pytest.raises(ValueError, match="power-of-two group_size"):
+        gemm_w4a16_mod.gemm_w4a16_triton(torch.randn(1, 48), packed, scales, zeros, 24, path="gemv")
+
+
 @pytest.mark.parametrize("group", [128, 16])
 def test_w4_dequantize_kernel(device, group):
     w = torch.randn(24, 256, device=device)
@@ -180,9 +254,9 @@ def test_w4_dequantize_kernel(device, group):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("m", [1, 16, 64, 1024])
+@pytest.mark.parametrize("m", [1, 3, 16, 64, 128, 1024])
 def test_w4a16_gemm_large_gpu(m):
-    # Covers the split-K decode configs, the prefill configs and the dequant + cuBLAS path.
+    # Covers the GEMV, the tensor-core kernel (split-K and not) and the dequant + cuBLAS path.
     w = torch.randn(4096, 4096, device="cuda")
     packed, scales, zeros = quantize_w4_reference(w.bfloat16(), 128, True)
     x = with_outliers(m, 4096, "cuda", torch.bfloat16)
