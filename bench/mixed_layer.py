@@ -140,13 +140,17 @@ def main() -> None:
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (1: time by thread CPU time)")
     ap.add_argument("--quick", action="store_true", help="the reference model's shapes only")
+    ap.add_argument("--shapes", nargs="+", default=None, help="N x K shapes to run instead, e.g. 4096x4096")
+    ap.add_argument("--tokens", nargs="+", type=int, default=TOKENS, help="token counts M")
     ap.add_argument("--out", default=None, help="JSON file for the results")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     shapes = SHAPES[:2] if args.quick else SHAPES
+    if args.shapes:
+        shapes = [tuple(int(v) for v in shape.lower().split("x")) for shape in args.shapes]
     start = time.time()
-    rows = run(args.device, shapes, TOKENS, WIDE_SHARES)
+    rows = run(args.device, shapes, args.tokens, WIDE_SHARES)
     env = {"device": torch.cuda.get_device_name() if args.device == "cuda" else platform.processor() or "cpu",
            "torch": torch.__version__, "threads": torch.get_num_threads(), "python": platform.python_version(),
            "seconds": round(time.time() - start, 1),

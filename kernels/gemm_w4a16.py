@@ -120,19 +120,23 @@ def _gemv_config(bn, groups_per_step, warps, stages, magic=True):
                          num_warps=warps, num_stages=stages)
 
 
+# Few rows per program, several groups per step: each row is read in runs of GROUPS_PER_STEP x 64
+# bytes. Measured on H100 with 8-32 rows x 64 bytes per step, every variant (elementwise or MMA,
+# either int4 -> float conversion) streamed the packed weights at ~1 TB/s: short runs spread over
+# many DRAM pages, not the arithmetic, were the limit.
 _CONFIGS_GEMV = [
-    _gemv_config(32, 2, 8, 2),
-    _gemv_config(32, 2, 8, 2, magic=False),
-    _gemv_config(16, 2, 4, 2),
-    _gemv_config(8, 4, 2, 2),
-    _gemv_config(8, 4, 2, 2, magic=False),
-    _gemv_config(16, 4, 4, 1),
-    _gemv_config(32, 1, 4, 2),
-    _gemv_config(32, 4, 8, 1),
-    _gemv_config(64, 2, 8, 2),
-    _gemv_config(16, 2, 2, 3),
+    _gemv_config(4, 4, 4, 2),
+    _gemv_config(4, 8, 4, 2),
+    _gemv_config(2, 8, 4, 2),
+    _gemv_config(8, 4, 4, 2),
+    _gemv_config(8, 8, 8, 2),
+    _gemv_config(4, 16, 8, 2),
+    _gemv_config(2, 16, 4, 1),
+    _gemv_config(1, 16, 4, 2),
+    _gemv_config(4, 8, 4, 3, magic=False),
+    _gemv_config(8, 2, 4, 3),
 ]
-_CONFIGS_GEMV_INTERPRET = [_gemv_config(16, 2, 1, 1), _gemv_config(16, 2, 1, 1, magic=False)]
+_CONFIGS_GEMV_INTERPRET = [_gemv_config(4, 2, 1, 1), _gemv_config(4, 2, 1, 1, magic=False)]
 
 
 def _prune_first(configs, named_args, **kwargs):
@@ -180,82 +184,72 @@ def _w4a16_gemv_kernel(
     GROUP: tl.constexpr, HAS_BIAS: tl.constexpr, X_BF16: tl.constexpr,
     BLOCK_N: tl.constexpr, GROUPS_PER_STEP: tl.constexpr, MAGIC: tl.constexpr,
 ):
-    # One token; one program owns BLOCK_N output rows over the whole of K. A row's packed bytes
-    # are contiguous, so the [BLOCK_N, GROUP / 2] tile is BLOCK_N runs of 64 bytes (group 128) in
-    # 16-byte loads. The nibbles are interleaved back into k order in registers, so x is read
-    # contiguously too. Products accumulate elementwise across steps and are reduced once at the
-    # end: no cross-thread reduction inside the loop.
+    # One token; one program owns BLOCK_N output rows over the whole of K. A step reads a
+    # [BLOCK_N, GROUPS_PER_STEP, GROUP / 2] byte tile: per row one contiguous run of
+    # GROUPS_PER_STEP groups. The nibbles are interleaved back into k order in registers, so x is
+    # read contiguously too; each group's scale broadcasts along the tile's last axis. Products
+    # accumulate elementwise across steps and are reduced once at the end.
     pid_n = tl.program_id(0)
     HALF: tl.constexpr = GROUP // 2
+    NG: tl.constexpr = GROUPS_PER_STEP
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     rows_w = tl.where(offs_n < N, offs_n, 0).to(tl.int64)
+    offs_g = tl.arange(0, NG)
     offs_j = tl.arange(0, HALF)
     offs_k = tl.arange(0, GROUP)
     n_groups = K // GROUP
-    p_rows = p_ptr + rows_w[:, None] * stride_pn + offs_j[None, :]
 
-    acc = tl.zeros((BLOCK_N, GROUP), dtype=tl.float32)
-    for g0 in range(0, n_groups, GROUPS_PER_STEP):
-        for gg in tl.static_range(GROUPS_PER_STEP):
-            g = g0 + gg
-            # Past the last group (when GROUPS_PER_STEP does not divide the count) every load is
-            # masked off and the step adds zero.
-            valid_j = g * HALF + offs_j < n_groups * HALF
-            valid_n = offs_n * 0 + g < n_groups
-            p = tl.load(p_rows + g * HALF, mask=valid_j[None, :], other=0, eviction_policy="evict_first")
-            s = tl.load(s_ptr + rows_w * stride_sn + g, mask=valid_n, other=0.0).to(tl.float32)
-            zs = tl.load(z_ptr + rows_w * stride_sn + g, mask=valid_n, other=0.0).to(tl.float32) * s
-            x = tl.load(x_ptr + g * GROUP + offs_k, mask=g * GROUP + offs_k < n_groups * GROUP, other=0.0)
-            q = tl.interleave(_codes_to_f32(p & 0xF, MAGIC), _codes_to_f32(p >> 4, MAGIC))
-            acc += (q * s[:, None] - zs[:, None]) * _to_f32(x, X_BF16)[None, :]
+    acc = tl.zeros((BLOCK_N, NG, GROUP), dtype=tl.float32)
+    for g0 in range(0, n_groups, NG):
+        # Groups past the last (when NG does not divide the count) load as zeros and add nothing.
+        g = g0 + offs_g
+        live = g < n_groups
+        g = tl.where(live, g, 0)
+        p_mask = live[None, :, None] & (offs_n[:, None, None] >= 0) & (offs_j[None, None, :] >= 0)
+        p = tl.load(p_ptr + rows_w[:, None, None] * stride_pn + g[None, :, None] * HALF + offs_j[None, None, :],
+                    mask=p_mask, other=0, eviction_policy="evict_first")
+        meta = rows_w[:, None] * stride_sn + g[None, :]
+        s = tl.load(s_ptr + meta).to(tl.float32) * live.to(tl.float32)[None, :]
+        zs = tl.load(z_ptr + meta).to(tl.float32) * s
+        x = tl.load(x_ptr + g[:, None] * GROUP + offs_k[None, :])
+        q = tl.interleave(_codes_to_f32(p & 0xF, MAGIC), _codes_to_f32(p >> 4, MAGIC))
+        acc += (q * s[:, :, None] - zs[:, :, None]) * _to_f32(x, X_BF16)[None, :, :]
 
-    out = tl.sum(acc, axis=1)
+    out = tl.sum(tl.sum(acc, axis=2), axis=1)
     mask_n = offs_n < N
     if HAS_BIAS:
         out += tl.load(bias_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)
     tl.store(out_ptr + offs_n, out.to(out_ptr.dtype.element_ty), mask=mask_n)
 
 
-def _tc_config(bn, split_k, warps, stages, interleave=True, groups_per_step=1, magic=True):
+def _tc_config(bn, split_k, warps, stages, groups_per_step=1, magic=True):
     # Split-K programs add fp32 partial sums with atomics into an output zeroed first.
-    return triton.Config({"BLOCK_N": bn, "SPLIT_K": split_k, "INTERLEAVE": interleave,
-                          "GROUPS_PER_STEP": groups_per_step, "MAGIC": magic}, num_warps=warps,
-                         num_stages=stages, pre_hook=_zero_out if split_k > 1 else None)
+    return triton.Config({"BLOCK_N": bn, "SPLIT_K": split_k, "GROUPS_PER_STEP": groups_per_step, "MAGIC": magic},
+                         num_warps=warps, num_stages=stages, pre_hook=_zero_out if split_k > 1 else None)
 
 
+# As for the GEMV, longer runs per row per step: GROUPS_PER_STEP groups in one contiguous load.
 _CONFIGS_TC = [
     _tc_config(64, 4, 4, 3),
-    _tc_config(64, 4, 4, 3, magic=False),
-    _tc_config(64, 4, 4, 3, interleave=False),
-    _tc_config(64, 8, 4, 3),
-    _tc_config(64, 4, 4, 2, groups_per_step=2),
-    _tc_config(64, 2, 4, 3),
-    _tc_config(64, 1, 4, 4),
-    _tc_config(128, 4, 8, 3),
+    _tc_config(32, 4, 4, 2, groups_per_step=4),
+    _tc_config(32, 2, 4, 2, groups_per_step=4),
+    _tc_config(32, 4, 4, 3, groups_per_step=2),
+    _tc_config(64, 2, 4, 2, groups_per_step=2),
+    _tc_config(64, 4, 8, 2, groups_per_step=4),
+    _tc_config(16, 4, 4, 2, groups_per_step=8),
+    _tc_config(16, 2, 4, 2, groups_per_step=4),
+    _tc_config(64, 1, 4, 3, groups_per_step=2),
     _tc_config(128, 2, 8, 3),
-    _tc_config(128, 1, 8, 3),
-    _tc_config(32, 4, 4, 3),
-    _tc_config(32, 8, 2, 3),
+    _tc_config(32, 8, 4, 2, groups_per_step=2),
+    _tc_config(32, 4, 4, 2, groups_per_step=4, magic=False),
 ]
-_CONFIGS_TC_INTERPRET = [_tc_config(32, 2, 4, 1, groups_per_step=2),
-                         _tc_config(32, 2, 4, 1, interleave=False, groups_per_step=2, magic=False)]
-
-
-def _prune_tc(configs, named_args, **kwargs):
-    if interpreting():
-        # One config per call; the tests pick the layout variant through INTERLEAVE_FOR_TESTS.
-        return [c for c in configs if c.kwargs["INTERLEAVE"] == INTERLEAVE_FOR_TESTS][:1]
-    return configs[: 1 if _launch.ONE_CONFIG else None]
-
-
-# Which tensor-core variant the CPU interpreter runs (tests flip it to cover both).
-INTERLEAVE_FOR_TESTS = True
+_CONFIGS_TC_INTERPRET = [_tc_config(16, 2, 4, 1, groups_per_step=2), _tc_config(16, 2, 4, 1, groups_per_step=2, magic=False)]
 
 
 @triton.autotune(
     configs=_CONFIGS_TC_INTERPRET if interpreting() else _CONFIGS_TC,
     key=["BLOCK_M", "N", "K", "GROUP"],
-    prune_configs_by={"early_config_prune": _prune_tc},
+    prune_configs_by={"early_config_prune": _prune_first},
 )
 @triton.jit
 def _w4a16_tc_kernel(
@@ -263,62 +257,51 @@ def _w4a16_tc_kernel(
     M, N, K,
     stride_xm, stride_pn, stride_sn, stride_om,
     GROUP: tl.constexpr, HAS_BIAS: tl.constexpr, X_FP32: tl.constexpr, BLOCK_M: tl.constexpr,
-    BLOCK_N: tl.constexpr, SPLIT_K: tl.constexpr, INTERLEAVE: tl.constexpr, GROUPS_PER_STEP: tl.constexpr,
-    MAGIC: tl.constexpr,
+    BLOCK_N: tl.constexpr, SPLIT_K: tl.constexpr, GROUPS_PER_STEP: tl.constexpr, MAGIC: tl.constexpr,
 ):
     # out^T [N, M] = W [N, K] x^T [K, M]: the weight tile is the MMA's left operand, read K-major
     # as it is stored, and all BLOCK_M tokens (16..128) are the right operand, so the weights are
-    # streamed once. One K step is one group (one scale and zero per row). x is always read
-    # contiguously along K. INTERLEAVE puts the nibbles back in k order for one MMA over the
-    # group; otherwise even and odd k are two MMAs against x split in registers.
+    # streamed once. A step dequantizes GROUPS_PER_STEP groups (one contiguous run per row, the
+    # nibbles interleaved back into k order, each group's scale broadcast) into one MMA operand.
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
     HALF: tl.constexpr = GROUP // 2
+    NG: tl.constexpr = GROUPS_PER_STEP
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     rows_w = tl.where(offs_n < N, offs_n, 0).to(tl.int64)
     offs_m = tl.arange(0, BLOCK_M)
     mask_m = offs_m < M
     rows_x = tl.where(mask_m, offs_m, 0).to(tl.int64)
+    offs_g = tl.arange(0, NG)
     offs_j = tl.arange(0, HALF)
-    offs_k = tl.arange(0, GROUP)
+    offs_k = tl.arange(0, NG * GROUP)
     n_groups = K // GROUP
-    per_split = tl.cdiv(n_groups, SPLIT_K)
+    per_split = tl.cdiv(tl.cdiv(n_groups, NG), SPLIT_K) * NG
     g_begin = pid_k * per_split
     g_end = tl.minimum(g_begin + per_split, n_groups)
-    p_rows = p_ptr + rows_w[:, None] * stride_pn + offs_j[None, :]
     w_dtype = x_ptr.dtype.element_ty
 
     acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
-    for g0 in range(g_begin, g_end, GROUPS_PER_STEP):
-        # GROUPS_PER_STEP groups' loads are issued together, so more bytes are in flight per SM.
-        for gg in tl.static_range(GROUPS_PER_STEP):
-            # A group past this split's end clamps to its last one with a zero scale and zero:
-            # loads stay in bounds and the step adds nothing.
-            g = tl.minimum(g0 + gg, g_end - 1)
-            live = (g0 + gg < g_end).to(tl.float32)
-            p = tl.load(p_rows + g * HALF)
-            s = tl.load(s_ptr + rows_w * stride_sn + g).to(tl.float32)[:, None] * live
-            zs = tl.load(z_ptr + rows_w * stride_sn + g).to(tl.float32)[:, None] * s
-            if INTERLEAVE:
-                q = tl.interleave(_codes_to_f32(p & 0xF, MAGIC), _codes_to_f32(p >> 4, MAGIC))
-                w = (q * s - zs).to(w_dtype)
-                x_t = tl.load(x_ptr + rows_x[None, :] * stride_xm + g * GROUP + offs_k[:, None])
-                if X_FP32:
-                    # fp32 activations get full-precision products, not Triton's default tf32.
-                    acc = tl.dot(w, x_t, acc, input_precision="ieee")
-                else:
-                    acc = tl.dot(w, x_t, acc)
-            else:
-                w_even = (_codes_to_f32(p & 0xF, MAGIC) * s - zs).to(w_dtype)
-                w_odd = (_codes_to_f32(p >> 4, MAGIC) * s - zs).to(w_dtype)
-                x = tl.load(x_ptr + rows_x[:, None] * stride_xm + g * GROUP + offs_k[None, :])
-                x_even, x_odd = tl.split(tl.reshape(x, [BLOCK_M, HALF, 2]))
-                if X_FP32:
-                    acc = tl.dot(w_even, tl.trans(x_even), acc, input_precision="ieee")
-                    acc = tl.dot(w_odd, tl.trans(x_odd), acc, input_precision="ieee")
-                else:
-                    acc = tl.dot(w_even, tl.trans(x_even), acc)
-                    acc = tl.dot(w_odd, tl.trans(x_odd), acc)
+    for g0 in range(g_begin, g_end, NG):
+        # Groups past this split's end read zeros and a zero scale: the step adds nothing.
+        g = g0 + offs_g
+        live = g < g_end
+        g = tl.where(live, g, 0)
+        p_mask = live[None, :, None] & (offs_n[:, None, None] >= 0) & (offs_j[None, None, :] >= 0)
+        p = tl.load(p_ptr + rows_w[:, None, None] * stride_pn + g[None, :, None] * HALF + offs_j[None, None, :],
+                    mask=p_mask, other=0)
+        meta = rows_w[:, None] * stride_sn + g[None, :]
+        s = tl.load(s_ptr + meta).to(tl.float32) * live.to(tl.float32)[None, :]
+        zs = tl.load(z_ptr + meta).to(tl.float32) * s
+        q = tl.interleave(_codes_to_f32(p & 0xF, MAGIC), _codes_to_f32(p >> 4, MAGIC))
+        w = tl.reshape((q * s[:, :, None] - zs[:, :, None]).to(w_dtype), [BLOCK_N, NG * GROUP])
+        x_mask = (offs_k[:, None] < (g_end - g0) * GROUP) & mask_m[None, :]
+        x_t = tl.load(x_ptr + rows_x[None, :] * stride_xm + g0 * GROUP + offs_k[:, None], mask=x_mask, other=0.0)
+        if X_FP32:
+            # fp32 activations get full-precision products, not Triton's default tf32.
+            acc = tl.dot(w, x_t, acc, input_precision="ieee")
+        else:
+            acc = tl.dot(w, x_t, acc)
 
     mask_n = offs_n < N
     if HAS_BIAS:
