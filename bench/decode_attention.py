@@ -16,7 +16,6 @@ checked against ``decode_attention_reference`` (fp32) on the first input set; a 
 recorded, printed, and makes the script exit 1 after the results are written.
 """
 import argparse
-import itertools
 import json
 import math
 import os
@@ -27,10 +26,10 @@ import time
 import torch
 import torch.nn.functional as F
 import triton
-from triton.testing import do_bench, do_bench_cudagraph
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from bench.timing import CHECK_FAILURES, best_config, check, graph_us, median_us, rel_err  # noqa: E402
 import kernels.decode_attention as da_mod  # noqa: E402
 from kernels.decode_attention import (  # noqa: E402
     decode_attention,
@@ -54,42 +53,19 @@ DEV = "cuda"
 BOUND_SAME_CACHE = 1.5e-2
 BOUND_FP8_VS_BF16 = 8e-2
 
-CHECK_FAILURES: list[str] = []
 
 
-def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
-    """Relative Frobenius error (NaN if either side is not finite)."""
-    a, b = a.float(), b.float()
-    if not (torch.isfinite(a).all() and torch.isfinite(b).all()):
-        return float("nan")
-    return float((a - b).norm() / b.norm())
 
 
-def check(name: str, err: float, bound: float) -> float:
-    """Records an output that strays from its reference by more than ``bound``."""
-    if not err <= bound:
-        CHECK_FAILURES.append(f"{name}: rel err {err:.2e} > {bound:.0e}")
-        print(f"CHECK FAILED {name}: rel err {err:.2e} > {bound:.0e}", flush=True)
-    return err
 
 
-def median_us(fn_of_inputs, input_sets, warmup=25, rep=100) -> float:
-    """Median time in µs of ``fn_of_inputs(*inputs)`` under do_bench, cycling through ``input_sets``."""
-    cycle = itertools.cycle(input_sets)
-    return do_bench(lambda: fn_of_inputs(*next(cycle)), warmup=warmup, rep=rep, return_mode="median") * 1e3
 
 
-def graph_us(fn_of_inputs, input_sets) -> float:
-    """Median device time in µs per call, replayed from a CUDA graph that calls ``fn_of_inputs``
-    once per input set (the sets together exceed the L2, which do_bench_cudagraph does not flush)."""
-    ms = do_bench_cudagraph(lambda: [fn_of_inputs(*s) for s in input_sets], rep=50, return_mode="median")
-    return ms * 1e3 / len(input_sets)
 
 
-def best_config() -> str | None:
+def attention_config() -> str | None:
     """The config the autotuner picked for the last launch of the attention kernel."""
-    cfg = getattr(da_mod._decode_attention_kernel, "best_config", None)
-    return None if cfg is None else f"{cfg.kwargs} warps={cfg.num_warps} stages={cfg.num_stages}"
+    return best_config(da_mod._decode_attention_kernel)
 
 
 def repeat_kv(x: torch.Tensor, n_rep: int) -> torch.Tensor:
@@ -161,9 +137,9 @@ def bench_shape(b: int, ctx: int, copy_tbps: float, gqa: bool) -> dict:
     name = f"B={b} ctx={ctx}"
     # The first calls also autotune, outside any timing or graph capture.
     out_bf16 = bf16(s0)
-    cfg_bf16 = best_config()
+    cfg_bf16 = attention_config()
     out_fp8 = fp8(s0)
-    cfg_fp8 = best_config()
+    cfg_fp8 = attention_config()
     ref_bf16 = decode_attention_reference(s0["q"], s0["k"], s0["v"], s0["lens"])
     ref_fp8 = decode_attention_reference(s0["q"], s0["k8"], s0["v8"], s0["lens"], k_scale=s0["ks"], v_scale=s0["vs"])
     errs = {

@@ -9,7 +9,6 @@ repetition) over inputs rotated between repetitions, on fresh random data. Basel
 over the measured copy bandwidth, FLOPs over the datasheet dense rate.
 """
 import argparse
-import itertools
 import json
 import math
 import os
@@ -19,10 +18,10 @@ import time
 
 import torch
 import triton
-from triton.testing import do_bench, do_bench_cudagraph
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from bench.timing import CHECK_FAILURES, best_config, check, graph_us, median_us, rel_err  # noqa: E402
 import kernels.gemm_w4a16 as w4_mod  # noqa: E402
 import kernels._w8a8 as w8a8_mod  # noqa: E402
 from kernels.act_quant import act_quant, act_quant_reference, act_quant_triton  # noqa: E402
@@ -50,44 +49,16 @@ W4_SHAPES = [(m, 8192, 8192) for m in (1, 2, 4, 8, 16, 32, 64, 128, 256, 1024, 2
 ACT_SHAPES = [(1, 4096), (16, 4096), (16, 8192), (2048, 4096), (8192, 4096), (16384, 4096), (8192, 8192)]
 
 
-def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
-    """Relative Frobenius error (NaN if either side is not finite)."""
-    a, b = a.float(), b.float()
-    if not (torch.isfinite(a).all() and torch.isfinite(b).all()):
-        return float("nan")
-    return float((a - b).norm() / b.norm())
 
 
-CHECK_FAILURES: list[str] = []
 
 
-def check(name: str, err: float, bound: float) -> float:
-    """Records a kernel output that strays from its baseline by more than `bound`."""
-    if not err <= bound:
-        CHECK_FAILURES.append(f"{name}: rel err {err:.2e} > {bound:.0e}")
-        print(f"CHECK FAILED {name}: rel err {err:.2e} > {bound:.0e}", flush=True)
-    return err
 
 
-def median_us(fn_of_inputs, input_sets, warmup=25, rep=100) -> float:
-    """Median time in µs of ``fn_of_inputs(*inputs)``, cycling through ``input_sets``."""
-    cycle = itertools.cycle(input_sets)
-    ms = do_bench(lambda: fn_of_inputs(*next(cycle)), warmup=warmup, rep=rep, return_mode="median")
-    return ms * 1e3
 
 
-def graph_us(fn_of_inputs, input_sets) -> float:
-    """Median device time in µs per call of ``fn_of_inputs`` replayed from a CUDA graph (no host
-    launch overhead, as a decode step runs in a serving stack). The graph calls it once per input
-    set; the sets together exceed the L2 (do_bench_cudagraph does not flush it)."""
-    ms = do_bench_cudagraph(lambda: [fn_of_inputs(*s) for s in input_sets], rep=50, return_mode="median")
-    return ms * 1e3 / len(input_sets)
 
 
-def best_config(kernel) -> str | None:
-    """The config the autotuner picked for the last call of ``kernel``."""
-    cfg = getattr(kernel, "best_config", None)
-    return None if cfg is None else f"{cfg.kwargs} warps={cfg.num_warps} stages={cfg.num_stages}"
 
 
 def n_sets(bytes_per_set: int) -> int:

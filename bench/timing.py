@@ -1,0 +1,48 @@
+"""Timing and output checks shared by the GPU benchmarks (bench/kernels.py, bench/decode_attention.py).
+
+Every time is a median: ``median_us`` under ``triton.testing.do_bench`` (warm-up, L2 flushed before
+each repetition, inputs rotated), ``graph_us`` as device time replayed from a CUDA graph (no host
+launch cost, as a decode step runs in a serving stack).
+"""
+import itertools
+
+import torch
+from triton.testing import do_bench, do_bench_cudagraph
+
+# Outputs that strayed from their baseline; a benchmark records them in its results and reports them.
+CHECK_FAILURES: list[str] = []
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Relative Frobenius error (NaN if either side is not finite)."""
+    a, b = a.float(), b.float()
+    if not (torch.isfinite(a).all() and torch.isfinite(b).all()):
+        return float("nan")
+    return float((a - b).norm() / b.norm())
+
+
+def check(name: str, err: float, bound: float) -> float:
+    """Records an output that strays from its baseline by more than ``bound``."""
+    if not err <= bound:
+        CHECK_FAILURES.append(f"{name}: rel err {err:.2e} > {bound:.0e}")
+        print(f"CHECK FAILED {name}: rel err {err:.2e} > {bound:.0e}", flush=True)
+    return err
+
+
+def median_us(fn_of_inputs, input_sets, warmup=25, rep=100) -> float:
+    """Median time in µs of ``fn_of_inputs(*inputs)`` under do_bench, cycling through ``input_sets``."""
+    cycle = itertools.cycle(input_sets)
+    return do_bench(lambda: fn_of_inputs(*next(cycle)), warmup=warmup, rep=rep, return_mode="median") * 1e3
+
+
+def graph_us(fn_of_inputs, input_sets) -> float:
+    """Median device time in µs per call, replayed from a CUDA graph that calls ``fn_of_inputs``
+    once per input set (the sets together exceed the L2, which do_bench_cudagraph does not flush)."""
+    ms = do_bench_cudagraph(lambda: [fn_of_inputs(*s) for s in input_sets], rep=50, return_mode="median")
+    return ms * 1e3 / len(input_sets)
+
+
+def best_config(kernel) -> str | None:
+    """The config the autotuner picked for the last launch of ``kernel``."""
+    cfg = getattr(kernel, "best_config", None)
+    return None if cfg is None else f"{cfg.kwargs} warps={cfg.num_warps} stages={cfg.num_stages}"
