@@ -33,6 +33,25 @@ def _zero_out(nargs):
     nargs["out_ptr"].zero_()
 
 
+@triton.jit
+def _token_scales(xs_ptr, offs_m, mask_m, XS_PER_TOKEN: tl.constexpr, BLOCK_M: tl.constexpr):
+    """The activation scale of each row: per token, or the one per-tensor scale broadcast."""
+    if XS_PER_TOKEN:
+        xs = tl.load(xs_ptr + offs_m, mask=mask_m, other=0.0)
+    else:
+        xs = tl.load(xs_ptr + tl.zeros((BLOCK_M,), dtype=tl.int32))
+    return xs
+
+
+@triton.jit
+def _store_or_add(out_ptrs, out, mask, SPLIT_K: tl.constexpr):
+    """Writes the scaled tile; split-K programs add theirs (the scales are linear) into the zeroed fp32 output."""
+    if SPLIT_K == 1:
+        tl.store(out_ptrs, out.to(out_ptrs.dtype.element_ty), mask=mask)
+    else:
+        tl.atomic_add(out_ptrs, out, mask=mask)
+
+
 def _config(bm, bn, bk, warps, stages, split_k=1, group_m=8):
     # Split-K programs add fp32 partial sums with atomics into an output zeroed first.
     return triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": group_m, "SPLIT_K": split_k},
@@ -138,10 +157,7 @@ def _w8a8_gemm_kernel(
     # Epilogue: per-token x per-channel scales on the fp32 (or exact int32) sum, then bias.
     mask_m = offs_m < M
     mask_n = offs_n < N
-    if XS_PER_TOKEN:
-        xs = tl.load(xs_ptr + offs_m, mask=mask_m, other=0.0)
-    else:
-        xs = tl.load(xs_ptr + tl.zeros((BLOCK_M,), dtype=tl.int32))
+    xs = _token_scales(xs_ptr, offs_m, mask_m, XS_PER_TOKEN, BLOCK_M)
     ws = tl.load(ws_ptr + offs_n, mask=mask_n, other=0.0)
     out = acc.to(tl.float32) * xs[:, None] * ws[None, :]
     if HAS_BIAS:
@@ -149,11 +165,7 @@ def _w8a8_gemm_kernel(
             out += tl.load(bias_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
     out_ptrs = out_ptr + offs_m.to(tl.int64)[:, None] * stride_om + offs_n[None, :]
     mask = mask_m[:, None] & mask_n[None, :]
-    if SPLIT_K == 1:
-        tl.store(out_ptrs, out.to(out_ptr.dtype.element_ty), mask=mask)
-    else:
-        # The scales are linear, so each split adds its scaled partial sum.
-        tl.atomic_add(out_ptrs, out, mask=mask)
+    _store_or_add(out_ptrs, out, mask, SPLIT_K)
 
 
 # Paths by token count: up to GEMV_MAX_M tokens a CUDA-core GEMV; up to SWAP_MAX_M the
@@ -230,10 +242,7 @@ def _w8a8_gemv_kernel(
         x_ptrs += BLOCK_K
 
     mask_n = offs_n < N
-    if XS_PER_TOKEN:
-        xs = tl.load(xs_ptr + offs_m, mask=mask_m, other=0.0)
-    else:
-        xs = tl.load(xs_ptr + tl.zeros((BLOCK_M,), dtype=tl.int32))
+    xs = _token_scales(xs_ptr, offs_m, mask_m, XS_PER_TOKEN, BLOCK_M)
     ws = tl.load(ws_ptr + offs_n, mask=mask_n, other=0.0)
     out = acc.to(tl.float32) * xs[:, None] * ws[None, :]
     if HAS_BIAS:
@@ -325,10 +334,7 @@ def _w8a8_swap_body(
         x_ptrs += BLOCK_K
 
     mask_n = offs_n < N
-    if XS_PER_TOKEN:
-        xs = tl.load(xs_ptr + offs_m, mask=mask_m, other=0.0)
-    else:
-        xs = tl.load(xs_ptr + tl.zeros((BLOCK_M,), dtype=tl.int32))
+    xs = _token_scales(xs_ptr, offs_m, mask_m, XS_PER_TOKEN, BLOCK_M)
     ws = tl.load(ws_ptr + offs_n, mask=mask_n, other=0.0)
     out = acc.to(tl.float32) * ws[:, None] * xs[None, :]
     if HAS_BIAS:
@@ -336,10 +342,7 @@ def _w8a8_swap_body(
             out += tl.load(bias_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[:, None]
     out_ptrs = out_ptr + offs_m.to(tl.int64)[None, :] * stride_om + offs_n[:, None]
     mask = mask_n[:, None] & mask_m[None, :]
-    if SPLIT_K == 1:
-        tl.store(out_ptrs, out.to(out_ptr.dtype.element_ty), mask=mask)
-    else:
-        tl.atomic_add(out_ptrs, out, mask=mask)
+    _store_or_add(out_ptrs, out, mask, SPLIT_K)
 
 
 _w8a8_swap_kernel = triton.autotune(

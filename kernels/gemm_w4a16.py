@@ -16,10 +16,6 @@ X_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 SCALE_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 # Symmetric int4 stores codes q = round(w / scale) + 8, so the zero point is always 8.
 SYMMETRIC_ZERO = 8
-# From this many tokens up the launcher dequantizes the weight once and calls cuBLAS. Measured
-# on H100 at K = N = 8192 (bench/results/kernels-h100.md): fused 96 µs vs dequant+cuBLAS 129 at
-# M = 128, 139 vs 132 at M = 256, 535 vs 247 at M = 1024.
-DEQUANT_MIN_M = 256
 
 
 def _check_group(k: int, group_size: int) -> None:
@@ -107,11 +103,11 @@ def _zero_out(nargs):
 # Paths by token count. One token takes a CUDA-core GEMV: it streams the packed bytes row by
 # row, accumulates products elementwise and reduces once at the end, in one launch that writes the
 # output (no split-K buffer to zero, no cast). Up to TC_MAX_M tokens the tensor-core kernel swaps
-# the operands (weights are the MMA's wide side, tokens its narrow side). From DEQUANT_MIN_M up,
-# dequantizing once and calling cuBLAS is faster. Thresholds from bench/results/kernels-h100.md.
+# the operands (weights are the MMA's wide side, tokens its narrow side). Above it, dequantizing
+# once and calling cuBLAS is faster (H100, 8192 x 8192: 88 vs 120 µs at M = 128, 152 vs 132 at
+# M = 256; bench/results/kernels-h100.md).
 GEMV_MAX_M = 1
 TC_MAX_M = 128
-DEQUANT_MIN_M = TC_MAX_M + 1
 PATHS = ("auto", "gemv", "tc", "dequant")
 
 

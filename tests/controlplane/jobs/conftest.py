@@ -7,6 +7,7 @@ or Redis is unreachable; elsewhere they skip.
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -14,14 +15,15 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from tests import polling
 
 REPO = Path(__file__).resolve().parents[3]
 PG_HOST, PG_PORT, REDIS_HOST, REDIS_PORT = "127.0.0.1", 5432, "127.0.0.1", 6379
@@ -294,16 +296,8 @@ def seed(settings, *, model_dir: Path, corpus_file: Path) -> Seeded:
 # --- jobs ------------------------------------------------------------------------------------------
 
 
-def wait_for(predicate: Callable[[], Any], *, timeout: float, interval: float = 0.2, what: str = "condition") -> Any:
-    """Polls until `predicate()` is truthy; fails the test naming `what` after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(interval)
+# Jobs poll slower: each poll opens a database session.
+wait_for = functools.partial(polling.wait_for, interval=0.2)
 
 
 def read_job(settings, job_id: int):

@@ -5,16 +5,17 @@ ServedEngine from the folders, so locks, counters and registry ids never leak be
 """
 from __future__ import annotations
 
+import functools
 import json
-import socket
 import sys
 import threading
-import time
 from pathlib import Path
 
 import httpx
 import pytest
 import torch
+
+from tests import polling
 
 # Calibrated ranges are divided by this: a calibration corpus far narrower than the traffic it meets.
 NARROW_CALIBRATION = 50.0
@@ -124,22 +125,8 @@ def make_service(engine_dirs):
 # --- a real control plane under uvicorn --------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_for(predicate, *, timeout: float, what: str, interval: float = 0.05):
-    """Polls until `predicate()` is truthy; fails the test naming `what` after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(interval)
+# Serving tests poll fast: requests finish in milliseconds.
+wait_for = functools.partial(polling.wait_for, interval=0.05)
 
 
 class ControlPlane:
@@ -212,7 +199,7 @@ def control_plane(tmp_path) -> ControlPlane:
                         models_roots=[tmp_path], mlflow_tracking_uri=(tmp_path / "mlruns").as_uri(),
                         api_key_pepper="serving-tests-pepper-0123456789", seed_accelerators=False)
     migrate.upgrade(settings)
-    cp = ControlPlane(settings, free_port())
+    cp = ControlPlane(settings, polling.free_port())
     engine = create_db_engine(settings)
     with make_session_factory(engine)() as db:
         for role in (Role.admin, Role.submitter):
@@ -234,4 +221,4 @@ def wait_until():
 @pytest.fixture
 def unreachable_url() -> str:
     """A URL where nothing listens: a control plane that is down."""
-    return f"http://127.0.0.1:{free_port()}"
+    return f"http://127.0.0.1:{polling.free_port()}"
