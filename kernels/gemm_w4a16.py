@@ -100,9 +100,8 @@ def _zero_out(nargs):
     nargs["out_ptr"].zero_()
 
 
-# Paths by token count. One token takes a CUDA-core GEMV: it streams the packed bytes row by
-# row, accumulates products elementwise and reduces once at the end, in one launch that writes the
-# output (no split-K buffer to zero, no cast). Up to TC_MAX_M tokens the tensor-core kernel swaps
+# Paths by token count. One token takes a CUDA-core GEMV that reads the packed rows as int32
+# words, in one launch that writes the output (no split-K buffer to zero, no cast). Up to TC_MAX_M tokens the tensor-core kernel swaps
 # the operands (weights are the MMA's wide side, tokens its narrow side). Above it, dequantizing
 # once and calling cuBLAS is faster (H100, 8192 x 8192: 88 vs 120 µs at M = 128, 152 vs 132 at
 # M = 256; bench/results/kernels-h100.md).
@@ -111,36 +110,36 @@ TC_MAX_M = 128
 PATHS = ("auto", "gemv", "tc", "dequant")
 
 
-def _gemv_config(bn, groups_per_step, warps, stages, magic=True):
-    return triton.Config({"BLOCK_N": bn, "GROUPS_PER_STEP": groups_per_step, "MAGIC": magic},
-                         num_warps=warps, num_stages=stages)
+def _gemv_config(bn, quads, warps):
+    return triton.Config({"BLOCK_N": bn, "QUADS": quads}, num_warps=warps, num_stages=1)
 
 
-# Few rows per program, several groups per step: each row is read in runs of GROUPS_PER_STEP x 64
-# bytes. Measured on H100 (8192 x 8192, CUDA graph): 8-32 rows x 64 bytes per step streamed the
-# packed weights at ~1.0 TB/s (33-35 µs) whatever the arithmetic (elementwise or MMA; int -> float
-# by cvt or by exponent bits took the same time, and the autotuner picks either); 4 rows x 8 groups
-# per step reach 1.14 TB/s (31.3 µs, 1.51x bf16). What holds it below the ~2.8 TB/s the bf16 GEMV
-# reads is not yet known.
+# What bounds the GEMV is the SM's L1 and issue rate, not DRAM. The previous form (bytes, nibbles
+# interleaved, x moved through shared memory to the weights' layout) spent ~8.7 SASS instructions
+# per weight plus 16 barriers a step and streamed 1.1 TB/s at 8192 x 8192. This one reads each row
+# as int32 words, 16 bytes (a quad of 4 words = 32 k) per thread, with x loaded in that same layout
+# so no data changes threads, and double-buffers the words in registers. H100 (Triton 3.6, CUDA
+# graph, scratch sweep of this session): 23.6 µs at 8192 x 8192, 1.42 TB/s, 2.0x bf16. Nsight
+# Compute on the 16-row config puts L1/TEX at 90% of its peak and DRAM at 32%, because every thread reloads its 64
+# bytes of x per quad for each row it holds (Triton 3.6 does not merge the loads across rows; 3.9
+# does) and spends ~7.4 instructions per weight (3.9: ~5). More rows per thread cost registers
+# and occupancy: 2 rows per thread were fastest, 16 rows 2.7x slower.
 _CONFIGS_GEMV = [
-    _gemv_config(4, 4, 4, 2),
-    _gemv_config(4, 8, 4, 2),
-    _gemv_config(2, 8, 4, 2),
-    _gemv_config(8, 4, 4, 2),
-    _gemv_config(8, 8, 8, 2),
-    _gemv_config(4, 16, 8, 2),
-    _gemv_config(2, 16, 4, 1),
-    _gemv_config(1, 16, 4, 2),
-    _gemv_config(4, 8, 4, 3, magic=False),
-    _gemv_config(8, 2, 4, 3),
+    _gemv_config(8, 32, 4),
+    _gemv_config(4, 32, 4),
+    _gemv_config(8, 32, 8),
+    _gemv_config(8, 16, 4),
+    _gemv_config(16, 16, 8),
+    _gemv_config(16, 8, 4),
+    _gemv_config(16, 32, 4),
 ]
-_CONFIGS_GEMV_INTERPRET = [_gemv_config(4, 2, 1, 1), _gemv_config(4, 2, 1, 1, magic=False)]
+_CONFIGS_GEMV_INTERPRET = [_gemv_config(4, 4, 1)]
 
 
 def _prune_first(configs, named_args, **kwargs):
     if interpreting():
         # One config per call; the tests pick the conversion variant through MAGIC_FOR_TESTS.
-        return [c for c in configs if c.kwargs["MAGIC"] == MAGIC_FOR_TESTS][:1]
+        return [c for c in configs if c.kwargs.get("MAGIC", MAGIC_FOR_TESTS) == MAGIC_FOR_TESTS][:1]
     return configs[: 1 if _launch.ONE_CONFIG else None]
 
 
@@ -149,9 +148,12 @@ MAGIC_FOR_TESTS = True
 # An fp32 whose exponent field is 2**23 holds an integer 0..2**23 - 1 in its mantissa bits:
 # OR-ing a 4-bit code into 0x4B000000 and subtracting 2**23 turns it into a float with two
 # full-rate ALU ops instead of a conversion instruction (1/8 of the FMA rate on sm_90). On the
-# H100 neither was faster (see above); the autotuner keeps both.
+# H100 neither was faster in the tensor-core kernel; the autotuner keeps both.
 MAGIC_BITS = tl.constexpr(0x4B000000)
 MAGIC_VALUE = tl.constexpr(8388608.0)
+# The bits of fp32 1.0, and the mantissa's top four bits: a code q put there reads 1 + q / 16.
+ONE_BITS = tl.constexpr(0x3F800000)
+TOP_NIBBLE = tl.constexpr(0x00780000)
 
 
 @triton.jit
@@ -170,6 +172,67 @@ def _to_f32(x, X_BF16: tl.constexpr):
     return x.to(tl.float32)
 
 
+@triton.jit
+def _split8(x, BN: tl.constexpr, Q: tl.constexpr):
+    """[BN, Q, 8] -> its eight [BN, Q] slices in order, by register moves (the 8 are in-thread)."""
+    even, odd = tl.split(tl.reshape(x, [BN, Q, 4, 2]))
+    e0, e1 = tl.split(tl.reshape(even, [BN, Q, 2, 2]))
+    o0, o1 = tl.split(tl.reshape(odd, [BN, Q, 2, 2]))
+    x0, x4 = tl.split(e0)
+    x2, x6 = tl.split(e1)
+    x1, x5 = tl.split(o0)
+    x3, x7 = tl.split(o1)
+    return x0, x1, x2, x3, x4, x5, x6, x7
+
+
+@triton.jit
+def _nibble(word, SHIFT: tl.constexpr):
+    """The code at bits SHIFT + 19 .. SHIFT + 22 of each word as the float 1 + q / 16: one shift and
+    one LOP3, no conversion and no subtraction (that is done once per quad, see the caller)."""
+    if SHIFT >= 0:
+        m = word >> SHIFT
+    else:
+        m = word << -SHIFT
+    return ((m & TOP_NIBBLE) | ONE_BITS).to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def _word_dot(word, x0, x1, x2, x3, x4, x5, x6, x7):
+    """sum_i (1 + q_i / 16) x_i over the 8 codes of an int32 word (code i at bits 4i .. 4i + 3,
+    i.e. k = 8w + i in the [N, K // 2] packing, little-endian)."""
+    acc = _nibble(word, -19) * x0
+    acc += _nibble(word, -15) * x1
+    acc += _nibble(word, -11) * x2
+    acc += _nibble(word, -7) * x3
+    acc += _nibble(word, -3) * x4
+    acc += _nibble(word, 1) * x5
+    acc += _nibble(word, 5) * x6
+    acc += _nibble(word, 9) * x7
+    return acc
+
+
+@triton.jit
+def _x_dot(word, x_ptrs, X_BF16: tl.constexpr, BN: tl.constexpr, Q: tl.constexpr):
+    """One word of each quad against its 8 activations: (sum (1 + q / 16) x, sum x)."""
+    x0, x1, x2, x3, x4, x5, x6, x7 = _split8(_to_f32(tl.load(x_ptrs), X_BF16), BN, Q)
+    return _word_dot(word, x0, x1, x2, x3, x4, x5, x6, x7), x0 + x1 + x2 + x3 + x4 + x5 + x6 + x7
+
+
+@triton.jit
+def _gemv_step_loads(words_ptr, s_ptr, z_ptr, rows, q0, n_quads, stride_sn,
+                     QUADS: tl.constexpr, QUADS_PER_GROUP: tl.constexpr):
+    """The words, scales and zeros of the step at quad q0. Quads past the end re-read quad 0 with
+    a zero scale, so they add nothing (and the prefetch past the last step reads valid memory)."""
+    quad = q0 + tl.arange(0, QUADS)
+    live = quad < n_quads
+    quad = tl.where(live, quad, 0)
+    words = tl.load(words_ptr + quad[None, :, None] * 4 + tl.arange(0, 4)[None, None, :], eviction_policy="evict_first")
+    meta = rows[:, None] * stride_sn + (quad // QUADS_PER_GROUP)[None, :]
+    s = tl.load(s_ptr + meta).to(tl.float32) * live.to(tl.float32)[None, :]
+    z = tl.load(z_ptr + meta).to(tl.float32)
+    return words, s, z
+
+
 @triton.autotune(
     configs=_CONFIGS_GEMV_INTERPRET if interpreting() else _CONFIGS_GEMV,
     key=["N", "K", "GROUP"],
@@ -180,40 +243,52 @@ def _w4a16_gemv_kernel(
     x_ptr, p_ptr, s_ptr, z_ptr, bias_ptr, out_ptr,
     N, K, stride_pn, stride_sn,
     GROUP: tl.constexpr, HAS_BIAS: tl.constexpr, X_BF16: tl.constexpr,
-    BLOCK_N: tl.constexpr, GROUPS_PER_STEP: tl.constexpr, MAGIC: tl.constexpr,
+    BLOCK_N: tl.constexpr, QUADS: tl.constexpr,
 ):
-    # One token; one program owns BLOCK_N output rows over the whole of K. A step reads a
-    # [BLOCK_N, GROUPS_PER_STEP, GROUP / 2] byte tile: per row one contiguous run of
-    # GROUPS_PER_STEP groups. The nibbles are interleaved back into k order in registers, so x is
-    # read contiguously too; each group's scale broadcasts along the tile's last axis. Products
-    # accumulate elementwise across steps and are reduced once at the end.
+    # One token; a program owns BLOCK_N rows over all of K. A step reads, per row, QUADS quads of
+    # 4 int32 words (32 codes, 16 bytes, one load per thread) and the matching 32 activations per
+    # quad, loaded with the rows axis broadcast so they land in the words' own layout (a plain
+    # [QUADS, 32] load would be converted through shared memory every step). With codes read as
+    # v = 1 + q / 16, a quad's sum (q - zero) x = 16 sum v x - (16 + zero) sum x; the scale applies
+    # once per quad, since a quad never crosses a group (GROUP is a multiple of 32).
     pid_n = tl.program_id(0)
-    HALF: tl.constexpr = GROUP // 2
-    NG: tl.constexpr = GROUPS_PER_STEP
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    rows_w = tl.where(offs_n < N, offs_n, 0).to(tl.int64)
-    offs_g = tl.arange(0, NG)
-    offs_j = tl.arange(0, HALF)
-    offs_k = tl.arange(0, GROUP)
-    n_groups = K // GROUP
+    rows = tl.where(offs_n < N, offs_n, 0).to(tl.int64)
+    offs_q = tl.arange(0, QUADS)
+    offs_i = tl.arange(0, 8)
+    n_quads = K // 32
+    QUADS_PER_GROUP: tl.constexpr = GROUP // 32
+    words_ptr = p_ptr.to(tl.pointer_type(tl.int32)) + rows[:, None, None] * (stride_pn // 4)
+    x_rows = x_ptr + (rows * 0)[:, None, None]
 
-    acc = tl.zeros((BLOCK_N, NG, GROUP), dtype=tl.float32)
-    for g0 in range(0, n_groups, NG):
-        # Groups past the last (when NG does not divide the count) load as zeros and add nothing.
-        g = g0 + offs_g
-        live = g < n_groups
-        g = tl.where(live, g, 0)
-        p_mask = live[None, :, None] & (offs_n[:, None, None] >= 0) & (offs_j[None, None, :] >= 0)
-        p = tl.load(p_ptr + rows_w[:, None, None] * stride_pn + g[None, :, None] * HALF + offs_j[None, None, :],
-                    mask=p_mask, other=0, eviction_policy="evict_first")
-        meta = rows_w[:, None] * stride_sn + g[None, :]
-        s = tl.load(s_ptr + meta).to(tl.float32) * live.to(tl.float32)[None, :]
-        zs = tl.load(z_ptr + meta).to(tl.float32) * s
-        x = tl.load(x_ptr + g[:, None] * GROUP + offs_k[None, :])
-        q = tl.interleave(_codes_to_f32(p & 0xF, MAGIC), _codes_to_f32(p >> 4, MAGIC))
-        acc += (q * s[:, :, None] - zs[:, :, None]) * _to_f32(x, X_BF16)[None, :, :]
+    acc = tl.zeros((BLOCK_N, QUADS), dtype=tl.float32)
+    # The next step's words and scales are loaded before this step's arithmetic (a register
+    # double buffer): each thread keeps one step of loads in flight while it computes.
+    words, s, z = _gemv_step_loads(words_ptr, s_ptr, z_ptr, rows, 0, n_quads, stride_sn,
+                                   QUADS, QUADS_PER_GROUP)
+    for q0 in range(0, n_quads, QUADS):
+        quad = q0 + offs_q
+        quad = tl.where(quad < n_quads, quad, 0)
+        next_words, next_s, next_z = _gemv_step_loads(words_ptr, s_ptr, z_ptr, rows, q0 + QUADS, n_quads,
+                                                      stride_sn, QUADS, QUADS_PER_GROUP)
+        w01, w23 = tl.split(tl.reshape(words, [BLOCK_N, QUADS, 2, 2]))
+        w0, w2 = tl.split(w01)
+        w1, w3 = tl.split(w23)
+        x_ptrs = x_rows + quad[None, :, None] * 32 + offs_i[None, None, :]
+        dot, xsum = _x_dot(w0, x_ptrs, X_BF16, BLOCK_N, QUADS)
+        d, xs = _x_dot(w1, x_ptrs + 8, X_BF16, BLOCK_N, QUADS)
+        dot += d
+        xsum += xs
+        d, xs = _x_dot(w2, x_ptrs + 16, X_BF16, BLOCK_N, QUADS)
+        dot += d
+        xsum += xs
+        d, xs = _x_dot(w3, x_ptrs + 24, X_BF16, BLOCK_N, QUADS)
+        dot += d
+        xsum += xs
+        acc += (16.0 * dot - (16.0 + z) * xsum) * s
+        words, s, z = next_words, next_s, next_z
 
-    out = tl.sum(tl.sum(acc, axis=2), axis=1)
+    out = tl.sum(acc, axis=1)
     mask_n = offs_n < N
     if HAS_BIAS:
         out += tl.load(bias_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)
@@ -349,6 +424,9 @@ def gemm_w4a16_triton(x, packed, scales, zeros, group_size: int, bias=None, *, p
     zeros = zeros.contiguous()
     args = (m, n, k, x.stride(0), packed.stride(0), scales.stride(0))
     if path == "gemv":
+        if packed.data_ptr() % 16:
+            # The GEMV reads 16-byte runs of words; a view at an odd offset gets an aligned copy.
+            packed = packed.clone()
         out = torch.empty(m, n, dtype=x.dtype, device=x.device)
         _w4a16_gemv_kernel[lambda meta: (triton.cdiv(n, meta["BLOCK_N"]),)](
             x, packed, scales, zeros, bias if bias is not None else scales, out, n, k,
