@@ -92,8 +92,55 @@ def kernel_breakdown(step, pos, prompt_len: int, steps: int = 8) -> dict:
             "top_kernels": [{"us": round(t, 2), "per_step": round(c, 2), "name": k} for t, c, k in top[:15]]}
 
 
-def measure(loaded, prompt_len: int, new_tokens: int, vocab: int) -> dict:
-    """TTFT, decode tokens/s (graph-replayed and eager) and peak memory of one loaded engine."""
+def print_stages(label: str, stages: dict) -> None:
+    print(f"  {label}device µs per step {stages['total_us']:.1f}: " + ", ".join(
+        f"{k} {v['us']:.1f} ({v['kernels']:.0f} kernels)" for k, v in stages["stages"].items()), flush=True)
+
+
+def decode_rates(step, token, pos, prompt_len: int, new_tokens: int):
+    """Greedy decode tokens/s of ``step``: eager, and replayed from a CUDA graph (None and the error
+    when capture fails)."""
+    # Eager decode (also warms the M = 1 kernels up before graph capture).
+    for _ in range(3):
+        step()
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for i in range(new_tokens):
+        pos.fill_(prompt_len + i)
+        token.copy_(step()[:, -1].argmax(-1).view(1, 1))
+    torch.cuda.synchronize()
+    eager_tps = new_tokens / (time.perf_counter() - t0)
+
+    graph_tps, graph_error = None, None
+    try:
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(2):
+                step()
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            static_logits = step()
+        rates = []
+        for _ in range(3):
+            torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            for i in range(new_tokens):
+                pos.fill_(prompt_len + i)
+                graph.replay()
+                token.copy_(static_logits[:, -1].argmax(-1).view(1, 1))
+            torch.cuda.synchronize()
+            rates.append(new_tokens / (time.perf_counter() - t0))
+        graph_tps = statistics.median(rates)
+    except Exception as exc:  # recorded, not hidden: the eager number still stands
+        graph_error = f"{type(exc).__name__}: {exc}"[:400]
+    return eager_tps, graph_tps, graph_error
+
+
+def measure(loaded, prompt_len: int, new_tokens: int, vocab: int, compile_step: bool = True) -> dict:
+    """TTFT, decode tokens/s (graph-replayed and eager, plain and through torch.compile) and peak
+    memory of one loaded engine."""
     from transformers import StaticCache
 
     model = loaded.model
@@ -125,47 +172,25 @@ def measure(loaded, prompt_len: int, new_tokens: int, vocab: int) -> dict:
         def step():
             return model(input_ids=token, cache_position=pos, past_key_values=cache, use_cache=True).logits
 
-        # Eager decode (also warms the M = 1 kernels up before graph capture).
-        for _ in range(3):
-            step()
-        torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        for i in range(new_tokens):
-            pos.fill_(prompt_len + i)
-            token.copy_(step()[:, -1].argmax(-1).view(1, 1))
-        torch.cuda.synchronize()
-        eager_tps = new_tokens / (time.perf_counter() - t0)
-
-        graph_tps, graph_error = None, None
-        try:
-            side = torch.cuda.Stream()
-            side.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(side):
-                for _ in range(2):
-                    step()
-            torch.cuda.current_stream().wait_stream(side)
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
-                static_logits = step()
-            rates = []
-            for _ in range(3):
-                torch.cuda.synchronize()
-                t0 = time.perf_counter()
-                for i in range(new_tokens):
-                    pos.fill_(prompt_len + i)
-                    graph.replay()
-                    token.copy_(static_logits[:, -1].argmax(-1).view(1, 1))
-                torch.cuda.synchronize()
-                rates.append(new_tokens / (time.perf_counter() - t0))
-            graph_tps = statistics.median(rates)
-        except Exception as exc:  # recorded, not hidden: the eager number still stands
-            graph_error = f"{type(exc).__name__}: {exc}"[:400]
+        eager_tps, graph_tps, graph_error = decode_rates(step, token, pos, prompt_len, new_tokens)
         breakdown = kernel_breakdown(step, pos, prompt_len)
+        compiled = None
+        if compile_step:
+            # The same step through torch.compile: the kernels stay whole as custom ops
+            # (kernels/ops.py) and inductor fuses the element-wise work between them.
+            t0 = time.perf_counter()
+            compiled_step = torch.compile(step, dynamic=False)
+            compiled_step()
+            compile_s = time.perf_counter() - t0
+            c_eager, c_graph, c_error = decode_rates(compiled_step, token, pos, prompt_len, new_tokens)
+            compiled = {"compile_s": compile_s, "decode_tokens_per_s_graph": c_graph,
+                        "decode_tokens_per_s_eager": c_eager, "graph_error": c_error,
+                        "device_us_per_step_by_stage": kernel_breakdown(compiled_step, pos, prompt_len)}
     return {
         "device_us_per_step_by_stage": breakdown,
         "ttft_ms": 1e3 * statistics.median(ttft), "decode_tokens_per_s_graph": graph_tps,
         "decode_tokens_per_s_eager": eager_tps, "graph_error": graph_error,
-        "peak_gpu_memory_gib": torch.cuda.max_memory_allocated() / 2**30,
+        "peak_gpu_memory_gib": torch.cuda.max_memory_allocated() / 2**30, "compiled": compiled,
     }
 
 
@@ -177,6 +202,7 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=128)
     parser.add_argument("--workdir", default=None)
     parser.add_argument("--out", default="bench/results/e2e-h100.json")
+    parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile measurement")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         sys.exit("bench/e2e_decode.py needs a CUDA GPU")
@@ -209,7 +235,8 @@ def main() -> None:
         torch.cuda.reset_peak_memory_stats()
         loaded = load_engine(engine.path, device="cuda")
         kernels = sorted({o.kernel for o in loaded.plan.linear_ops()})
-        row = measure(loaded, args.prompt_len, args.new_tokens, loaded.model.config.vocab_size)
+        row = measure(loaded, args.prompt_len, args.new_tokens, loaded.model.config.vocab_size,
+                      compile_step=not args.no_compile)
         row.update({"engine_id": engine.engine_id, "build_s": built_s, "linear_kernels": kernels,
                     "linear_weight_bytes": engine.manifest["bytes"].get("linear_ops")})
         result["variants"][name] = row
@@ -218,9 +245,13 @@ def main() -> None:
         print(f"{name}: ttft {row['ttft_ms']:.1f} ms, decode {row['decode_tokens_per_s_graph']} tok/s graph, "
               f"{row['decode_tokens_per_s_eager']:.0f} eager, peak {row['peak_gpu_memory_gib']:.2f} GiB, "
               f"kernels {kernels}" + (f", graph error {row['graph_error']}" if row["graph_error"] else ""), flush=True)
-        stages = row["device_us_per_step_by_stage"]
-        print(f"  device µs per step {stages['total_us']:.1f}: " + ", ".join(
-            f"{k} {v['us']:.1f} ({v['kernels']:.0f} kernels)" for k, v in stages["stages"].items()), flush=True)
+        print_stages("", row["device_us_per_step_by_stage"])
+        if row["compiled"]:
+            c = row["compiled"]
+            print(f"  compiled ({c['compile_s']:.0f}s): decode {c['decode_tokens_per_s_graph']} tok/s graph, "
+                  f"{c['decode_tokens_per_s_eager']:.0f} eager" + (f", graph error {c['graph_error']}" if c["graph_error"] else ""),
+                  flush=True)
+            print_stages("compiled ", c["device_us_per_step_by_stage"])
         del loaded
         gc.collect()
         torch.cuda.empty_cache()
@@ -229,11 +260,16 @@ def main() -> None:
         for key in ("decode_tokens_per_s_graph", "decode_tokens_per_s_eager"):
             if row[key] and base[key]:
                 row[key.replace("decode_tokens_per_s", "speedup")] = row[key] / base[key]
+            # Compiled against compiled bf16: the fused element-wise work shortens every variant.
+            if row["compiled"] and base["compiled"] and row["compiled"][key] and base["compiled"][key]:
+                row["compiled"][key.replace("decode_tokens_per_s", "speedup")] = row["compiled"][key] / base["compiled"][key]
     os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
     with open(args.out, "w") as f:
         json.dump(result, f, indent=1)
     for name, row in result["variants"].items():
-        print(f"{name}: {row.get('speedup_graph')}x graph, {row.get('speedup_eager')}x eager vs bf16")
+        compiled = row["compiled"] or {}
+        print(f"{name}: {row.get('speedup_graph')}x graph, {row.get('speedup_eager')}x eager vs bf16; "
+              f"compiled {compiled.get('speedup_graph')}x graph vs compiled bf16")
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ from kernels.act_quant import act_quant
 from kernels.gemm_fp8 import gemm_fp8
 from kernels.gemm_int8 import gemm_int8
 from kernels.gemm_w4a16 import dequantize_w4_reference, gemm_w4a16, quantize_w4_reference
+from kernels.ops import act_quant_op, gemm_w4a16_op, gemm_w8a8_op
 from runtime.formats import WIDE_FORMATS, get_format, quantize
 from runtime.plans import OpPlan
 from runtime.recipes import QuantArgs, Strategy
@@ -132,22 +133,30 @@ class QuantLinear(nn.Module):
         shape = x.shape
         x2 = x.reshape(-1, shape[-1])
         bias = self.bias.to(x.dtype) if self.bias is not None else None
+        # Under torch.compile the kernels are called as custom ops (kernels/ops.py): opaque to the
+        # compiler, which fuses the surrounding element-wise work instead of breaking the graph.
+        compiling = torch.compiler.is_compiling()
         if self.activation_format in ("fp8_e4m3", "int8"):
             scale = None if self.act_dynamic else self.input_scale
-            xq, xs, amax, n_sat = act_quant(x2, self.activation_format, scale)
+            quantize_act = act_quant_op if compiling else act_quant
+            xq, xs, amax, n_sat = quantize_act(x2, self.activation_format, scale)
             if self.observe:
                 self.activation_stats.update(float(amax.max()) if amax.numel() else 0.0, int(n_sat), x2.numel())
             if self.weight_strategy == "group":  # block-scaled weights: no fused kernel, dequantize both sides
                 y = F.linear((xq.float() * xs).to(x.dtype), self.dequantized_weight(x.dtype), bias)
             else:
-                gemm = gemm_fp8 if self.activation_format == "fp8_e4m3" else gemm_int8
-                y = gemm(xq, xs, self.weight, self.weight_scale, bias, out_dtype=x.dtype)
+                if compiling:
+                    y = gemm_w8a8_op(xq, xs, self.weight, self.weight_scale, bias, x.dtype)
+                else:
+                    gemm = gemm_fp8 if self.activation_format == "fp8_e4m3" else gemm_int8
+                    y = gemm(xq, xs, self.weight, self.weight_scale, bias, out_dtype=x.dtype)
         else:
             if self.observe:
                 self.activation_stats.update(float(x2.abs().amax()) if x2.numel() else 0.0, 0, x2.numel())
             if self.weight_format == "int4":
-                y = gemm_w4a16(x2, self.weight_packed, self.weight_scale.to(_w4_scale_dtype(x2)),
-                               self.weight_zero.to(_w4_scale_dtype(x2)), self.group_size, bias)
+                gemm = gemm_w4a16_op if compiling else gemm_w4a16
+                y = gemm(x2, self.weight_packed, self.weight_scale.to(_w4_scale_dtype(x2)),
+                         self.weight_zero.to(_w4_scale_dtype(x2)), self.group_size, bias)
             else:
                 y = F.linear(x2, self.dequantized_weight(x.dtype), bias)
         return y.reshape(*shape[:-1], self.out_features)

@@ -1,0 +1,56 @@
+"""The kernels as ``torch.library`` custom ops, so ``torch.compile`` can keep them whole.
+
+Traced as plain Python, a Triton launch either breaks the graph or is traced into; as a custom op
+with a fake (shape-only) implementation it stays one opaque node, and the compiler fuses what lies
+between (norms, RoPE, residual adds, the KV-cache writes) around it. Each op calls the public
+function of its module, which picks the Triton kernel on a GPU and the torch reference elsewhere.
+"""
+import torch
+
+from kernels.act_quant import act_quant
+from kernels.gemm_fp8 import gemm_fp8
+from kernels.gemm_int8 import gemm_int8
+from kernels.gemm_w4a16 import gemm_w4a16
+
+_QDTYPES = {"fp8_e4m3": torch.float8_e4m3fn, "int8": torch.int8}
+
+
+@torch.library.custom_op("precisionops::act_quant", mutates_args=())
+def act_quant_op(x: torch.Tensor, fmt: str, scale: torch.Tensor | None) -> tuple[
+        torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    q, s, amax, n_saturated = act_quant(x, fmt, scale)
+    # A custom op may not return its input's storage; a static scale comes back as a fresh tensor.
+    return q, s.clone() if scale is not None else s, amax, n_saturated
+
+
+@act_quant_op.register_fake
+def _(x, fmt, scale):
+    if fmt not in _QDTYPES:
+        raise ValueError(f"fmt must be one of {sorted(_QDTYPES)}, got {fmt!r}")
+    m, k = x.shape
+    rows = m if scale is None else 1
+    return (x.new_empty(m, k, dtype=_QDTYPES[fmt]), x.new_empty(rows, 1, dtype=torch.float32),
+            x.new_empty(m, 1, dtype=torch.float32), x.new_empty((), dtype=torch.int64))
+
+
+@torch.library.custom_op("precisionops::gemm_w8a8", mutates_args=())
+def gemm_w8a8_op(xq: torch.Tensor, xs: torch.Tensor, wq: torch.Tensor, ws: torch.Tensor,
+                 bias: torch.Tensor | None, out_dtype: torch.dtype) -> torch.Tensor:
+    gemm = gemm_fp8 if xq.dtype == torch.float8_e4m3fn else gemm_int8
+    return gemm(xq, xs, wq, ws, bias, out_dtype=out_dtype)
+
+
+@gemm_w8a8_op.register_fake
+def _(xq, xs, wq, ws, bias, out_dtype):
+    return xq.new_empty(xq.shape[0], wq.shape[0], dtype=out_dtype)
+
+
+@torch.library.custom_op("precisionops::gemm_w4a16", mutates_args=())
+def gemm_w4a16_op(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor,
+                  group_size: int, bias: torch.Tensor | None) -> torch.Tensor:
+    return gemm_w4a16(x, packed, scales, zeros, group_size, bias)
+
+
+@gemm_w4a16_op.register_fake
+def _(x, packed, scales, zeros, group_size, bias):
+    return x.new_empty(x.shape[0], packed.shape[0])
