@@ -125,13 +125,12 @@ def _gemv_config(bn, quads, warps):
 # does) and spends ~7.4 instructions per weight (3.9: ~5). More rows per thread cost registers
 # and occupancy: 2 rows per thread were fastest, 16 rows 2.7x slower.
 _CONFIGS_GEMV = [
-    _gemv_config(8, 32, 4),
     _gemv_config(4, 32, 4),
+    _gemv_config(8, 32, 4),
     _gemv_config(8, 32, 8),
     _gemv_config(8, 16, 4),
     _gemv_config(16, 16, 8),
     _gemv_config(16, 8, 4),
-    _gemv_config(16, 32, 4),
 ]
 _CONFIGS_GEMV_INTERPRET = [_gemv_config(4, 4, 1)]
 
@@ -178,26 +177,81 @@ def _nibble(word, SHIFT: tl.constexpr):
     return ((m & TOP_NIBBLE) | ONE_BITS).to(tl.float32, bitcast=True)
 
 
+# On the GPU the eight codes of a word are expanded by one PTX block: a shift and one LOP3 each.
+# Written in Triton, the AND and the OR come out as two LOP3s (ptxas does not fold two constants
+# into one); the interpreter, which runs no PTX, takes the Triton form.
+_EXPAND_ASM = tl.constexpr("""{
+.reg .b32 t;
+shl.b32 t, $8, 19; lop3.b32 $0, t, 0x780000, 0x3F800000, 0xEA;
+shl.b32 t, $8, 15; lop3.b32 $1, t, 0x780000, 0x3F800000, 0xEA;
+shl.b32 t, $8, 11; lop3.b32 $2, t, 0x780000, 0x3F800000, 0xEA;
+shl.b32 t, $8, 7; lop3.b32 $3, t, 0x780000, 0x3F800000, 0xEA;
+shl.b32 t, $8, 3; lop3.b32 $4, t, 0x780000, 0x3F800000, 0xEA;
+shr.u32 t, $8, 1; lop3.b32 $5, t, 0x780000, 0x3F800000, 0xEA;
+shr.u32 t, $8, 5; lop3.b32 $6, t, 0x780000, 0x3F800000, 0xEA;
+shr.u32 t, $8, 9; lop3.b32 $7, t, 0x780000, 0x3F800000, 0xEA;
+}""")
+EXPAND_ASM = tl.constexpr(not interpreting())
+
+
+@triton.jit
+def _expand(word):
+    """The 8 codes of each int32 word as floats 1 + q / 16, code i first-to-last."""
+    if EXPAND_ASM:
+        return tl.inline_asm_elementwise(_EXPAND_ASM, "=r,=r,=r,=r,=r,=r,=r,=r,r", [word],
+                                         dtype=(tl.float32,) * 8, is_pure=True, pack=1)
+    return (_nibble(word, -19), _nibble(word, -15), _nibble(word, -11), _nibble(word, -7),
+            _nibble(word, -3), _nibble(word, 1), _nibble(word, 5), _nibble(word, 9))
+
+
 @triton.jit
 def _word_dot(word, x0, x1, x2, x3, x4, x5, x6, x7):
     """sum_i (1 + q_i / 16) x_i over the 8 codes of an int32 word (code i at bits 4i .. 4i + 3,
     i.e. k = 8w + i in the [N, K // 2] packing, little-endian)."""
-    acc = _nibble(word, -19) * x0
-    acc += _nibble(word, -15) * x1
-    acc += _nibble(word, -11) * x2
-    acc += _nibble(word, -7) * x3
-    acc += _nibble(word, -3) * x4
-    acc += _nibble(word, 1) * x5
-    acc += _nibble(word, 5) * x6
-    acc += _nibble(word, 9) * x7
+    v0, v1, v2, v3, v4, v5, v6, v7 = _expand(word)
+    acc = v0 * x0
+    acc += v1 * x1
+    acc += v2 * x2
+    acc += v3 * x3
+    acc += v4 * x4
+    acc += v5 * x5
+    acc += v6 * x6
+    acc += v7 * x7
     return acc
 
 
 @triton.jit
-def _x_dot(word, x_ptrs, X_BF16: tl.constexpr, BN: tl.constexpr, Q: tl.constexpr):
-    """One word of each quad against its 8 activations: (sum (1 + q / 16) x, sum x)."""
+def _split_words(words, BN: tl.constexpr, Q: tl.constexpr):
+    """[BN, Q, 4] words -> the four [BN, Q] words of each quad, in order."""
+    w01, w23 = tl.split(tl.reshape(words, [BN, Q, 2, 2]))
+    w0, w2 = tl.split(w01)
+    w1, w3 = tl.split(w23)
+    return w0, w1, w2, w3
+
+
+@triton.jit
+def _quad_dots(words_a, words_b, x_ptrs, X_BF16: tl.constexpr, BN: tl.constexpr, Q: tl.constexpr):
+    """For two row sets and one step of quads: (sum v x over set a, the same over set b, sum x),
+    with every activation loaded and converted once for both sets."""
+    a0, a1, a2, a3 = _split_words(words_a, BN, Q)
+    b0, b1, b2, b3 = _split_words(words_b, BN, Q)
     x0, x1, x2, x3, x4, x5, x6, x7 = _split8(_to_f32(tl.load(x_ptrs), X_BF16), BN, Q)
-    return _word_dot(word, x0, x1, x2, x3, x4, x5, x6, x7), x0 + x1 + x2 + x3 + x4 + x5 + x6 + x7
+    xsum = x0 + x1 + x2 + x3 + x4 + x5 + x6 + x7
+    dot_a = _word_dot(a0, x0, x1, x2, x3, x4, x5, x6, x7)
+    dot_b = _word_dot(b0, x0, x1, x2, x3, x4, x5, x6, x7)
+    x0, x1, x2, x3, x4, x5, x6, x7 = _split8(_to_f32(tl.load(x_ptrs + 8), X_BF16), BN, Q)
+    xsum += x0 + x1 + x2 + x3 + x4 + x5 + x6 + x7
+    dot_a += _word_dot(a1, x0, x1, x2, x3, x4, x5, x6, x7)
+    dot_b += _word_dot(b1, x0, x1, x2, x3, x4, x5, x6, x7)
+    x0, x1, x2, x3, x4, x5, x6, x7 = _split8(_to_f32(tl.load(x_ptrs + 16), X_BF16), BN, Q)
+    xsum += x0 + x1 + x2 + x3 + x4 + x5 + x6 + x7
+    dot_a += _word_dot(a2, x0, x1, x2, x3, x4, x5, x6, x7)
+    dot_b += _word_dot(b2, x0, x1, x2, x3, x4, x5, x6, x7)
+    x0, x1, x2, x3, x4, x5, x6, x7 = _split8(_to_f32(tl.load(x_ptrs + 24), X_BF16), BN, Q)
+    xsum += x0 + x1 + x2 + x3 + x4 + x5 + x6 + x7
+    dot_a += _word_dot(a3, x0, x1, x2, x3, x4, x5, x6, x7)
+    dot_b += _word_dot(b3, x0, x1, x2, x3, x4, x5, x6, x7)
+    return dot_a, dot_b, xsum
 
 
 @triton.jit
@@ -227,49 +281,55 @@ def _w4a16_gemv_kernel(
     GROUP: tl.constexpr, HAS_BIAS: tl.constexpr, X_BF16: tl.constexpr,
     BLOCK_N: tl.constexpr, QUADS: tl.constexpr,
 ):
-    # One token; a program owns BLOCK_N rows over all of K. A step reads, per row, QUADS quads of
-    # 4 int32 words (32 codes, 16 bytes, one load per thread) and the matching 32 activations per
-    # quad, loaded with the rows axis broadcast so they land in the words' own layout (a plain
-    # [QUADS, 32] load would be converted through shared memory every step). With codes read as
-    # v = 1 + q / 16, a quad's sum (q - zero) x = 16 sum v x - (16 + zero) sum x; the scale applies
-    # once per quad, since a quad never crosses a group (GROUP is a multiple of 32).
+    # One token; a program owns two sets of BLOCK_N rows over all of K. A step reads, per row,
+    # QUADS quads of 4 int32 words (32 codes, 16 bytes, one load per thread) and the matching 32
+    # activations per quad, loaded with the rows axis broadcast so they land in the words' own
+    # layout (a plain [QUADS, 32] load would be converted through shared memory every step) and
+    # used by both row sets (Triton 3.6 does not merge the loads of a broadcast axis by itself).
+    # With codes read as v = 1 + q / 16, a quad's sum (q - zero) x = 16 sum v x - (16 + zero) sum x;
+    # the scale applies once per quad, since a quad never crosses a group (GROUP is a multiple of 32).
     pid_n = tl.program_id(0)
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    rows = tl.where(offs_n < N, offs_n, 0).to(tl.int64)
+    offs_a = pid_n * 2 * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_b = offs_a + BLOCK_N
+    rows_a = tl.where(offs_a < N, offs_a, 0).to(tl.int64)
+    rows_b = tl.where(offs_b < N, offs_b, 0).to(tl.int64)
     offs_q = tl.arange(0, QUADS)
     offs_i = tl.arange(0, 8)
     n_quads = K // 32
     QUADS_PER_GROUP: tl.constexpr = GROUP // 32
-    words_ptr = p_ptr.to(tl.pointer_type(tl.int32)) + rows[:, None, None] * (stride_pn // 4)
-    x_rows = x_ptr + (rows * 0)[:, None, None]
+    words = p_ptr.to(tl.pointer_type(tl.int32))
+    words_a_ptr = words + rows_a[:, None, None] * (stride_pn // 4)
+    words_b_ptr = words + rows_b[:, None, None] * (stride_pn // 4)
+    x_rows = x_ptr + (rows_a * 0)[:, None, None]
 
-    acc = tl.zeros((BLOCK_N, QUADS), dtype=tl.float32)
+    acc_a = tl.zeros((BLOCK_N, QUADS), dtype=tl.float32)
+    acc_b = tl.zeros((BLOCK_N, QUADS), dtype=tl.float32)
     # The next step's words and scales are loaded before this step's arithmetic (a register
     # double buffer): each thread keeps one step of loads in flight while it computes.
-    words, s, z = _gemv_step_loads(words_ptr, s_ptr, z_ptr, rows, 0, n_quads, stride_sn,
-                                   QUADS, QUADS_PER_GROUP)
+    words_a, s_a, z_a = _gemv_step_loads(words_a_ptr, s_ptr, z_ptr, rows_a, 0, n_quads, stride_sn,
+                                         QUADS, QUADS_PER_GROUP)
+    words_b, s_b, z_b = _gemv_step_loads(words_b_ptr, s_ptr, z_ptr, rows_b, 0, n_quads, stride_sn,
+                                         QUADS, QUADS_PER_GROUP)
     for q0 in range(0, n_quads, QUADS):
         quad = q0 + offs_q
         quad = tl.where(quad < n_quads, quad, 0)
-        next_words, next_s, next_z = _gemv_step_loads(words_ptr, s_ptr, z_ptr, rows, q0 + QUADS, n_quads,
-                                                      stride_sn, QUADS, QUADS_PER_GROUP)
-        w01, w23 = tl.split(tl.reshape(words, [BLOCK_N, QUADS, 2, 2]))
-        w0, w2 = tl.split(w01)
-        w1, w3 = tl.split(w23)
+        next_a = _gemv_step_loads(words_a_ptr, s_ptr, z_ptr, rows_a, q0 + QUADS, n_quads, stride_sn,
+                                  QUADS, QUADS_PER_GROUP)
+        next_b = _gemv_step_loads(words_b_ptr, s_ptr, z_ptr, rows_b, q0 + QUADS, n_quads, stride_sn,
+                                  QUADS, QUADS_PER_GROUP)
         x_ptrs = x_rows + quad[None, :, None] * 32 + offs_i[None, None, :]
-        dot, xsum = _x_dot(w0, x_ptrs, X_BF16, BLOCK_N, QUADS)
-        d, xs = _x_dot(w1, x_ptrs + 8, X_BF16, BLOCK_N, QUADS)
-        dot += d
-        xsum += xs
-        d, xs = _x_dot(w2, x_ptrs + 16, X_BF16, BLOCK_N, QUADS)
-        dot += d
-        xsum += xs
-        d, xs = _x_dot(w3, x_ptrs + 24, X_BF16, BLOCK_N, QUADS)
-        dot += d
-        xsum += xs
-        acc += (16.0 * dot - (16.0 + z) * xsum) * s
-        words, s, z = next_words, next_s, next_z
+        dot_a, dot_b, xsum = _quad_dots(words_a, words_b, x_ptrs, X_BF16, BLOCK_N, QUADS)
+        acc_a += (16.0 * dot_a - (16.0 + z_a) * xsum) * s_a
+        acc_b += (16.0 * dot_b - (16.0 + z_b) * xsum) * s_b
+        words_a, s_a, z_a = next_a
+        words_b, s_b, z_b = next_b
 
+    _store_rows(out_ptr, bias_ptr, acc_a, offs_a, N, HAS_BIAS)
+    _store_rows(out_ptr, bias_ptr, acc_b, offs_b, N, HAS_BIAS)
+
+
+@triton.jit
+def _store_rows(out_ptr, bias_ptr, acc, offs_n, N, HAS_BIAS: tl.constexpr):
     out = tl.sum(acc, axis=1)
     mask_n = offs_n < N
     if HAS_BIAS:
@@ -306,14 +366,15 @@ def _dequant_words(words, scale16, offset, W_DTYPE: tl.constexpr, BN: tl.constex
     Each code is read as v = 1 + q / 16 (_nibble) and dequantized by one FFMA, v * 16 s - (16 + z) s,
     exact in fp32 (v has 5 significant bits, s 8, 16 + z 5), so the only rounding is the cast, as in
     the reference. The eight codes of a word are joined back into k order (code i is k = 8w + i)."""
-    w0 = (_nibble(words, -19) * scale16 + offset).to(W_DTYPE)
-    w1 = (_nibble(words, -15) * scale16 + offset).to(W_DTYPE)
-    w2 = (_nibble(words, -11) * scale16 + offset).to(W_DTYPE)
-    w3 = (_nibble(words, -7) * scale16 + offset).to(W_DTYPE)
-    w4 = (_nibble(words, -3) * scale16 + offset).to(W_DTYPE)
-    w5 = (_nibble(words, 1) * scale16 + offset).to(W_DTYPE)
-    w6 = (_nibble(words, 5) * scale16 + offset).to(W_DTYPE)
-    w7 = (_nibble(words, 9) * scale16 + offset).to(W_DTYPE)
+    v0, v1, v2, v3, v4, v5, v6, v7 = _expand(words)
+    w0 = (v0 * scale16 + offset).to(W_DTYPE)
+    w1 = (v1 * scale16 + offset).to(W_DTYPE)
+    w2 = (v2 * scale16 + offset).to(W_DTYPE)
+    w3 = (v3 * scale16 + offset).to(W_DTYPE)
+    w4 = (v4 * scale16 + offset).to(W_DTYPE)
+    w5 = (v5 * scale16 + offset).to(W_DTYPE)
+    w6 = (v6 * scale16 + offset).to(W_DTYPE)
+    w7 = (v7 * scale16 + offset).to(W_DTYPE)
     # join adds a trailing axis, so the first join is the slowest of the three: index 4a + 2b + c.
     t = tl.join(tl.join(tl.join(w0, w4), tl.join(w2, w6)), tl.join(tl.join(w1, w5), tl.join(w3, w7)))
     return tl.reshape(t, [BN, WIDTH])
@@ -427,7 +488,7 @@ def gemm_w4a16_triton(x, packed, scales, zeros, group_size: int, bias=None, *, p
             # The GEMV reads 16-byte runs of words; a view at an odd offset gets an aligned copy.
             packed = packed.clone()
         out = torch.empty(m, n, dtype=x.dtype, device=x.device)
-        _w4a16_gemv_kernel[lambda meta: (triton.cdiv(n, meta["BLOCK_N"]),)](
+        _w4a16_gemv_kernel[lambda meta: (triton.cdiv(n, 2 * meta["BLOCK_N"]),)](
             x, packed, scales, zeros, bias if bias is not None else scales, out, n, k,
             packed.stride(0), scales.stride(0), GROUP=group_size, HAS_BIAS=bias is not None,
             X_BF16=x.dtype == torch.bfloat16,
