@@ -8,6 +8,7 @@ function of its module, which picks the Triton kernel on a GPU and the torch ref
 import torch
 
 from kernels.act_quant import act_quant
+from kernels.decode_attention import decode_attention
 from kernels.gemm_fp8 import gemm_fp8
 from kernels.gemm_int8 import gemm_int8
 from kernels.gemm_w4a16 import gemm_w4a16
@@ -54,3 +55,14 @@ def gemm_w4a16_op(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor, z
 @gemm_w4a16_op.register_fake
 def _(x, packed, scales, zeros, group_size, bias):
     return x.new_empty(x.shape[0], packed.shape[0])
+
+
+@torch.library.custom_op("precisionops::decode_attention", mutates_args=())
+def decode_attention_op(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, seq_lens: torch.Tensor,
+                        k_scale: torch.Tensor | None, v_scale: torch.Tensor | None, sm_scale: float) -> torch.Tensor:
+    return decode_attention(q, k_cache, v_cache, seq_lens, k_scale=k_scale, v_scale=v_scale, sm_scale=sm_scale)
+
+
+@decode_attention_op.register_fake
+def _(q, k_cache, v_cache, seq_lens, k_scale, v_scale, sm_scale):
+    return torch.empty_like(q)

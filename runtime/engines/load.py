@@ -15,6 +15,7 @@ from runtime.errors import InputError
 from runtime.formats import WIDE_FORMATS
 from runtime.models import attention_layers, linear_ops
 from runtime.modules import KVCacheQuant, MixedLinear, QuantLinear, attach, kv_geometry
+from runtime.modules.attention import use_decode_kernel
 from runtime.plans import Plan
 
 
@@ -84,6 +85,8 @@ def load_engine(path: str | os.PathLike, device: str | torch.device = "cpu",
         if q.bias is not None:
             q.bias = q.bias.to(dtype)
     model.to(device).eval()
+    if torch.device(device).type == "cuda" and getattr(config, "_attn_implementation", None) in (None, "sdpa"):
+        use_decode_kernel(model)
     tokenizer = AutoTokenizer.from_pretrained(str(path))
     return LoadedEngine(model, tokenizer, manifest, plan)
 
