@@ -5,7 +5,6 @@ import triton.language as tl
 
 from kernels import _launch
 from kernels._launch import check_2d, check_dtype, check_shape, interpreting, m_bucket
-from kernels.act_quant import _AMAX_EPS, _quantize_block
 
 OUT_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 
@@ -13,19 +12,15 @@ OUT_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 def check_w8a8(xq, xs, wq, ws, bias, out_dtype, qdtype: torch.dtype) -> None:
     """Validates the W8A8 contract shared by :mod:`kernels.gemm_fp8` and :mod:`kernels.gemm_int8`."""
     check_2d("xq", xq)
-    check_dtype("xq", xq, qdtype)
-    check_dtype("xs", xs, torch.float32)
-    check_shape("xs", xs, (xq.shape[0], 1), (1, 1))
-    check_w8a8_weights(wq, ws, bias, out_dtype, qdtype, xq.shape[1], "xq")
-
-
-def check_w8a8_weights(wq, ws, bias, out_dtype, qdtype: torch.dtype, k: int, x_name: str) -> None:
-    """The weight side of the W8A8 contract, for activations of K = ``k`` named ``x_name``."""
     check_2d("wq", wq)
+    check_dtype("xq", xq, qdtype)
     check_dtype("wq", wq, qdtype)
+    m, k = xq.shape
     n = wq.shape[0]
     if wq.shape[1] != k:
-        raise ValueError(f"wq must be [N, K] with K={k} (from {x_name}), got {list(wq.shape)}")
+        raise ValueError(f"wq must be [N, K] with K={k} (from xq), got {list(wq.shape)}")
+    check_dtype("xs", xs, torch.float32)
+    check_shape("xs", xs, (m, 1), (1, 1))
     check_dtype("ws", ws, torch.float32)
     check_shape("ws", ws, (n, 1))
     if bias is not None:
@@ -305,14 +300,10 @@ def _w8a8_swap_body(
     XS_PER_TOKEN: tl.constexpr, HAS_BIAS: tl.constexpr, IS_INT8: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     SPLIT_K: tl.constexpr, EVEN_K: tl.constexpr,
-    QUANT_X: tl.constexpr = False, FMAX: tl.constexpr = 0.0, EXACT_EMULATION: tl.constexpr = False,
 ):
     # out^T [N, M] = W [N, K] x^T [K, M]: the weight tile is the MMA's wide left operand and all
     # BLOCK_M tokens its narrow right one, so one pass streams the weights and no MMA row is
     # padding. Both operands are read K-major, as they are stored (what fp8 wgmma wants).
-    # QUANT_X: x is the 16-bit activations and each program quantizes them itself, per token and
-    # dynamically, exactly as act_quant does (amax over all of K first, then each tile as it is
-    # read): at decode sizes x is a few KiB in L2, and the separate act_quant launch goes away.
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -326,9 +317,6 @@ def _w8a8_swap_body(
     k_end = tl.minimum(k_begin + steps_per_split * BLOCK_K, K)
     w_ptrs = w_ptr + rows_w[:, None] * stride_wn + (k_begin + offs_k)[None, :]
     x_ptrs = x_ptr + rows_x[None, :] * stride_xm + (k_begin + offs_k)[:, None]
-    if QUANT_X:
-        x_scale, x_inv_scale = _token_scales_of(x_ptr + rows_x[None, :] * stride_xm + offs_k[:, None], K,
-                                                FMAX, BLOCK_K, BLOCK_M)
 
     acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.int32 if IS_INT8 else tl.float32)
     for k0 in range(k_begin, k_end, BLOCK_K):
@@ -338,8 +326,6 @@ def _w8a8_swap_body(
         else:
             a = tl.load(w_ptrs, mask=offs_k[None, :] < K - k0, other=0.0)
             b = tl.load(x_ptrs, mask=offs_k[:, None] < K - k0, other=0.0)
-        if QUANT_X:
-            b = _quantize_block(b.to(tl.float32), x_scale[None, :], x_inv_scale[None, :], FMAX, IS_INT8, EXACT_EMULATION)
         if IS_INT8:
             acc = tl.dot(a, b, acc, out_dtype=tl.int32)
         else:
@@ -348,10 +334,7 @@ def _w8a8_swap_body(
         x_ptrs += BLOCK_K
 
     mask_n = offs_n < N
-    if QUANT_X:
-        xs = x_scale
-    else:
-        xs = _token_scales(xs_ptr, offs_m, mask_m, XS_PER_TOKEN, BLOCK_M)
+    xs = _token_scales(xs_ptr, offs_m, mask_m, XS_PER_TOKEN, BLOCK_M)
     ws = tl.load(ws_ptr + offs_n, mask=mask_n, other=0.0)
     out = acc.to(tl.float32) * ws[:, None] * xs[None, :]
     if HAS_BIAS:
@@ -362,19 +345,6 @@ def _w8a8_swap_body(
     _store_or_add(out_ptrs, out, mask, SPLIT_K)
 
 
-@triton.jit
-def _token_scales_of(x_ptrs, K, FMAX: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_M: tl.constexpr):
-    """Per-token dynamic scales (and their reciprocals) of the [BLOCK_K, BLOCK_M] K-major x tiles
-    at x_ptrs over all of K, computed as act_quant computes them."""
-    offs_k = tl.arange(0, BLOCK_K)[:, None]
-    run_max = tl.zeros((BLOCK_K, BLOCK_M), dtype=tl.float32)
-    for k0 in range(0, K, BLOCK_K):
-        xk = tl.load(x_ptrs + k0, mask=offs_k < K - k0, other=0.0).to(tl.float32)
-        run_max = tl.maximum(run_max, tl.abs(xk))
-    scale = tl.math.div_rn(tl.maximum(tl.max(run_max, axis=0), _AMAX_EPS), FMAX)
-    return scale, tl.math.div_rn(tl.full([BLOCK_M], 1.0, tl.float32), scale)
-
-
 _w8a8_swap_kernel = triton.autotune(
     configs=_CONFIGS_SWAP_INTERPRET if interpreting() else _CONFIGS_SWAP_SPLIT,
     key=["BLOCK_M", "N", "K"], prune_configs_by={"early_config_prune": _first_only},
@@ -383,39 +353,6 @@ _w8a8_swap_direct_kernel = triton.autotune(
     configs=_CONFIGS_SWAP_DIRECT_INTERPRET if interpreting() else _CONFIGS_SWAP_DIRECT,
     key=["BLOCK_M", "N", "K"], prune_configs_by={"early_config_prune": _first_only},
 )(_w8a8_swap_body)
-
-
-# Tokens up to which w8a8_gemm_quant_x_triton quantizes the activations inside the GEMM (each
-# program re-reads all of x for its amax: at decode sizes a few KiB from L2).
-QUANT_X_MAX_M = 16
-
-
-def w8a8_gemm_quant_x_triton(x, wq, ws, bias, out_dtype, qdtype: torch.dtype):
-    """act_quant (per-token, dynamic) and the W8A8 GEMM in one launch, for up to QUANT_X_MAX_M
-    tokens of 16-bit activations ``x``; the result equals act_quant followed by the GEMM."""
-    check_2d("x", x)
-    check_dtype("x", x, torch.bfloat16, torch.float16)
-    m, k = x.shape
-    if m > QUANT_X_MAX_M:
-        raise ValueError(f"quantizing x inside the GEMM serves at most {QUANT_X_MAX_M} tokens, got M={m}")
-    check_w8a8_weights(wq, ws, bias, out_dtype, qdtype, k, "x")
-    n = wq.shape[0]
-    if m == 0 or n == 0 or k == 0:
-        out = torch.zeros(m, n, dtype=out_dtype, device=x.device)
-        return out + bias.to(out_dtype) if bias is not None else out
-    x = x if x.stride(1) == 1 else x.contiguous()
-    wq = wq if wq.stride(1) == 1 else wq.contiguous()
-    ws = ws.contiguous()
-    split = swap_split_k(n, k)
-    out = torch.empty(m, n, dtype=torch.float32 if split else out_dtype, device=x.device)
-    kernel = _w8a8_swap_kernel if split else _w8a8_swap_direct_kernel
-    is_int8 = qdtype == torch.int8
-    kernel[lambda meta: (triton.cdiv(n, meta["BLOCK_N"]), meta["SPLIT_K"])](
-        x, wq, ws, ws, bias if bias is not None else ws, out, m, n, k, x.stride(0), wq.stride(0), out.stride(0),
-        XS_PER_TOKEN=True, HAS_BIAS=bias is not None, IS_INT8=is_int8, BLOCK_M=max(16, triton.next_power_of_2(m)),
-        QUANT_X=True, FMAX=127.0 if is_int8 else 448.0, EXACT_EMULATION=interpreting(),
-    )
-    return out.to(out_dtype)
 
 
 def w8a8_path(m: int, qdtype: torch.dtype) -> str:

@@ -12,7 +12,6 @@ from kernels.decode_attention import decode_attention
 from kernels.gemm_fp8 import gemm_fp8
 from kernels.gemm_int8 import gemm_int8
 from kernels.gemm_w4a16 import gemm_w4a16
-from kernels.gemm_w8a8_dynamic import gemm_w8a8_dynamic
 
 _QDTYPES = {"fp8_e4m3": torch.float8_e4m3fn, "int8": torch.int8}
 
@@ -45,17 +44,6 @@ def gemm_w8a8_op(xq: torch.Tensor, xs: torch.Tensor, wq: torch.Tensor, ws: torch
 @gemm_w8a8_op.register_fake
 def _(xq, xs, wq, ws, bias, out_dtype):
     return xq.new_empty(xq.shape[0], wq.shape[0], dtype=out_dtype)
-
-
-@torch.library.custom_op("precisionops::gemm_w8a8_dynamic", mutates_args=())
-def gemm_w8a8_dynamic_op(x: torch.Tensor, wq: torch.Tensor, ws: torch.Tensor, bias: torch.Tensor | None,
-                         fmt: str, out_dtype: torch.dtype) -> torch.Tensor:
-    return gemm_w8a8_dynamic(x, wq, ws, bias, fmt, out_dtype)
-
-
-@gemm_w8a8_dynamic_op.register_fake
-def _(x, wq, ws, bias, fmt, out_dtype):
-    return x.new_empty(x.shape[0], wq.shape[0], dtype=out_dtype)
 
 
 @torch.library.custom_op("precisionops::gemm_w4a16", mutates_args=())

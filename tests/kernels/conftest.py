@@ -15,7 +15,7 @@ import torch
 
 if not torch.cuda.is_available():
     os.environ["TRITON_INTERPRET"] = "1"
-    _ORDER = ["kernels._launch", "kernels.packing", "kernels.act_quant", "kernels._w8a8"]
+    _ORDER = ["kernels._launch", "kernels.packing", "kernels._w8a8"]
     _loaded = [name for name in _ORDER if name in sys.modules]
     _loaded += sorted(n for n in sys.modules if n.startswith("kernels.") and n not in _ORDER)
     for _name in _loaded:

@@ -12,7 +12,6 @@ import kernels._w8a8 as w8a8_mod
 from kernels.act_quant import act_quant, act_quant_reference
 from kernels.gemm_fp8 import gemm_fp8, gemm_fp8_reference
 from kernels.gemm_int8 import gemm_int8, gemm_int8_reference
-from kernels.gemm_w8a8_dynamic import gemm_w8a8_dynamic, gemm_w8a8_dynamic_reference
 from kernels.gemm_w4a16 import (
     dequantize_w4_reference,
     dequantize_w4_triton,
@@ -192,38 +191,6 @@ def test_w8a8_gemm_large_gpu(m, n, k, fmt):
     bias = torch.randn(n, device="cuda")
     out = gemm(xq, xs, wq, ws, bias, torch.bfloat16)
     assert rel_err(out, reference(xq, xs, wq, ws, bias, torch.float32)) < _w8a8_bound(fmt, torch.bfloat16, "cuda")
-
-
-@pytest.mark.parametrize("m, n, k", [(1, 72, 96), (5, 130, 200), (16, 64, 256), (3, 300, 4104)])
-@pytest.mark.parametrize("fmt", ["fp8_e4m3", "int8"])
-def test_w8a8_with_quantization_inside_matches_act_quant_then_gemm(device, m, n, k, fmt):
-    # fp16 here (the interpreter has no bf16 arithmetic); bf16 runs on the GPU below.
-    x = with_outliers(m, k, device, torch.float16)
-    _, _, wq, ws = _w8a8_inputs(m, n, k, fmt, device)[2:]
-    bias = torch.randn(n, device=device)
-    for out_dtype in (torch.float16, torch.float32):
-        out = gemm_w8a8_dynamic(x, wq, ws, bias, fmt, out_dtype, backend="triton")
-        ref = gemm_w8a8_dynamic_reference(x.cpu(), wq.cpu(), ws.cpu(), bias.cpu(), fmt, torch.float32)
-        assert out.dtype == out_dtype and out.shape == (m, n)
-        assert rel_err(out, ref) < _w8a8_bound(fmt, out_dtype, device)
-    if device == "cuda":
-        xb = x.bfloat16()
-        out = gemm_w8a8_dynamic(xb, wq, ws, bias, fmt, torch.bfloat16)
-        assert rel_err(out, gemm_w8a8_dynamic_reference(xb.cpu(), wq.cpu(), ws.cpu(), bias.cpu(), fmt, torch.float32)) \
-            < _w8a8_bound(fmt, torch.bfloat16, device)
-
-
-def test_w8a8_with_quantization_inside_errors():
-    x = torch.randn(17, 64, dtype=torch.float16)
-    wq, ws, _, _ = act_quant_reference(torch.randn(8, 64), "int8")
-    with pytest.raises(ValueError, match="at most 16 tokens"):
-        gemm_w8a8_dynamic(x, wq, ws, None, "int8", backend="triton")
-    with pytest.raises(ValueError, match="x must have dtype"):
-        gemm_w8a8_dynamic(x[:2].float(), wq, ws, None, "int8", backend="triton")
-    with pytest.raises(ValueError, match="wq must be"):
-        gemm_w8a8_dynamic(x[:2, :32], wq, ws, None, "int8", backend="triton")
-    with pytest.raises(ValueError, match="fmt must be one of"):
-        gemm_w8a8_dynamic(x[:2], wq, ws, None, "fp4", backend="triton")
 
 
 # --- W4A16 --------------------------------------------------------------------------------

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from kernels.gemm_w4a16 import quantize_w4_reference
-from kernels.ops import act_quant_op, gemm_w4a16_op, gemm_w8a8_dynamic_op, gemm_w8a8_op
+from kernels.ops import act_quant_op, gemm_w4a16_op, gemm_w8a8_op
 from runtime.modules import QuantLinear
 from runtime.plans import OpPlan
 from runtime.recipes import QuantArgs
@@ -33,8 +33,6 @@ def test_custom_ops_pass_opcheck():
     x = torch.randn(5, 64) * 3
     torch.library.opcheck(act_quant_op, (x, "int8", torch.tensor([0.05])))
     torch.library.opcheck(act_quant_op, (x, "fp8_e4m3", None), test_utils=FP8_CHECKS)
-    torch.library.opcheck(gemm_w8a8_dynamic_op, (x.bfloat16(), *act_quant_op(torch.randn(24, 64), "int8", None)[:2],
-                                                  torch.randn(24), "int8", torch.bfloat16))
     for fmt in ("int8", "fp8_e4m3"):
         xq, xs, _, _ = act_quant_op(x, fmt, None)
         wq, ws, _, _ = act_quant_op(torch.randn(24, 64), fmt, None)
@@ -53,13 +51,9 @@ def test_act_quant_op_names_a_bad_format_while_tracing():
         torch.compile(lambda x: act_quant_op(x, "fp4", None), backend="aot_eager", fullgraph=True)(torch.randn(2, 8))
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("weights, acts", [(INT4_G32, None), (FP8_W, FP8_A), (INT8_W, INT8_A_STATIC)],
                          ids=["int4-w4a16", "fp8-dynamic", "int8-static"])
-def test_compiled_quant_linear_is_one_graph_with_eager_numerics(weights, acts, dtype):
-    # bf16 decode-sized inputs take the GEMM that quantizes its own activations; fp32 and 40 tokens
-    # the separate quantization.
-    torch._dynamo.reset()  # each case compiles the same code object anew
+def test_compiled_quant_linear_is_one_graph_with_eager_numerics(weights, acts):
     torch.manual_seed(0)
     k, n = 96, 40
     weight, bias = torch.randn(n, k), torch.randn(n)
@@ -72,6 +66,6 @@ def test_compiled_quant_linear_is_one_graph_with_eager_numerics(weights, acts, d
         return layer(h) + 0.5 * layer(h).relu()
 
     compiled = torch.compile(block, backend="aot_eager", fullgraph=True)  # fullgraph: a break fails
-    for m in (1, 7, 20):
-        x = (torch.randn(2, m, k) * 4).to(dtype)
+    for m in (1, 7):
+        x = torch.randn(2, m, k) * 4
         assert torch.equal(compiled(x), block(x))
