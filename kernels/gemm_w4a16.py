@@ -124,13 +124,13 @@ def _gemv_config(bn, quads, warps):
 # bytes of x per quad for each row it holds (Triton 3.6 does not merge the loads across rows; 3.9
 # does) and spends ~7.4 instructions per weight (3.9: ~5). More rows per thread cost registers
 # and occupancy: 2 rows per thread were fastest, 16 rows 2.7x slower.
+# BLOCK_N rows per set, four sets per program.
 _CONFIGS_GEMV = [
     _gemv_config(4, 32, 4),
-    _gemv_config(8, 32, 4),
+    _gemv_config(2, 32, 2),
     _gemv_config(8, 32, 8),
+    _gemv_config(4, 16, 2),
     _gemv_config(8, 16, 4),
-    _gemv_config(16, 16, 8),
-    _gemv_config(16, 8, 4),
 ]
 _CONFIGS_GEMV_INTERPRET = [_gemv_config(4, 4, 1)]
 
@@ -230,28 +230,35 @@ def _split_words(words, BN: tl.constexpr, Q: tl.constexpr):
 
 
 @triton.jit
-def _quad_dots(words_a, words_b, x_ptrs, X_BF16: tl.constexpr, BN: tl.constexpr, Q: tl.constexpr):
-    """For two row sets and one step of quads: (sum v x over set a, the same over set b, sum x),
-    with every activation loaded and converted once for both sets."""
+def _dots_of_word(w_a, w_b, w_c, w_d, x_ptrs, X_BF16: tl.constexpr, BN: tl.constexpr, Q: tl.constexpr):
+    """One word of each quad of four row sets against the 8 activations it multiplies, loaded and
+    converted once for all four: (sum v x for each set, sum x)."""
+    x0, x1, x2, x3, x4, x5, x6, x7 = _split8(_to_f32(tl.load(x_ptrs), X_BF16), BN, Q)
+    return (_word_dot(w_a, x0, x1, x2, x3, x4, x5, x6, x7), _word_dot(w_b, x0, x1, x2, x3, x4, x5, x6, x7),
+            _word_dot(w_c, x0, x1, x2, x3, x4, x5, x6, x7), _word_dot(w_d, x0, x1, x2, x3, x4, x5, x6, x7),
+            x0 + x1 + x2 + x3 + x4 + x5 + x6 + x7)
+
+
+@triton.jit
+def _quad_dots(words_a, words_b, words_c, words_d, x_ptrs, X_BF16: tl.constexpr, BN: tl.constexpr, Q: tl.constexpr):
+    """For four row sets and one step of quads: (sum v x of each set, sum x)."""
     a0, a1, a2, a3 = _split_words(words_a, BN, Q)
     b0, b1, b2, b3 = _split_words(words_b, BN, Q)
-    x0, x1, x2, x3, x4, x5, x6, x7 = _split8(_to_f32(tl.load(x_ptrs), X_BF16), BN, Q)
-    xsum = x0 + x1 + x2 + x3 + x4 + x5 + x6 + x7
-    dot_a = _word_dot(a0, x0, x1, x2, x3, x4, x5, x6, x7)
-    dot_b = _word_dot(b0, x0, x1, x2, x3, x4, x5, x6, x7)
-    x0, x1, x2, x3, x4, x5, x6, x7 = _split8(_to_f32(tl.load(x_ptrs + 8), X_BF16), BN, Q)
-    xsum += x0 + x1 + x2 + x3 + x4 + x5 + x6 + x7
-    dot_a += _word_dot(a1, x0, x1, x2, x3, x4, x5, x6, x7)
-    dot_b += _word_dot(b1, x0, x1, x2, x3, x4, x5, x6, x7)
-    x0, x1, x2, x3, x4, x5, x6, x7 = _split8(_to_f32(tl.load(x_ptrs + 16), X_BF16), BN, Q)
-    xsum += x0 + x1 + x2 + x3 + x4 + x5 + x6 + x7
-    dot_a += _word_dot(a2, x0, x1, x2, x3, x4, x5, x6, x7)
-    dot_b += _word_dot(b2, x0, x1, x2, x3, x4, x5, x6, x7)
-    x0, x1, x2, x3, x4, x5, x6, x7 = _split8(_to_f32(tl.load(x_ptrs + 24), X_BF16), BN, Q)
-    xsum += x0 + x1 + x2 + x3 + x4 + x5 + x6 + x7
-    dot_a += _word_dot(a3, x0, x1, x2, x3, x4, x5, x6, x7)
-    dot_b += _word_dot(b3, x0, x1, x2, x3, x4, x5, x6, x7)
-    return dot_a, dot_b, xsum
+    c0, c1, c2, c3 = _split_words(words_c, BN, Q)
+    d0, d1, d2, d3 = _split_words(words_d, BN, Q)
+    dot_a, dot_b, dot_c, dot_d, xsum = _dots_of_word(a0, b0, c0, d0, x_ptrs, X_BF16, BN, Q)
+    for j in tl.static_range(1, 4):
+        wa = a1 if j == 1 else (a2 if j == 2 else a3)
+        wb = b1 if j == 1 else (b2 if j == 2 else b3)
+        wc = c1 if j == 1 else (c2 if j == 2 else c3)
+        wd = d1 if j == 1 else (d2 if j == 2 else d3)
+        da, db, dc, dd, xs = _dots_of_word(wa, wb, wc, wd, x_ptrs + 8 * j, X_BF16, BN, Q)
+        dot_a += da
+        dot_b += db
+        dot_c += dc
+        dot_d += dd
+        xsum += xs
+    return dot_a, dot_b, dot_c, dot_d, xsum
 
 
 @triton.jit
@@ -282,51 +289,67 @@ def _w4a16_gemv_kernel(
     GROUP: tl.constexpr, HAS_BIAS: tl.constexpr, X_BF16: tl.constexpr,
     BLOCK_N: tl.constexpr, QUADS: tl.constexpr,
 ):
-    # One token; a program owns two sets of BLOCK_N rows over all of K. A step reads, per row,
+    # One token; a program owns four sets of BLOCK_N rows over all of K. A step reads, per row,
     # QUADS quads of 4 int32 words (32 codes, 16 bytes, one load per thread) and the matching 32
     # activations per quad, loaded with the rows axis broadcast so they land in the words' own
     # layout (a plain [QUADS, 32] load would be converted through shared memory every step) and
-    # used by both row sets (Triton 3.6 does not merge the loads of a broadcast axis by itself).
+    # used by all four row sets (Triton 3.6 does not merge the loads of a broadcast axis by
+    # itself): each activation is loaded, converted and summed once per four rows a thread holds.
     # With codes read as v = 1 + q / 16, a quad's sum (q - zero) x = 16 sum v x - (16 + zero) sum x;
     # the scale applies once per quad, since a quad never crosses a group (GROUP is a multiple of 32).
     pid_n = tl.program_id(0)
-    offs_a = pid_n * 2 * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_a = pid_n * 4 * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_b = offs_a + BLOCK_N
+    offs_c = offs_b + BLOCK_N
+    offs_d = offs_c + BLOCK_N
     rows_a = tl.where(offs_a < N, offs_a, 0).to(tl.int64)
     rows_b = tl.where(offs_b < N, offs_b, 0).to(tl.int64)
+    rows_c = tl.where(offs_c < N, offs_c, 0).to(tl.int64)
+    rows_d = tl.where(offs_d < N, offs_d, 0).to(tl.int64)
     offs_q = tl.arange(0, QUADS)
     offs_i = tl.arange(0, 8)
     n_quads = K // 32
-    QUADS_PER_GROUP: tl.constexpr = GROUP // 32
+    QPG: tl.constexpr = GROUP // 32
     words = p_ptr.to(tl.pointer_type(tl.int32))
-    words_a_ptr = words + rows_a[:, None, None] * (stride_pn // 4)
-    words_b_ptr = words + rows_b[:, None, None] * (stride_pn // 4)
+    ptr_a = words + rows_a[:, None, None] * (stride_pn // 4)
+    ptr_b = words + rows_b[:, None, None] * (stride_pn // 4)
+    ptr_c = words + rows_c[:, None, None] * (stride_pn // 4)
+    ptr_d = words + rows_d[:, None, None] * (stride_pn // 4)
     x_rows = x_ptr + (rows_a * 0)[:, None, None]
 
     acc_a = tl.zeros((BLOCK_N, QUADS), dtype=tl.float32)
     acc_b = tl.zeros((BLOCK_N, QUADS), dtype=tl.float32)
+    acc_c = tl.zeros((BLOCK_N, QUADS), dtype=tl.float32)
+    acc_d = tl.zeros((BLOCK_N, QUADS), dtype=tl.float32)
     # The next step's words and scales are loaded before this step's arithmetic (a register
     # double buffer): each thread keeps one step of loads in flight while it computes.
-    words_a, s_a, z_a = _gemv_step_loads(words_a_ptr, s_ptr, z_ptr, rows_a, 0, n_quads, stride_sn,
-                                         QUADS, QUADS_PER_GROUP)
-    words_b, s_b, z_b = _gemv_step_loads(words_b_ptr, s_ptr, z_ptr, rows_b, 0, n_quads, stride_sn,
-                                         QUADS, QUADS_PER_GROUP)
+    words_a, s_a, z_a = _gemv_step_loads(ptr_a, s_ptr, z_ptr, rows_a, 0, n_quads, stride_sn, QUADS, QPG)
+    words_b, s_b, z_b = _gemv_step_loads(ptr_b, s_ptr, z_ptr, rows_b, 0, n_quads, stride_sn, QUADS, QPG)
+    words_c, s_c, z_c = _gemv_step_loads(ptr_c, s_ptr, z_ptr, rows_c, 0, n_quads, stride_sn, QUADS, QPG)
+    words_d, s_d, z_d = _gemv_step_loads(ptr_d, s_ptr, z_ptr, rows_d, 0, n_quads, stride_sn, QUADS, QPG)
     for q0 in range(0, n_quads, QUADS):
         quad = q0 + offs_q
         quad = tl.where(quad < n_quads, quad, 0)
-        next_a = _gemv_step_loads(words_a_ptr, s_ptr, z_ptr, rows_a, q0 + QUADS, n_quads, stride_sn,
-                                  QUADS, QUADS_PER_GROUP)
-        next_b = _gemv_step_loads(words_b_ptr, s_ptr, z_ptr, rows_b, q0 + QUADS, n_quads, stride_sn,
-                                  QUADS, QUADS_PER_GROUP)
+        next_a = _gemv_step_loads(ptr_a, s_ptr, z_ptr, rows_a, q0 + QUADS, n_quads, stride_sn, QUADS, QPG)
+        next_b = _gemv_step_loads(ptr_b, s_ptr, z_ptr, rows_b, q0 + QUADS, n_quads, stride_sn, QUADS, QPG)
+        next_c = _gemv_step_loads(ptr_c, s_ptr, z_ptr, rows_c, q0 + QUADS, n_quads, stride_sn, QUADS, QPG)
+        next_d = _gemv_step_loads(ptr_d, s_ptr, z_ptr, rows_d, q0 + QUADS, n_quads, stride_sn, QUADS, QPG)
         x_ptrs = x_rows + quad[None, :, None] * 32 + offs_i[None, None, :]
-        dot_a, dot_b, xsum = _quad_dots(words_a, words_b, x_ptrs, X_BF16, BLOCK_N, QUADS)
+        dot_a, dot_b, dot_c, dot_d, xsum = _quad_dots(words_a, words_b, words_c, words_d, x_ptrs, X_BF16,
+                                                      BLOCK_N, QUADS)
         acc_a += (16.0 * dot_a - (16.0 + z_a) * xsum) * s_a
         acc_b += (16.0 * dot_b - (16.0 + z_b) * xsum) * s_b
+        acc_c += (16.0 * dot_c - (16.0 + z_c) * xsum) * s_c
+        acc_d += (16.0 * dot_d - (16.0 + z_d) * xsum) * s_d
         words_a, s_a, z_a = next_a
         words_b, s_b, z_b = next_b
+        words_c, s_c, z_c = next_c
+        words_d, s_d, z_d = next_d
 
     _store_rows(out_ptr, bias_ptr, acc_a, offs_a, N, HAS_BIAS)
     _store_rows(out_ptr, bias_ptr, acc_b, offs_b, N, HAS_BIAS)
+    _store_rows(out_ptr, bias_ptr, acc_c, offs_c, N, HAS_BIAS)
+    _store_rows(out_ptr, bias_ptr, acc_d, offs_d, N, HAS_BIAS)
 
 
 @triton.jit
@@ -492,7 +515,7 @@ def gemm_w4a16_triton(x, packed, scales, zeros, group_size: int, bias=None, *, p
             # The GEMV reads 16-byte runs of words; a view at an odd offset gets an aligned copy.
             packed = packed.clone()
         out = torch.empty(m, n, dtype=x.dtype, device=x.device)
-        _w4a16_gemv_kernel[lambda meta: (triton.cdiv(n, 2 * meta["BLOCK_N"]),)](
+        _w4a16_gemv_kernel[lambda meta: (triton.cdiv(n, 4 * meta["BLOCK_N"]),)](
             x, packed, scales, zeros, bias if bias is not None else scales, out, n, k,
             packed.stride(0), scales.stride(0), GROUP=group_size, HAS_BIAS=bias is not None,
             X_BF16=x.dtype == torch.bfloat16,
