@@ -1,0 +1,88 @@
+"""Instructions per weight in the inner loop of the W4A16 kernels, read from sm_90 SASS on the CPU.
+
+    python bench/kernel_sass.py                      # the installed Triton
+    PYTHONPATH=/path/to/triton-3.6 python bench/kernel_sass.py   # the H100 host's version
+
+No GPU needed: Triton compiles for an sm_90 target and disassembles with the nvdisasm it ships.
+The decode kernels are bound by issue and L1 rather than HBM (see kernels/gemm_w4a16.py), so the
+count of SASS instructions per weight in the loop body, the global loads in it and any barriers
+predict most of a change before it costs device time.
+"""
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from collections import Counter
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import triton  # noqa: E402
+from triton.backends.compiler import GPUTarget  # noqa: E402
+from triton.compiler import ASTSource  # noqa: E402
+
+from kernels import gemm_w4a16 as w4  # noqa: E402
+
+INSTRUCTION = re.compile(r"/\*([0-9a-f]{4,})\*/\s+(@!?U?P\w+\s+)?([A-Z0-9_.]+)([^;]*);")
+NVDISASM = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "nvdisasm")
+POINTERS = {"x_ptr": "*bf16", "p_ptr": "*u8", "s_ptr": "*bf16", "z_ptr": "*bf16", "bias_ptr": "*bf16"}
+
+
+def loop_body(sass: str) -> list[str]:
+    """Opcodes of the longest loop (a backward branch to a label) in nvdisasm output."""
+    lines = sass.splitlines()
+    labels = {m.group(1): i for i, line in enumerate(lines) if (m := re.match(r"\s*\.(L_x_\d+):", line))}
+    best: list[str] = []
+    for i, line in enumerate(lines):
+        m = INSTRUCTION.search(line)
+        target = re.search(r"\.(L_x_\d+)", m.group(4)) if m and m.group(3).startswith("BRA") else None
+        if target and labels.get(target.group(1), i) < i:
+            ops = [x.group(3) for x in map(INSTRUCTION.search, lines[labels[target.group(1)]:i + 1]) if x]
+            best = max(best, ops, key=len)
+    return best
+
+
+def compile_sm90(fn, signature: dict, constexprs: dict, warps: int, stages: int):
+    pointer_and_int_args = [i for i, (name, kind) in enumerate(signature.items()) if kind != "constexpr"]
+    attrs = {(i,): [["tt.divisibility", 16]] for i in pointer_and_int_args if list(signature)[i] != "M"}
+    return triton.compile(ASTSource(fn=fn, signature=signature, constexprs=constexprs, attrs=attrs),
+                          target=GPUTarget("cuda", 90, 32), options={"num_warps": warps, "num_stages": stages})
+
+
+def report(name: str, kernel, weights_per_thread: float) -> None:
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(kernel.asm["cubin"])
+        f.flush()
+        sass = subprocess.run([NVDISASM, "-c", f.name], capture_output=True, text=True, check=True).stdout
+    ops = loop_body(sass)
+    count = Counter(op.split(".")[0] for op in ops)
+    top = ", ".join(f"{op} {n}" for op, n in count.most_common(6))
+    print(f"{name}: {len(ops)} instructions a step, {len(ops) / weights_per_thread:.2f} per weight; "
+          f"LDG {count.get('LDG', 0)}, BAR {count.get('BAR', 0)}; {top}")
+
+
+def main() -> None:
+    print(f"Triton {triton.__version__}, sm_90")
+    gemv_sig = {**POINTERS, "out_ptr": "*bf16", "N": "i32", "K": "i32", "stride_pn": "i32", "stride_sn": "i32",
+                "GROUP": "constexpr", "HAS_BIAS": "constexpr", "X_BF16": "constexpr", "BLOCK_N": "constexpr",
+                "QUADS": "constexpr"}
+    for cfg in w4._CONFIGS_GEMV:
+        bn, quads, warps = cfg.kwargs["BLOCK_N"], cfg.kwargs["QUADS"], cfg.num_warps
+        k = compile_sm90(w4._w4a16_gemv_kernel.fn, gemv_sig, {"GROUP": 128, "HAS_BIAS": False, "X_BF16": True,
+                                                             "BLOCK_N": bn, "QUADS": quads}, warps, cfg.num_stages)
+        # Four row sets of BLOCK_N rows, QUADS x 32 codes each per step, over warps x 32 threads.
+        report(f"gemv BLOCK_N={bn} QUADS={quads} warps={warps}", k, 4 * bn * quads * 32 / (warps * 32))
+    tc_sig = {**POINTERS, "out_ptr": "*fp32", "M": "i32", "N": "i32", "K": "i32", "stride_xm": "i32",
+              "stride_pn": "i32", "stride_sn": "i32", "stride_om": "i32", "GROUP": "constexpr",
+              "HAS_BIAS": "constexpr", "X_FP32": "constexpr", "BLOCK_M": "constexpr", "BLOCK_N": "constexpr",
+              "SPLIT_K": "constexpr", "GROUPS_PER_STEP": "constexpr"}
+    for cfg in w4._CONFIGS_TC:
+        kw = cfg.kwargs
+        k = compile_sm90(w4._w4a16_tc_kernel.fn, tc_sig, {"GROUP": 128, "HAS_BIAS": False, "X_FP32": False,
+                                                          "BLOCK_M": 16, **kw}, cfg.num_warps, cfg.num_stages)
+        report(f"tc M=16 {kw} warps={cfg.num_warps}", k,
+               kw["BLOCK_N"] * kw["GROUPS_PER_STEP"] * 128 / (cfg.num_warps * 32))
+
+
+if __name__ == "__main__":
+    main()
