@@ -21,7 +21,6 @@ import json
 import os
 import platform
 import random
-import socket
 import subprocess
 import sys
 import tempfile
@@ -34,6 +33,7 @@ import psycopg
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+from controlplane.demo.targets import free_port  # noqa: E402
 
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/test"
 REDIS_DB = 13
@@ -44,12 +44,6 @@ RESULT = REPO / "bench" / "results" / "api-load.json"
 RECIPE = {"name": "bench-fp8", "model": "pops-llama-tiny", "default": {
     "weights": {"format": "fp8_e4m3", "strategy": "channel"},
     "input_activations": {"format": "fp8_e4m3", "strategy": "token", "dynamic": True}}}
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _percentile(values: list[float], q: float) -> float:
@@ -190,7 +184,7 @@ def main() -> None:
     database_url = f"postgresql+psycopg://postgres@127.0.0.1:5432/{database}"
     with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{database}"')
-    port = _free_port()
+    port = free_port()
     base_url = f"http://127.0.0.1:{port}"
     server = None
     with tempfile.TemporaryDirectory(prefix="pops-bench-") as tmp_dir:

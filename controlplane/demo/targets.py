@@ -47,20 +47,23 @@ class Api:
         return Api(self.url, key, self.http.timeout.read or 60.0)
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
 
-def wait(predicate: Callable[[], Any], *, timeout: float, what: str, interval: float = 0.5) -> Any:
+def wait(predicate: Callable[[], Any], *, timeout: float, what: str, interval: float = 0.5,
+         error: type[Exception] = DemoError) -> Any:
+    """Polls until `predicate()` is truthy and returns it; raises `error` naming `what` after `timeout` seconds."""
     deadline = time.monotonic() + timeout
     while True:
         value = predicate()
         if value:
             return value
         if time.monotonic() > deadline:
-            raise DemoError(f"timed out after {timeout:.0f} s waiting for {what}")
+            raise error(f"timed out after {timeout:.0f} s waiting for {what}")
         time.sleep(interval)
 
 
@@ -70,7 +73,7 @@ class _Server:
     def __init__(self, app, name: str):
         import uvicorn
 
-        self.port = _free_port()
+        self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self._server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
         self._thread = threading.Thread(target=self._server.run, name=name, daemon=True)

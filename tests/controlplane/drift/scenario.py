@@ -23,6 +23,7 @@ from controlplane.auth import service as auth
 from controlplane.auth.models import Role
 from controlplane.auth.schemas import ApiKeyCreate
 from controlplane.db import create_db_engine, make_session_factory
+from controlplane.demo.targets import free_port, wait
 from controlplane.main import create_app
 from controlplane.settings import Settings
 from runtime.demo import demo_recipes
@@ -40,22 +41,13 @@ OBSERVE_POLICY = {"kl_mean_max": 10.0, "kl_p95_max": 10.0, "top1_agreement_min":
 
 def wait_for(predicate: Callable, *, timeout: float, what: str, interval: float = 0.05):
     """Polls until `predicate()` is truthy; raises TimeoutError naming `what`."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(interval)
+    return wait(predicate, timeout=timeout, what=what, interval=interval, error=TimeoutError)
 
 
 class ControlPlane:
     """The control plane app on a migrated database, served by uvicorn in a thread, with one key per role."""
 
     def __init__(self, settings: Settings):
-        import socket
-
         migrate.upgrade(settings)
         engine = create_db_engine(settings)
         with make_session_factory(engine)() as db:
@@ -64,9 +56,7 @@ class ControlPlane:
                                            pepper=settings.api_key_pepper.get_secret_value(), actor="scenario")[1]
                          for role in Role}
         engine.dispose()
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
+        self.port = free_port()
         self.settings, self.url = settings, f"http://127.0.0.1:{self.port}"
         self.app = create_app(settings)
         self._server = self._thread = None
