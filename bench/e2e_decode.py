@@ -95,6 +95,13 @@ def kernel_breakdown(step, pos, prompt_len: int, steps: int = 8) -> dict:
             "top_kernels": [{"us": round(t, 2), "per_step": round(c, 2), "name": k} for t, c, k in top[:15]]}
 
 
+def add_speedups(row: dict, base: dict) -> None:
+    """speedup_graph / speedup_eager: ``row``'s decode tokens/s over ``base``'s."""
+    for key in ("decode_tokens_per_s_graph", "decode_tokens_per_s_eager"):
+        if row[key] and base[key]:
+            row[key.replace("decode_tokens_per_s", "speedup")] = row[key] / base[key]
+
+
 def print_stages(label: str, stages: dict) -> None:
     print(f"  {label}device µs per step {stages['total_us']:.1f}: " + ", ".join(
         f"{k} {v['us']:.1f} ({v['kernels']:.0f} kernels)" for k, v in stages["stages"].items()), flush=True)
@@ -254,21 +261,19 @@ def main() -> None:
         print_stages("", row["device_us_per_step_by_stage"])
         if row["compiled"]:
             c = row["compiled"]
+            error = f", graph error {c['graph_error']}" if c["graph_error"] else ""
             print(f"  compiled ({c['compile_s']:.0f}s): decode {c['decode_tokens_per_s_graph']} tok/s graph, "
-                  f"{c['decode_tokens_per_s_eager']:.0f} eager" + (f", graph error {c['graph_error']}" if c["graph_error"] else ""),
-                  flush=True)
+                  f"{c['decode_tokens_per_s_eager']:.0f} eager{error}", flush=True)
             print_stages("compiled ", c["device_us_per_step_by_stage"])
         del loaded
         gc.collect()
         torch.cuda.empty_cache()
     base = result["variants"]["bf16"]
-    for name, row in result["variants"].items():
-        for key in ("decode_tokens_per_s_graph", "decode_tokens_per_s_eager"):
-            if row[key] and base[key]:
-                row[key.replace("decode_tokens_per_s", "speedup")] = row[key] / base[key]
-            # Compiled against compiled bf16: the fused element-wise work shortens every variant.
-            if row["compiled"] and base["compiled"] and row["compiled"][key] and base["compiled"][key]:
-                row["compiled"][key.replace("decode_tokens_per_s", "speedup")] = row["compiled"][key] / base["compiled"][key]
+    for row in result["variants"].values():
+        add_speedups(row, base)
+        # Compiled against compiled bf16: the fused element-wise work shortens every variant.
+        if row["compiled"] and base["compiled"]:
+            add_speedups(row["compiled"], base["compiled"])
     os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
     with open(args.out, "w") as f:
         json.dump(result, f, indent=1)

@@ -19,6 +19,16 @@ def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
+def first_config_only(configs, named_args, **kwargs):
+    """Autotune pruning: the first config alone under the interpreter or with ONE_CONFIG set."""
+    return configs[: 1 if interpreting() or ONE_CONFIG else None]
+
+
+def zero_output(nargs):
+    """Autotune pre-hook of split-K configs, whose programs add partial sums into ``out_ptr``."""
+    nargs["out_ptr"].zero_()
+
+
 def use_triton(x: torch.Tensor, backend: str = "auto") -> bool:
     """Decides whether a call on ``x`` runs the Triton kernel.
 

@@ -4,7 +4,7 @@ import triton
 import triton.language as tl
 
 from kernels import _launch
-from kernels._launch import check_2d, check_dtype, check_shape, interpreting, m_bucket
+from kernels._launch import check_2d, check_dtype, check_shape, first_config_only, interpreting, m_bucket, zero_output
 
 OUT_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 
@@ -29,10 +29,6 @@ def check_w8a8(xq, xs, wq, ws, bias, out_dtype, qdtype: torch.dtype) -> None:
         raise ValueError(f"out_dtype must be one of {OUT_DTYPES}, got {out_dtype}")
 
 
-def _zero_out(nargs):
-    nargs["out_ptr"].zero_()
-
-
 @triton.jit
 def _token_scales(xs_ptr, offs_m, mask_m, XS_PER_TOKEN: tl.constexpr, BLOCK_M: tl.constexpr):
     """The activation scale of each row: per token, or the one per-tensor scale broadcast."""
@@ -55,7 +51,7 @@ def _store_or_add(out_ptrs, out, mask, SPLIT_K: tl.constexpr):
 def _config(bm, bn, bk, warps, stages, split_k=1, group_m=8):
     # Split-K programs add fp32 partial sums with atomics into an output zeroed first.
     return triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": group_m, "SPLIT_K": split_k},
-                         num_warps=warps, num_stages=stages, pre_hook=_zero_out if split_k > 1 else None)
+                         num_warps=warps, num_stages=stages, pre_hook=zero_output if split_k > 1 else None)
 
 
 # Configs by M bucket. Up to SPLIT_MAX_M tokens the GEMM streams weights: narrow N tiles and
@@ -195,14 +191,10 @@ _CONFIGS_GEMV = [
 _CONFIGS_GEMV_INTERPRET = [_gemv_config(16, 64, 4, 1)]
 
 
-def _first_only(configs, named_args, **kwargs):
-    return configs[: 1 if _launch.ONE_CONFIG else None]
-
-
 @triton.autotune(
     configs=_CONFIGS_GEMV_INTERPRET if interpreting() else _CONFIGS_GEMV,
     key=["BLOCK_M", "N", "K"],
-    prune_configs_by={"early_config_prune": _first_only},
+    prune_configs_by={"early_config_prune": first_config_only},
 )
 @triton.heuristics({"EVEN_K": lambda args: args["K"] % args["BLOCK_K"] == 0})
 @triton.jit
@@ -254,7 +246,7 @@ def _w8a8_gemv_kernel(
 def _swap_config(bn, bk, warps, stages, split_k=1):
     # BLOCK_M is not tuned: it is the token count rounded up to a power of two (at least 16).
     return triton.Config({"BLOCK_N": bn, "BLOCK_K": bk, "SPLIT_K": split_k}, num_warps=warps,
-                         num_stages=stages, pre_hook=_zero_out if split_k > 1 else None)
+                         num_stages=stages, pre_hook=zero_output if split_k > 1 else None)
 
 
 # Split-K (fp32 atomics into a zeroed buffer, then a cast: two more launches) pays only where
@@ -347,11 +339,11 @@ def _w8a8_swap_body(
 
 _w8a8_swap_kernel = triton.autotune(
     configs=_CONFIGS_SWAP_INTERPRET if interpreting() else _CONFIGS_SWAP_SPLIT,
-    key=["BLOCK_M", "N", "K"], prune_configs_by={"early_config_prune": _first_only},
+    key=["BLOCK_M", "N", "K"], prune_configs_by={"early_config_prune": first_config_only},
 )(_w8a8_swap_body)
 _w8a8_swap_direct_kernel = triton.autotune(
     configs=_CONFIGS_SWAP_DIRECT_INTERPRET if interpreting() else _CONFIGS_SWAP_DIRECT,
-    key=["BLOCK_M", "N", "K"], prune_configs_by={"early_config_prune": _first_only},
+    key=["BLOCK_M", "N", "K"], prune_configs_by={"early_config_prune": first_config_only},
 )(_w8a8_swap_body)
 
 

@@ -12,8 +12,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels import _launch
-from kernels._launch import check_dtype, interpreting, use_triton
+from kernels._launch import check_dtype, first_config_only, interpreting, use_triton
 
 Q_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 KV_DTYPES = (torch.bfloat16, torch.float16, torch.float8_e4m3fn)
@@ -139,16 +138,10 @@ _CONFIGS = [_config(64, 4, 2)] + [
 _CONFIGS_INTERPRET = [_config(32, 4, 1)]
 
 
-def _prune(configs, named_args, **kwargs):
-    if interpreting():
-        return configs[:1]
-    return configs[: 1 if _launch.ONE_CONFIG else None]
-
-
 @triton.autotune(
     configs=_CONFIGS_INTERPRET if interpreting() else _CONFIGS,
     key=["B_BUCKET", "NUM_KV_HEADS", "CHUNK", "HEAD_DIM", "GROUP", "KV_FP8", "Q_FP32", "DIRECT"],
-    prune_configs_by={"early_config_prune": _prune},
+    prune_configs_by={"early_config_prune": first_config_only},
 )
 @triton.jit
 def _decode_attention_kernel(

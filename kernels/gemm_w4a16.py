@@ -8,8 +8,8 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels import _launch
-from kernels._launch import check_2d, check_dtype, check_shape, interpreting, use_triton
+from kernels._launch import (check_2d, check_dtype, check_shape, first_config_only, graph_bench, interpreting,
+                             use_triton, zero_output)
 from kernels.packing import pack_int4, unpack_int4
 
 X_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
@@ -96,13 +96,10 @@ def gemm_w4a16_reference(x, packed, scales, zeros, group_size: int, bias=None):
     return out.to(x.dtype)
 
 
-def _zero_out(nargs):
-    nargs["out_ptr"].zero_()
-
-
 # Paths by token count. One token takes a CUDA-core GEMV that reads the packed rows as int32
-# words, in one launch that writes the output (no split-K buffer to zero, no cast). Up to TC_MAX_M tokens the tensor-core kernel swaps
-# the operands (weights are the MMA's wide side, tokens its narrow side). Above it, dequantizing
+# words, in one launch that writes the output (no split-K buffer to zero, no cast). Up to
+# TC_MAX_M tokens the tensor-core kernel swaps the operands (weights are the MMA's wide side,
+# tokens its narrow side). Above it, dequantizing
 # once and calling cuBLAS is faster (H100, 8192 x 8192: 88 vs 120 µs at M = 128, 152 vs 132 at
 # M = 256; bench/results/kernels-h100.md).
 GEMV_MAX_M = 1
@@ -114,16 +111,12 @@ def _gemv_config(bn, quads, warps):
     return triton.Config({"BLOCK_N": bn, "QUADS": quads}, num_warps=warps, num_stages=1)
 
 
-# What bounds the GEMV is the SM's L1 and issue rate, not DRAM. The previous form (bytes, nibbles
-# interleaved, x moved through shared memory to the weights' layout) spent ~8.7 SASS instructions
-# per weight plus 16 barriers a step and streamed 1.1 TB/s at 8192 x 8192. This one reads each row
-# as int32 words, 16 bytes (a quad of 4 words = 32 k) per thread, with x loaded in that same layout
-# so no data changes threads, and double-buffers the words in registers. H100 (Triton 3.6, CUDA
-# graph, scratch sweep of this session): 23.6 µs at 8192 x 8192, 1.42 TB/s, 2.0x bf16. Nsight
-# Compute on the 16-row config puts L1/TEX at 90% of its peak and DRAM at 32%, because every thread reloads its 64
-# bytes of x per quad for each row it holds (Triton 3.6 does not merge the loads across rows; 3.9
-# does) and spends ~7.4 instructions per weight (3.9: ~5). More rows per thread cost registers
-# and occupancy: 2 rows per thread were fastest, 16 rows 2.7x slower.
+# What bounds the GEMV is the SM's issue rate and L1, not DRAM. The byte-wise form it replaced
+# spent ~8.7 SASS instructions per weight plus 16 barriers a step (x moved through shared memory
+# into the weights' layout each step) and streamed 1.1 TB/s at 8192 x 8192; Nsight Compute on an
+# intermediate form put L1/TEX at 90% of peak and DRAM at 32%. This one reads int32 words with x
+# in their own layout, shares each x load among four row sets and spends ~4.4 instructions per
+# weight (python bench/kernel_sass.py): 17.3 µs at 8192 x 8192 on the H100, 1.9 TB/s, 2.7x bf16.
 # BLOCK_N rows per set, four sets per program. One- and two-warp programs keep N = 4096 at 512+
 # programs (with four sets of 2 rows, 4096 x 4096 ran 7.3 µs against 6.8 with two sets of 4).
 _CONFIGS_GEMV = [
@@ -135,11 +128,6 @@ _CONFIGS_GEMV = [
     _gemv_config(4, 16, 2),
 ]
 _CONFIGS_GEMV_INTERPRET = [_gemv_config(4, 4, 1)]
-
-
-def _prune_first(configs, named_args, **kwargs):
-    # The interpreter runs one config per call.
-    return configs[: 1 if interpreting() or _launch.ONE_CONFIG else None]
 
 
 # The bits of fp32 1.0, and the mantissa's top four bits: a code q put there reads 1 + q / 16.
@@ -281,8 +269,8 @@ def _gemv_step_loads(words_ptr, s_ptr, z_ptr, rows, q0, n_quads, stride_sn,
 @triton.autotune(
     configs=_CONFIGS_GEMV_INTERPRET if interpreting() else _CONFIGS_GEMV,
     key=["N", "K", "GROUP"],
-    prune_configs_by={"early_config_prune": _prune_first},
-    do_bench=_launch.graph_bench,
+    prune_configs_by={"early_config_prune": first_config_only},
+    do_bench=graph_bench,
 )
 @triton.jit
 def _w4a16_gemv_kernel(
@@ -366,7 +354,7 @@ def _store_rows(out_ptr, bias_ptr, acc, offs_n, N, HAS_BIAS: tl.constexpr):
 def _tc_config(bn, split_k, warps, stages, groups_per_step=1):
     # Split-K programs add fp32 partial sums with atomics into an output zeroed first.
     return triton.Config({"BLOCK_N": bn, "SPLIT_K": split_k, "GROUPS_PER_STEP": groups_per_step},
-                         num_warps=warps, num_stages=stages, pre_hook=_zero_out if split_k > 1 else None)
+                         num_warps=warps, num_stages=stages, pre_hook=zero_output if split_k > 1 else None)
 
 
 # The fastest in a CUDA-graph sweep on the H100 (8192 x 8192 and 28672 x 8192 at M = 16, 8192 x
@@ -411,8 +399,8 @@ def _dequant_words(words, scale16, offset, W_DTYPE: tl.constexpr, BN: tl.constex
 @triton.autotune(
     configs=_CONFIGS_TC_INTERPRET if interpreting() else _CONFIGS_TC,
     key=["BLOCK_M", "N", "K", "GROUP"],
-    prune_configs_by={"early_config_prune": _prune_first},
-    do_bench=_launch.graph_bench,
+    prune_configs_by={"early_config_prune": first_config_only},
+    do_bench=graph_bench,
 )
 @triton.jit
 def _w4a16_tc_kernel(
