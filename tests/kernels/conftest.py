@@ -16,8 +16,12 @@ import torch
 if not torch.cuda.is_available():
     os.environ["TRITON_INTERPRET"] = "1"
     _ORDER = ["kernels._launch", "kernels.packing", "kernels._w8a8"]
+    # kernels.ops holds no Triton kernel (its ops call the public functions, which the reloads
+    # refill) and registers torch.library ops: reloading it would define them a second time,
+    # destroying the first definitions that modules imported earlier still call.
+    _KEEP = {"kernels.ops"}
     _loaded = [name for name in _ORDER if name in sys.modules]
-    _loaded += sorted(n for n in sys.modules if n.startswith("kernels.") and n not in _ORDER)
+    _loaded += sorted(n for n in sys.modules if n.startswith("kernels.") and n not in _ORDER and n not in _KEEP)
     for _name in _loaded:
         importlib.reload(sys.modules[_name])
 
