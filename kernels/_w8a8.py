@@ -57,7 +57,9 @@ def _config(bm, bn, bk, warps, stages, split_k=1, group_m=8):
 # Configs by M bucket. Up to SPLIT_MAX_M tokens the GEMM streams weights: narrow N tiles and
 # split K give every SM several programs (N = 8192 / 64 = 128 tiles alone under-fill 132 SMs,
 # measured 60-70 µs at M = 64..128 vs _scaled_mm's 40). Larger M is tensor-core bound:
-# 128x256 tiles with 8 warps keep two warpgroups of wgmma busy.
+# 128x256 tiles with 8 warps keep two warpgroups of wgmma busy. At 8192^3 grouping 16 row-tiles
+# per weight column-tile (L2 reuse) beat 8 by 10% for fp8 and 5% for int8 (bench/w8a8_sweep.py,
+# bench/results/w8a8-sweep-h100.json).
 SPLIT_MAX_M = 128
 # (The first config of each pool is the one GPU tests run: a split-K one.)
 _CONFIGS_SMALL = [
@@ -77,11 +79,13 @@ _CONFIGS_MID = [
     _config(128, 128, 128, 8, 4, split_k=4),
 ]
 _CONFIGS_LARGE = [
+    _config(128, 256, 128, 8, 3, group_m=16),
     _config(128, 256, 128, 8, 3),
     _config(128, 256, 128, 8, 4),
     _config(256, 128, 128, 8, 3),
     _config(128, 128, 128, 8, 4),
     _config(256, 128, 128, 8, 4),
+    _config(256, 128, 128, 8, 3, group_m=16),
 ]
 # One config per bucket under the CPU interpreter (the decode one exercises split-K).
 _CONFIGS_INTERPRET = [_config(16, 32, 32, 4, 1, split_k=2), _config(32, 64, 64, 4, 1)]

@@ -1,0 +1,104 @@
+"""Tile-config sweep of the tiled W8A8 GEMM against cuBLAS, on two kinds of operand data.
+
+    python bench/w8a8_sweep.py            # on the GPU; writes bench/results/w8a8-sweep-h100.json
+
+For each large shape and each candidate (BLOCK_M, BLOCK_N, BLOCK_K, warps, stages, GROUP_M) of
+kernels/_w8a8.py's tiled kernel, the do_bench median against torch._scaled_mm (fp8, rowwise,
+fast accumulation) and torch._int_mm (int8), measured back to back on the same operands. Two
+operand sets: "quantized" codes, which act_quant gives real activations and weights and which
+span the code range (what bench/kernels.py times), and "small" codes (|q| of a few units). The
+H100 runs dense 8-bit MMAs at a clock set by power, and power depends on the bits that toggle,
+so the two kinds of data give different times and ratios for the same kernels.
+"""
+import json
+import os
+import sys
+from datetime import date
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import torch  # noqa: E402
+import triton  # noqa: E402
+from triton.testing import do_bench  # noqa: E402
+
+import kernels._w8a8 as w8a8  # noqa: E402
+from bench.timing import rel_err  # noqa: E402
+from kernels.act_quant import act_quant  # noqa: E402
+
+SHAPES = [(8192, 8192, 8192), (2048, 4096, 4096), (2048, 14336, 4096), (2048, 8192, 8192)]
+# (BLOCK_M, BLOCK_N, BLOCK_K, warps, stages, GROUP_M)
+CONFIGS = [(128, 256, 128, 8, 3, 8), (128, 256, 128, 8, 4, 8), (256, 128, 128, 8, 3, 8), (256, 128, 128, 8, 4, 8),
+           (128, 128, 128, 4, 4, 8), (128, 128, 128, 8, 4, 8), (128, 256, 64, 8, 4, 8), (128, 256, 64, 8, 5, 8),
+           (256, 128, 64, 8, 5, 8), (128, 128, 256, 8, 3, 8), (128, 256, 128, 8, 3, 16), (256, 128, 128, 8, 3, 16)]
+QDTYPES = {"fp8_e4m3": torch.float8_e4m3fn, "int8": torch.int8}
+
+
+def operands(m, n, k, fmt, data):
+    x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
+    w = torch.randn(n, k, device="cuda", dtype=torch.bfloat16) * 0.02
+    if data == "quantized":
+        xq, xs, _, _ = act_quant(x, fmt)
+        wq, ws, _, _ = act_quant(w, fmt)
+        return xq, xs, wq, ws
+    ones = lambda r: torch.ones(r, 1, device="cuda")  # noqa: E731
+    return (x * 4).round().clamp(-16, 16).to(QDTYPES[fmt]), ones(m), (w * 200).round().clamp(-16, 16).to(QDTYPES[fmt]), ones(n)
+
+
+def baseline(fmt, xq, xs, wq, ws):
+    if fmt == "int8":
+        return lambda: torch._int_mm(xq, wq.t())
+    return lambda: torch._scaled_mm(xq, wq.t(), scale_a=xs, scale_b=ws.t(), out_dtype=torch.bfloat16, use_fast_accum=True)
+
+
+def run_config(cfg, fmt, xq, xs, wq, ws):
+    bm, bn, bk, warps, stages, group_m = cfg
+    m, k = xq.shape
+    n = wq.shape[0]
+    out = torch.empty(m, n, dtype=torch.bfloat16, device="cuda")
+    kernel = w8a8._w8a8_gemm_kernel.fn.fn  # under the autotuner and the EVEN_K heuristic
+
+    def launch():
+        kernel[(triton.cdiv(m, bm) * triton.cdiv(n, bn), 1)](
+            xq, wq, xs, ws, ws, out, m, n, k, w8a8.m_bucket(m), xq.stride(0), wq.stride(0), out.stride(0),
+            XS_PER_TOKEN=True, HAS_BIAS=False, IS_INT8=fmt == "int8", BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk,
+            GROUP_M=group_m, SPLIT_K=1, EVEN_K=k % bk == 0, num_warps=warps, num_stages=stages)
+    launch()
+    return launch, out
+
+
+def main() -> None:
+    rows = []
+    for m, n, k in SHAPES:
+        a = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
+        b = torch.randn(n, k, device="cuda", dtype=torch.bfloat16) * 0.02
+        t_bf16 = do_bench(lambda: a @ b.t(), return_mode="median") * 1e3
+        for fmt in QDTYPES:
+            for data in ("quantized", "small"):
+                xq, xs, wq, ws = operands(m, n, k, fmt, data)
+                t_base = do_bench(baseline(fmt, xq, xs, wq, ws), return_mode="median") * 1e3
+                ref = (xq.float() * xs) @ (wq.float() * ws).t()
+                timed = []
+                for cfg in CONFIGS:
+                    launch, out = run_config(cfg, fmt, xq, xs, wq, ws)
+                    err = rel_err(out, ref)
+                    if not err < 1e-2:
+                        raise SystemExit(f"{fmt} {m}x{n}x{k} {cfg}: rel err {err:.2e}")
+                    timed.append((do_bench(launch, return_mode="median") * 1e3, cfg))
+                timed.sort()
+                best_us, best = timed[0]
+                row = {"m": m, "n": n, "k": k, "fmt": fmt, "data": data, "bf16_us": t_bf16, "baseline_us": t_base,
+                       "best_config": best, "best_us": best_us, "best_vs_baseline": t_base / best_us,
+                       "best_vs_bf16": t_bf16 / best_us, "all": [{"config": c, "us": t} for t, c in timed]}
+                rows.append(row)
+                print(f"{m}x{n}x{k} {fmt:8s} {data:9s}: bf16 {t_bf16:7.1f} base {t_base:7.1f} best {best_us:7.1f} "
+                      f"{best} -> {row['best_vs_baseline']:.3f}x base, {row['best_vs_bf16']:.2f}x bf16", flush=True)
+    result = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
+              "date": date.today().isoformat(), "rows": rows}
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "w8a8-sweep-h100.json")
+    with open(path, "w") as f:
+        json.dump(result, f, indent=1)
+    print("wrote", path)
+
+
+if __name__ == "__main__":
+    main()
