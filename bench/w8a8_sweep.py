@@ -6,9 +6,9 @@ For each large shape and each candidate (BLOCK_M, BLOCK_N, BLOCK_K, warps, stage
 kernels/_w8a8.py's tiled kernel, the do_bench median against torch._scaled_mm (fp8, rowwise,
 fast accumulation) and torch._int_mm (int8), measured back to back on the same operands. Two
 operand sets: "quantized" codes, which act_quant gives real activations and weights and which
-span the code range (what bench/kernels.py times), and "small" codes (|q| of a few units). The
-H100 runs dense 8-bit MMAs at a clock set by power, and power depends on the bits that toggle,
-so the two kinds of data give different times and ratios for the same kernels.
+span the code range (what bench/kernels.py times), and "small" codes (|q| of a few units), to
+check whether the values toggled change the clock the H100 runs 8-bit MMAs at (on 2026-11-24
+the two gave ratios within 4% of each other).
 """
 import json
 import os
@@ -40,8 +40,9 @@ def operands(m, n, k, fmt, data):
         xq, xs, _, _ = act_quant(x, fmt)
         wq, ws, _, _ = act_quant(w, fmt)
         return xq, xs, wq, ws
-    ones = lambda r: torch.ones(r, 1, device="cuda")  # noqa: E731
-    return (x * 4).round().clamp(-16, 16).to(QDTYPES[fmt]), ones(m), (w * 200).round().clamp(-16, 16).to(QDTYPES[fmt]), ones(n)
+    xq = (x * 4).round().clamp(-16, 16).to(QDTYPES[fmt])
+    wq = (w * 200).round().clamp(-16, 16).to(QDTYPES[fmt])
+    return xq, torch.ones(m, 1, device="cuda"), wq, torch.ones(n, 1, device="cuda")
 
 
 def baseline(fmt, xq, xs, wq, ws):
