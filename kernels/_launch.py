@@ -29,6 +29,27 @@ def zero_output(nargs):
     nargs["out_ptr"].zero_()
 
 
+# Count words of serial split-K reductions, one per output tile, by device. Each launch leaves
+# them at zero (the last program of a tile resets its word), so they are zeroed once, when first
+# asked for, as CUTLASS's serial split-K and Marlin's locks are. Launches on one device share
+# them: two split-K launches must not run at once on different streams.
+SPLIT_K_LOCKS = 4096
+_locks: dict[torch.device, torch.Tensor] = {}
+
+
+def split_k_locks(device: torch.device, tiles: int) -> torch.Tensor:
+    """The zeroed int32 count words for a serial split-K launch of ``tiles`` output tiles."""
+    if tiles > SPLIT_K_LOCKS:
+        raise ValueError(f"a serial split-K launch has at most {SPLIT_K_LOCKS} output tiles, got {tiles}")
+    device = torch.device(device)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
+    locks = _locks.get(device)
+    if locks is None:
+        locks = _locks[device] = torch.zeros(SPLIT_K_LOCKS, dtype=torch.int32, device=device)
+    return locks
+
+
 def use_triton(x: torch.Tensor, backend: str = "auto") -> bool:
     """Decides whether a call on ``x`` runs the Triton kernel.
 
@@ -74,8 +95,11 @@ def m_bucket(m: int) -> int:
     return min(max(16, 1 << (max(m, 1) - 1).bit_length()), 8192)
 
 
-# Bytes written between timed launches so each reads its operands from HBM, not L2 (50 MB on
-# the H100): a decode GEMM's weights (32 MB at 8192 x 8192 int4) would otherwise stay cached.
+# Bytes read between timed launches so each reads its operands from HBM, not L2 (50 MB on the
+# H100): a decode GEMM's weights (32 MB at 8192 x 8192 int4) would otherwise stay cached. Read,
+# not written: a written flush leaves the L2 full of dirty lines, and writing them back while
+# the timed launch reads its own bytes charges it traffic that a decode step, whose previous
+# launch read other weights, never pays.
 _FLUSH_BYTES = 128 << 20
 _GRAPH_REPS = 20
 
@@ -89,7 +113,7 @@ def graph_bench(kernel_call, quantiles=(0.5, 0.2, 0.8)):
     calls, each after an L2 flush, are replayed from one graph, and a graph of the flushes alone
     is subtracted. One value stands for every quantile asked for."""
     kernel_call()  # compiles outside the capture
-    flush = torch.empty(_FLUSH_BYTES, dtype=torch.uint8, device="cuda")
+    flush = torch.ones(_FLUSH_BYTES, dtype=torch.uint8, device="cuda")
 
     def timed(graph):
         graph.replay()
@@ -106,10 +130,10 @@ def graph_bench(kernel_call, quantiles=(0.5, 0.2, 0.8)):
     with_kernel, flush_only = torch.cuda.CUDAGraph(), torch.cuda.CUDAGraph()
     with torch.cuda.graph(with_kernel):
         for _ in range(_GRAPH_REPS):
-            flush.zero_()
+            flush.amax()
             kernel_call()
     with torch.cuda.graph(flush_only):
         for _ in range(_GRAPH_REPS):
-            flush.zero_()
+            flush.amax()
     ms = max(timed(with_kernel) - timed(flush_only), 0.0) / _GRAPH_REPS
     return [ms for _ in quantiles] if quantiles else ms

@@ -4,7 +4,8 @@ import triton
 import triton.language as tl
 
 from kernels import _launch
-from kernels._launch import check_2d, check_dtype, check_shape, first_config_only, interpreting, m_bucket, zero_output
+from kernels._launch import (check_2d, check_dtype, check_shape, first_config_only, graph_bench, interpreting,
+                             m_bucket, split_k_locks, zero_output)
 
 OUT_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 
@@ -249,13 +250,12 @@ def _w8a8_gemv_kernel(
 
 def _swap_config(bn, bk, warps, stages, split_k=1):
     # BLOCK_M is not tuned: it is the token count rounded up to a power of two (at least 16).
-    return triton.Config({"BLOCK_N": bn, "BLOCK_K": bk, "SPLIT_K": split_k}, num_warps=warps,
-                         num_stages=stages, pre_hook=zero_output if split_k > 1 else None)
+    return triton.Config({"BLOCK_N": bn, "BLOCK_K": bk, "SPLIT_K": split_k}, num_warps=warps, num_stages=stages)
 
 
-# Split-K (fp32 atomics into a zeroed buffer, then a cast: two more launches) pays only where
-# the output has too few tiles to fill the GPU and K is long; otherwise one program per output
-# tile stores x.dtype directly. Measured on H100: split-K won only at N = 4096, K = 14336.
+# Where the output has fewer 64-row tiles than the GPU has SMs, the autotuner also tries split-K
+# (split programs reduce serially, in the same launch: _reduce_last); otherwise one program per
+# output tile stores out_dtype directly.
 _CONFIGS_SWAP_SPLIT = [
     _swap_config(64, 256, 4, 4, split_k=4),
     _swap_config(64, 256, 4, 4, split_k=2),
@@ -277,8 +277,9 @@ _CONFIGS_SWAP_DIRECT_INTERPRET = [_swap_config(32, 32, 4, 1)]
 
 
 def swap_split_k(n: int, k: int) -> bool:
-    """Whether the swapped kernel splits K: few 64-row output tiles and a long K."""
-    return triton.cdiv(n, 64) < _sm_count() and k >= 2 * n
+    """Whether the swapped kernel may split K (its autotuner then weighs split and unsplit
+    configs): the output has fewer 64-row tiles than the GPU has SMs."""
+    return triton.cdiv(n, 64) < _sm_count()
 
 
 def _sm_count() -> int:
@@ -290,7 +291,7 @@ def _sm_count() -> int:
 @triton.heuristics({"EVEN_K": lambda args: args["K"] % args["BLOCK_K"] == 0})
 @triton.jit
 def _w8a8_swap_body(
-    x_ptr, w_ptr, xs_ptr, ws_ptr, bias_ptr, out_ptr,
+    x_ptr, w_ptr, xs_ptr, ws_ptr, bias_ptr, out_ptr, part_ptr, lock_ptr,
     M, N, K,
     stride_xm, stride_wn, stride_om,
     XS_PER_TOKEN: tl.constexpr, HAS_BIAS: tl.constexpr, IS_INT8: tl.constexpr,
@@ -338,16 +339,40 @@ def _w8a8_swap_body(
             out += tl.load(bias_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[:, None]
     out_ptrs = out_ptr + offs_m.to(tl.int64)[None, :] * stride_om + offs_n[:, None]
     mask = mask_n[:, None] & mask_m[None, :]
-    _store_or_add(out_ptrs, out, mask, SPLIT_K)
+    if SPLIT_K == 1:
+        tl.store(out_ptrs, out.to(out_ptr.dtype.element_ty), mask=mask)
+    else:
+        _reduce_last(out, out_ptrs, mask, part_ptr + offs_m[None, :] * N + offs_n[:, None], M * N,
+                     lock_ptr + pid_n, pid_k, SPLIT_K)
 
 
+@triton.jit
+def _reduce_last(out, out_ptrs, mask, part_ptrs, slice_size, lock_ptr, pid_k, SPLIT_K: tl.constexpr):
+    """Serial split-K: each split stores its fp32 partial tile in its own slice of ``part_ptrs``
+    and counts itself in at ``lock_ptr``; the last to arrive sums the slices in split order (the
+    same sum whatever order they finished in), writes the output and resets the count to zero.
+    One launch, where atomics into an output zeroed first needed a fill and a cast around it."""
+    tl.store(part_ptrs + pid_k * slice_size, out, mask=mask)
+    # Every thread's partial is stored before one thread counts the program in (release), and
+    # the last program's loads come after its count (acquire).
+    tl.debug_barrier()
+    arrived = tl.atomic_add(lock_ptr, 1, sem="acq_rel", scope="gpu")
+    if arrived == SPLIT_K - 1:
+        total = tl.load(part_ptrs, mask=mask, other=0.0, cache_modifier=".cg")
+        for s in tl.static_range(1, SPLIT_K):
+            total += tl.load(part_ptrs + s * slice_size, mask=mask, other=0.0, cache_modifier=".cg")
+        tl.store(out_ptrs, total.to(out_ptrs.dtype.element_ty), mask=mask)
+        tl.atomic_xchg(lock_ptr, 0)
+
+
+# Decode-sized launches take a few µs: timed from a CUDA graph (graph_bench), not the host.
 _w8a8_swap_kernel = triton.autotune(
-    configs=_CONFIGS_SWAP_INTERPRET if interpreting() else _CONFIGS_SWAP_SPLIT,
-    key=["BLOCK_M", "N", "K"], prune_configs_by={"early_config_prune": first_config_only},
+    configs=_CONFIGS_SWAP_INTERPRET if interpreting() else _CONFIGS_SWAP_SPLIT + _CONFIGS_SWAP_DIRECT,
+    key=["BLOCK_M", "N", "K"], prune_configs_by={"early_config_prune": first_config_only}, do_bench=graph_bench,
 )(_w8a8_swap_body)
 _w8a8_swap_direct_kernel = triton.autotune(
     configs=_CONFIGS_SWAP_DIRECT_INTERPRET if interpreting() else _CONFIGS_SWAP_DIRECT,
-    key=["BLOCK_M", "N", "K"], prune_configs_by={"early_config_prune": first_config_only},
+    key=["BLOCK_M", "N", "K"], prune_configs_by={"early_config_prune": first_config_only}, do_bench=graph_bench,
 )(_w8a8_swap_body)
 
 
@@ -386,15 +411,20 @@ def w8a8_gemm_triton(xq, xs, wq, ws, bias, out_dtype, qdtype: torch.dtype, *, pa
         )
         return out
     if path == "swap":
-        split = swap_split_k(n, k)
-        # Split-K accumulates in fp32; the cast afterwards is one small launch.
-        out = torch.empty(m, n, dtype=torch.float32 if split else out_dtype, device=xq.device)
-        kernel = _w8a8_swap_kernel if split else _w8a8_swap_direct_kernel
+        out = torch.empty(m, n, dtype=out_dtype, device=xq.device)
+        if swap_split_k(n, k):
+            # Each split's fp32 partials get a slice; the count words are shared (see split_k_locks).
+            kernel = _w8a8_swap_kernel
+            parts = torch.empty(max(c.kwargs["SPLIT_K"] for c in kernel.configs), m, n, dtype=torch.float32,
+                                device=xq.device)
+            locks = split_k_locks(xq.device, triton.cdiv(n, min(c.kwargs["BLOCK_N"] for c in kernel.configs)))
+        else:
+            kernel, parts, locks = _w8a8_swap_direct_kernel, out, out
         kernel[lambda meta: (triton.cdiv(n, meta["BLOCK_N"]), meta["SPLIT_K"])](
-            xq, wq, xs, ws, bias_arg, out, m, n, k, xq.stride(0), wq.stride(0), out.stride(0),
+            xq, wq, xs, ws, bias_arg, out, parts, locks, m, n, k, xq.stride(0), wq.stride(0), out.stride(0),
             BLOCK_M=max(16, triton.next_power_of_2(m)), **flags,
         )
-        return out.to(out_dtype)
+        return out
     bucket = m_bucket(m)
     # Split-K candidates accumulate in fp32; the cast afterwards is one small launch.
     out = torch.empty(m, n, dtype=torch.float32 if bucket <= SPLIT_MAX_M else out_dtype, device=xq.device)

@@ -117,15 +117,18 @@ def _gemv_config(bn, quads, warps):
 # intermediate form put L1/TEX at 90% of peak and DRAM at 32%. This one reads int32 words with x
 # in their own layout, shares each x load among four row sets and spends ~4.4 instructions per
 # weight (python bench/kernel_sass.py): 17.3 µs at 8192 x 8192 on the H100, 1.9 TB/s, 2.7x bf16.
-# BLOCK_N rows per set, four sets per program. One- and two-warp programs keep N = 4096 at 512+
-# programs (with four sets of 2 rows, 4096 x 4096 ran 7.3 µs against 6.8 with two sets of 4).
+# BLOCK_N rows per set, four sets per program, QUADS quads of a row per step. Every candidate of
+# a CUDA-graph sweep (bench/w4a16_sweep.py, bench/results/w4a16-gemv-sweep-h100.json) that won or
+# came within 3% on some Llama shape: a row's step spread over two or four warps (QUADS 64..128)
+# wins where K is long against N (4096 x 14336: 15.7 against 18.8 µs) or N is small (1024 x 4096:
+# 3.7 against 4.9), one warp per row set where N is large.
 _CONFIGS_GEMV = [
+    _gemv_config(1, 64, 2),
     _gemv_config(2, 32, 2),
-    _gemv_config(4, 32, 4),
-    _gemv_config(8, 32, 8),
     _gemv_config(1, 32, 1),
-    _gemv_config(2, 16, 1),
-    _gemv_config(4, 16, 2),
+    _gemv_config(2, 64, 4),
+    _gemv_config(1, 128, 2),
+    _gemv_config(1, 64, 1),
 ]
 _CONFIGS_GEMV_INTERPRET = [_gemv_config(4, 4, 1)]
 

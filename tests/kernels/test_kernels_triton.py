@@ -9,6 +9,7 @@ import torch
 import kernels.act_quant as act_quant_mod
 import kernels.gemm_w4a16 as gemm_w4a16_mod
 import kernels._w8a8 as w8a8_mod
+from kernels._launch import SPLIT_K_LOCKS, split_k_locks
 from kernels.act_quant import act_quant, act_quant_reference
 from kernels.gemm_fp8 import gemm_fp8, gemm_fp8_reference
 from kernels.gemm_int8 import gemm_int8, gemm_int8_reference
@@ -171,6 +172,31 @@ def test_w8a8_every_path_matches_reference(device, m, path, fmt):
     ref = reference(xq.cpu(), xs.cpu(), wq.cpu(), ws.cpu(), bias.cpu(), torch.float32)
     assert out.dtype == torch.float16 and out.shape == (m, n)
     assert rel_err(out, ref) < _w8a8_bound(fmt, torch.float16, device)
+
+
+@pytest.mark.parametrize("fmt", ["fp8_e4m3", "int8"])
+def test_w8a8_split_k_reduces_serially(device, fmt):
+    # Few output tiles and a long K: the swapped kernel splits K, and the last program of each
+    # tile sums the splits' partials in split order. Two launches in a row must agree to the
+    # bit (the order programs finish in does not enter the sum) and leave every count word at
+    # zero for the next launch.
+    m, n, k = 5, 96, 256
+    assert w8a8_mod.swap_split_k(n, k)
+    _, reference = GEMMS[fmt]
+    x, w, xq, xs, wq, ws = _w8a8_inputs(m, n, k, fmt, device)
+    bias = torch.randn(n, device=device)
+    qdtype = torch.float8_e4m3fn if fmt == "fp8_e4m3" else torch.int8
+    first = w8a8_mod.w8a8_gemm_triton(xq, xs, wq, ws, bias, torch.float32, qdtype, path="swap")
+    assert int(split_k_locks(device, 1).abs().sum()) == 0
+    second = w8a8_mod.w8a8_gemm_triton(xq, xs, wq, ws, bias, torch.float32, qdtype, path="swap")
+    assert torch.equal(first, second)
+    ref = reference(xq.cpu(), xs.cpu(), wq.cpu(), ws.cpu(), bias.cpu(), torch.float32)
+    assert rel_err(first, ref) < _w8a8_bound(fmt, torch.float32, device)
+
+
+def test_split_k_locks_bounds():
+    with pytest.raises(ValueError, match="at most"):
+        split_k_locks("cpu", SPLIT_K_LOCKS + 1)
 
 
 def test_w8a8_path_errors():
