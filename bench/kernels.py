@@ -49,18 +49,6 @@ W4_SHAPES = [(m, 8192, 8192) for m in (1, 2, 4, 8, 16, 32, 64, 128, 256, 1024, 2
 ACT_SHAPES = [(1, 4096), (16, 4096), (16, 8192), (2048, 4096), (8192, 4096), (16384, 4096), (8192, 8192)]
 
 
-
-
-
-
-
-
-
-
-
-
-
-
 def n_sets(bytes_per_set: int) -> int:
     """Enough rotating input sets to exceed twice the L2, at most 8."""
     return max(1, min(8, math.ceil(2 * L2_BYTES / max(bytes_per_set, 1))))

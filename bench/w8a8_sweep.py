@@ -1,6 +1,7 @@
 """Tile-config sweep of the tiled W8A8 GEMM against cuBLAS, on two kinds of operand data.
 
     python bench/w8a8_sweep.py            # on the GPU; writes bench/results/w8a8-sweep-h100.json
+    python bench/w8a8_sweep.py --decode   # one token, the swapped kernel: w8a8-decode-sweep-h100.json
 
 For each large shape and each candidate (BLOCK_M, BLOCK_N, BLOCK_K, warps, stages, GROUP_M) of
 kernels/_w8a8.py's tiled kernel, the do_bench median against torch._scaled_mm (fp8, rowwise,
@@ -22,7 +23,7 @@ import triton  # noqa: E402
 from triton.testing import do_bench  # noqa: E402
 
 import kernels._w8a8 as w8a8  # noqa: E402
-from bench.timing import rel_err  # noqa: E402
+from bench.timing import best_config, graph_us, rel_err  # noqa: E402
 from kernels.act_quant import act_quant  # noqa: E402
 
 SHAPES = [(8192, 8192, 8192), (2048, 4096, 4096), (2048, 14336, 4096), (2048, 8192, 8192)]
@@ -67,7 +68,65 @@ def run_config(cfg, fmt, xq, xs, wq, ws):
     return launch, out
 
 
+DECODE_SHAPES = [(1024, 4096), (4096, 4096), (14336, 4096), (4096, 14336), (8192, 8192)]
+
+
+def decode_sweep() -> list[dict]:
+    """One token: every config of the swapped kernel (split-K and not) by CUDA-graph device time
+    over rotating weight sets larger than the L2, against the config its autotuner picks."""
+    from kernels._launch import split_k_locks
+    rows = []
+    for n, k in DECODE_SHAPES:
+        x = torch.randn(1, k, device="cuda", dtype=torch.bfloat16)
+        xq, xs, _, _ = act_quant(x, "fp8_e4m3")
+        sets = []
+        for _ in range(max(1, min(8, -(-100 * 2**20 // (n * k))))):
+            wq, ws, _, _ = act_quant(torch.randn(n, k, device="cuda", dtype=torch.bfloat16) * 0.02, "fp8_e4m3")
+            sets.append((wq, ws))
+        ref = (xq.float() * xs) @ (sets[0][0].float() * sets[0][1]).t()
+        auto_us = graph_us(lambda wq, ws: w8a8.w8a8_gemm_triton(xq, xs, wq, ws, None, torch.bfloat16,
+                                                                torch.float8_e4m3fn), sets)
+        kernel = w8a8._w8a8_swap_kernel if w8a8.swap_split_k(n, k) else w8a8._w8a8_swap_direct_kernel
+        auto_cfg = best_config(kernel)
+        parts = torch.empty(8, 1, n, device="cuda")
+        locks = split_k_locks(torch.device("cuda"), triton.cdiv(n, 32))
+        timed = []
+        for cfg in w8a8._CONFIGS_SWAP_SPLIT + w8a8._CONFIGS_SWAP_DIRECT:
+            meta = cfg.kwargs
+            if meta["SPLIT_K"] > 1 and not w8a8.swap_split_k(n, k):
+                continue
+            out = torch.empty(1, n, dtype=torch.bfloat16, device="cuda")
+
+            def launch(wq, ws, meta=meta, cfg=cfg, out=out):
+                w8a8._w8a8_swap_body[(triton.cdiv(n, meta["BLOCK_N"]), meta["SPLIT_K"])](
+                    xq, wq, xs, ws, ws, out, parts, locks, 1, n, k, xq.stride(0), wq.stride(0), out.stride(0),
+                    XS_PER_TOKEN=True, HAS_BIAS=False, IS_INT8=False, BLOCK_M=16, **meta,
+                    num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+                return out
+            err = rel_err(launch(*sets[0]), ref)
+            if not err < 1e-2:
+                raise SystemExit(f"fp8 decode {n}x{k} {meta}: rel err {err:.2e}")
+            timed.append((graph_us(launch, sets), f"{meta} warps={cfg.num_warps} stages={cfg.num_stages}"))
+        timed.sort()
+        bf16 = [torch.randn(n, k, device="cuda", dtype=torch.bfloat16) for _ in range(2 * len(sets))]
+        bf16_us = graph_us(lambda w: x @ w.t(), [(w,) for w in bf16])
+        del bf16
+        rows.append({"m": 1, "n": n, "k": k, "bf16_graph_us": bf16_us, "auto_graph_us": auto_us, "auto_config": auto_cfg,
+                     "best_graph_us": timed[0][0], "best_config": timed[0][1],
+                     "all": [{"config": c, "us": t} for t, c in timed]})
+        print(f"fp8 decode 1x{n}x{k}: bf16 {bf16_us:.1f} auto {auto_us:.1f} ({auto_cfg}) best {timed[0][0]:.1f} "
+              f"({timed[0][1]}); next " + ", ".join(f"{t:.1f}" for t, _ in timed[1:4]), flush=True)
+    return rows
+
+
 def main() -> None:
+    if "--decode" in sys.argv:
+        path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "w8a8-decode-sweep-h100.json")
+        with open(path, "w") as f:
+            json.dump({"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
+                       "date": date.today().isoformat(), "rows": decode_sweep()}, f, indent=1)
+        print("wrote", path)
+        return
     rows = []
     for m, n, k in SHAPES:
         a = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)

@@ -1,0 +1,96 @@
+"""Config sweep of the W4A16 one-token GEMV against bf16 cuBLAS, by CUDA-graph device time.
+
+    python bench/w4a16_sweep.py            # on the GPU; writes bench/results/w4a16-gemv-sweep-h100.json
+
+For each Llama-3 linear shape a decode step runs (8B: q/o 4096x4096, k/v 1024x4096, gate/up
+14336x4096, down 4096x14336; 70B-sized 8192x8192 and 28672x8192) and each candidate
+(BLOCK_N rows per set, QUADS per step, warps) of kernels/gemm_w4a16.py's GEMV, the device time
+replayed from a CUDA graph over rotating weight sets larger than the L2 (as bench/kernels.py's
+graph rows and a decode step see it), next to bf16 ``x @ w.t()`` timed the same way and the
+config the autotuner picks. Every candidate's output is checked against the fp32 reference.
+"""
+import json
+import os
+import sys
+from datetime import date
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import torch  # noqa: E402
+import triton  # noqa: E402
+
+import kernels.gemm_w4a16 as w4  # noqa: E402
+from bench.timing import best_config, graph_us, rel_err  # noqa: E402
+
+GROUP = 128
+SHAPES = [(1024, 4096), (4096, 4096), (14336, 4096), (4096, 14336), (8192, 8192), (28672, 8192)]
+L2_BYTES = 50 * 2**20
+
+
+def candidates():
+    """(BLOCK_N, QUADS, warps) whose [BLOCK_N, QUADS, 4] word tile gives each thread 1..4 quads."""
+    out = []
+    for warps in (1, 2, 4, 8):
+        for bn in (1, 2, 4, 8):
+            for quads in (16, 32, 64, 128):
+                if 32 * warps <= bn * quads <= 128 * warps:
+                    out.append((bn, quads, warps))
+    return out
+
+
+def weight_sets(n, k):
+    per_set = n * k // 2
+    sets = []
+    for _ in range(max(1, min(8, -(-2 * L2_BYTES // per_set)))):
+        w = torch.randn(n, k, device="cuda", dtype=torch.bfloat16) * 0.02
+        packed, scales, zeros = w4.quantize_w4_reference(w, GROUP)
+        sets.append((w, packed, scales, zeros))
+    return sets
+
+
+def main() -> None:
+    rows = []
+    for n, k in SHAPES:
+        x = torch.randn(1, k, device="cuda", dtype=torch.bfloat16)
+        sets = weight_sets(n, k)
+        w0, p0, s0, z0 = sets[0]
+        ref = x.float() @ w4.dequantize_w4_reference(p0, s0, z0, GROUP).t()
+        bf16_us = graph_us(lambda w, *r: x @ w.t(), sets)
+        auto_us = graph_us(lambda w, p, s, z: w4.gemm_w4a16(x, p, s, z, GROUP), sets)
+        auto_cfg = best_config(w4._w4a16_gemv_kernel)
+        timed = []
+        for bn, quads, warps in candidates():
+            if quads * 32 > k:
+                continue
+            out = torch.empty(1, n, dtype=torch.bfloat16, device="cuda")
+
+            def launch(w, p, s, z, bn=bn, quads=quads, warps=warps, out=out):
+                w4._w4a16_gemv_kernel.fn[(triton.cdiv(n, 4 * bn),)](
+                    x, p, s, z, s, out, n, k, p.stride(0), s.stride(0), GROUP=GROUP, HAS_BIAS=False,
+                    X_BF16=True, BLOCK_N=bn, QUADS=quads, num_warps=warps, num_stages=1)
+                return out
+            err = rel_err(launch(*sets[0]), ref)
+            if not err < 1e-2:
+                raise SystemExit(f"{n}x{k} BLOCK_N={bn} QUADS={quads} warps={warps}: rel err {err:.2e}")
+            timed.append((graph_us(launch, sets), (bn, quads, warps)))
+        timed.sort()
+        best_us, best = timed[0]
+        nbytes = n * k // 2 + 2 * 2 * n * (k // GROUP) + 2 * k + 2 * n
+        row = {"n": n, "k": k, "bf16_graph_us": bf16_us, "auto_graph_us": auto_us, "auto_config": auto_cfg,
+               "best_config": best, "best_graph_us": best_us, "best_vs_bf16": bf16_us / best_us,
+               "auto_vs_bf16": bf16_us / auto_us, "best_tbps": nbytes / (best_us * 1e-6) / 1e12,
+               "all": [{"config": c, "us": t} for t, c in timed]}
+        rows.append(row)
+        print(f"{n}x{k}: bf16 {bf16_us:6.1f} auto {auto_us:6.1f} ({auto_cfg}) best {best_us:6.1f} {best} "
+              f"-> {bf16_us / best_us:.2f}x bf16, {row['best_tbps']:.2f} TB/s; next "
+              + ", ".join(f"{c} {t:.1f}" for t, c in timed[1:6]), flush=True)
+    result = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
+              "date": date.today().isoformat(), "group_size": GROUP, "rows": rows}
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "w4a16-gemv-sweep-h100.json")
+    with open(path, "w") as f:
+        json.dump(result, f, indent=1)
+    print("wrote", path)
+
+
+if __name__ == "__main__":
+    main()
