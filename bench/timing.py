@@ -5,8 +5,12 @@ each repetition, inputs rotated), ``graph_us`` as device time replayed from a CU
 launch cost, as a decode step runs in a serving stack).
 """
 import itertools
+import json
+import os
+from datetime import date
 
 import torch
+import triton
 from triton.testing import do_bench, do_bench_cudagraph
 
 # Outputs that strayed from their baseline; a benchmark records them in its results and reports them.
@@ -46,3 +50,14 @@ def best_config(kernel) -> str | None:
     """The config the autotuner picked for the last launch of ``kernel``."""
     cfg = getattr(kernel, "best_config", None)
     return None if cfg is None else f"{cfg.kwargs} warps={cfg.num_warps} stages={cfg.num_stages}"
+
+
+def write_results(name: str, **fields) -> str:
+    """Writes ``bench/results/<name>``: the GPU, torch and triton versions, the date and ``fields``."""
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", name)
+    result = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
+              "date": date.today().isoformat(), **fields}
+    with open(path, "w") as f:
+        json.dump(result, f, indent=1)
+    print("wrote", path)
+    return path

@@ -9,10 +9,8 @@ replayed from a CUDA graph over rotating weight sets larger than the L2 (as benc
 graph rows and a decode step see it), next to bf16 ``x @ w.t()`` timed the same way and the
 config the autotuner picks. Every candidate's output is checked against the fp32 reference.
 """
-import json
 import os
 import sys
-from datetime import date
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -20,7 +18,7 @@ import torch  # noqa: E402
 import triton  # noqa: E402
 
 import kernels.gemm_w4a16 as w4  # noqa: E402
-from bench.timing import best_config, graph_us, rel_err  # noqa: E402
+from bench.timing import best_config, graph_us, rel_err, write_results  # noqa: E402
 
 GROUP = 128
 SHAPES = [(1024, 4096), (4096, 4096), (14336, 4096), (4096, 14336), (8192, 8192), (28672, 8192)]
@@ -84,13 +82,7 @@ def main() -> None:
         print(f"{n}x{k}: bf16 {bf16_us:6.1f} auto {auto_us:6.1f} ({auto_cfg}) best {best_us:6.1f} {best} "
               f"-> {bf16_us / best_us:.2f}x bf16, {row['best_tbps']:.2f} TB/s; next "
               + ", ".join(f"{c} {t:.1f}" for t, c in timed[1:6]), flush=True)
-    result = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
-              "date": date.today().isoformat(), "group_size": GROUP, "rows": rows}
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "w4a16-gemv-sweep-h100.json")
-    with open(path, "w") as f:
-        json.dump(result, f, indent=1)
-    print("wrote", path)
-
+    write_results("w4a16-gemv-sweep-h100.json", group_size=GROUP, rows=rows)
 
 if __name__ == "__main__":
     main()

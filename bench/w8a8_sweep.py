@@ -11,10 +11,8 @@ span the code range (what bench/kernels.py times), and "small" codes (|q| of a f
 check whether the values toggled change the clock the H100 runs 8-bit MMAs at (on 2026-11-24
 the two gave ratios within 4% of each other).
 """
-import json
 import os
 import sys
-from datetime import date
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -23,7 +21,7 @@ import triton  # noqa: E402
 from triton.testing import do_bench  # noqa: E402
 
 import kernels._w8a8 as w8a8  # noqa: E402
-from bench.timing import best_config, graph_us, rel_err  # noqa: E402
+from bench.timing import best_config, graph_us, rel_err, write_results  # noqa: E402
 from kernels.act_quant import act_quant  # noqa: E402
 
 SHAPES = [(8192, 8192, 8192), (2048, 4096, 4096), (2048, 14336, 4096), (2048, 8192, 8192)]
@@ -121,11 +119,7 @@ def decode_sweep() -> list[dict]:
 
 def main() -> None:
     if "--decode" in sys.argv:
-        path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "w8a8-decode-sweep-h100.json")
-        with open(path, "w") as f:
-            json.dump({"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
-                       "date": date.today().isoformat(), "rows": decode_sweep()}, f, indent=1)
-        print("wrote", path)
+        write_results("w8a8-decode-sweep-h100.json", rows=decode_sweep())
         return
     rows = []
     for m, n, k in SHAPES:
@@ -152,13 +146,7 @@ def main() -> None:
                 rows.append(row)
                 print(f"{m}x{n}x{k} {fmt:8s} {data:9s}: bf16 {t_bf16:7.1f} base {t_base:7.1f} best {best_us:7.1f} "
                       f"{best} -> {row['best_vs_baseline']:.3f}x base, {row['best_vs_bf16']:.2f}x bf16", flush=True)
-    result = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
-              "date": date.today().isoformat(), "rows": rows}
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "w8a8-sweep-h100.json")
-    with open(path, "w") as f:
-        json.dump(result, f, indent=1)
-    print("wrote", path)
-
+    write_results("w8a8-sweep-h100.json", rows=rows)
 
 if __name__ == "__main__":
     main()
