@@ -145,7 +145,7 @@ def bench_w8a8(ceil: dict) -> list[dict]:
         t_bf16 = median_us(lambda x, w, *r: x @ w.t(), sets)
         t_fp8 = median_us(lambda x, w, xq, xs, wq, ws, *r: gemm_fp8(xq, xs, wq, ws), sets)
         kernel_for = {"gemv": w8a8_mod._w8a8_gemv_kernel,
-                      "swap": w8a8_mod._w8a8_swap_kernel if w8a8_mod.swap_split_k(n, k) else w8a8_mod._w8a8_swap_direct_kernel,
+                      "swap": w8a8_mod._w8a8_swap_kernel if w8a8_mod.swap_split_k(n) else w8a8_mod._w8a8_swap_direct_kernel,
                       "tiled": w8a8_mod._w8a8_gemm_kernel}
         cfg_fp8 = best_config(kernel_for[w8a8_mod.w8a8_path(m, torch.float8_e4m3fn)])
         t_scaled = median_us(
@@ -170,7 +170,7 @@ def bench_w8a8(ceil: dict) -> list[dict]:
                         lambda *r, i=idx, q=qd, p=path: w8a8_mod.w8a8_gemm_triton(*r[i:i + 4], None, torch.bfloat16, q, path=p),
                         sets)
                     kern = {"gemv": w8a8_mod._w8a8_gemv_kernel, "tiled": w8a8_mod._w8a8_gemm_kernel,
-                            "swap": w8a8_mod._w8a8_swap_kernel if w8a8_mod.swap_split_k(n, k)
+                            "swap": w8a8_mod._w8a8_swap_kernel if w8a8_mod.swap_split_k(n)
                             else w8a8_mod._w8a8_swap_direct_kernel}[path]
                     paths[f"{fmt}_{path}_config"] = best_config(kern)
             # Decode-sized GEMMs run in a few µs of device time, under the host's launch cost:

@@ -84,5 +84,6 @@ def main() -> None:
               + ", ".join(f"{c} {t:.1f}" for t, c in timed[1:6]), flush=True)
     write_results("w4a16-gemv-sweep-h100.json", group_size=GROUP, rows=rows)
 
+
 if __name__ == "__main__":
     main()

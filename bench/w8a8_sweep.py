@@ -22,6 +22,7 @@ from triton.testing import do_bench  # noqa: E402
 
 import kernels._w8a8 as w8a8  # noqa: E402
 from bench.timing import best_config, graph_us, rel_err, write_results  # noqa: E402
+from kernels._launch import split_k_locks  # noqa: E402
 from kernels.act_quant import act_quant  # noqa: E402
 
 SHAPES = [(8192, 8192, 8192), (2048, 4096, 4096), (2048, 14336, 4096), (2048, 8192, 8192)]
@@ -72,7 +73,6 @@ DECODE_SHAPES = [(1024, 4096), (4096, 4096), (14336, 4096), (4096, 14336), (8192
 def decode_sweep() -> list[dict]:
     """One token: every config of the swapped kernel (split-K and not) by CUDA-graph device time
     over rotating weight sets larger than the L2, against the config its autotuner picks."""
-    from kernels._launch import split_k_locks
     rows = []
     for n, k in DECODE_SHAPES:
         x = torch.randn(1, k, device="cuda", dtype=torch.bfloat16)
@@ -84,14 +84,14 @@ def decode_sweep() -> list[dict]:
         ref = (xq.float() * xs) @ (sets[0][0].float() * sets[0][1]).t()
         auto_us = graph_us(lambda wq, ws: w8a8.w8a8_gemm_triton(xq, xs, wq, ws, None, torch.bfloat16,
                                                                 torch.float8_e4m3fn), sets)
-        kernel = w8a8._w8a8_swap_kernel if w8a8.swap_split_k(n, k) else w8a8._w8a8_swap_direct_kernel
+        kernel = w8a8._w8a8_swap_kernel if w8a8.swap_split_k(n) else w8a8._w8a8_swap_direct_kernel
         auto_cfg = best_config(kernel)
         parts = torch.empty(8, 1, n, device="cuda")
         locks = split_k_locks(torch.device("cuda"), triton.cdiv(n, 32))
         timed = []
         for cfg in w8a8._CONFIGS_SWAP_SPLIT + w8a8._CONFIGS_SWAP_DIRECT:
             meta = cfg.kwargs
-            if meta["SPLIT_K"] > 1 and not w8a8.swap_split_k(n, k):
+            if meta["SPLIT_K"] > 1 and not w8a8.swap_split_k(n):
                 continue
             out = torch.empty(1, n, dtype=torch.bfloat16, device="cuda")
 
@@ -147,6 +147,7 @@ def main() -> None:
                 print(f"{m}x{n}x{k} {fmt:8s} {data:9s}: bf16 {t_bf16:7.1f} base {t_base:7.1f} best {best_us:7.1f} "
                       f"{best} -> {row['best_vs_baseline']:.3f}x base, {row['best_vs_bf16']:.2f}x bf16", flush=True)
     write_results("w8a8-sweep-h100.json", rows=rows)
+
 
 if __name__ == "__main__":
     main()

@@ -276,7 +276,7 @@ _CONFIGS_SWAP_INTERPRET = [_swap_config(32, 32, 4, 1, split_k=2)]
 _CONFIGS_SWAP_DIRECT_INTERPRET = [_swap_config(32, 32, 4, 1)]
 
 
-def swap_split_k(n: int, k: int) -> bool:
+def swap_split_k(n: int) -> bool:
     """Whether the swapped kernel may split K (its autotuner then weighs split and unsplit
     configs): the output has fewer 64-row tiles than the GPU has SMs."""
     return triton.cdiv(n, 64) < _sm_count()
@@ -374,6 +374,9 @@ _w8a8_swap_direct_kernel = triton.autotune(
     configs=_CONFIGS_SWAP_DIRECT_INTERPRET if interpreting() else _CONFIGS_SWAP_DIRECT,
     key=["BLOCK_M", "N", "K"], prune_configs_by={"early_config_prune": first_config_only}, do_bench=graph_bench,
 )(_w8a8_swap_body)
+# What the launcher sizes a split launch's partials and count words by, whichever config wins.
+_SWAP_MAX_SPLIT = max(c.kwargs["SPLIT_K"] for c in _w8a8_swap_kernel.configs)
+_SWAP_MIN_BLOCK_N = min(c.kwargs["BLOCK_N"] for c in _w8a8_swap_kernel.configs)
 
 
 def w8a8_path(m: int, qdtype: torch.dtype) -> str:
@@ -412,12 +415,11 @@ def w8a8_gemm_triton(xq, xs, wq, ws, bias, out_dtype, qdtype: torch.dtype, *, pa
         return out
     if path == "swap":
         out = torch.empty(m, n, dtype=out_dtype, device=xq.device)
-        if swap_split_k(n, k):
+        if swap_split_k(n):
             # Each split's fp32 partials get a slice; the count words are shared (see split_k_locks).
             kernel = _w8a8_swap_kernel
-            parts = torch.empty(max(c.kwargs["SPLIT_K"] for c in kernel.configs), m, n, dtype=torch.float32,
-                                device=xq.device)
-            locks = split_k_locks(xq.device, triton.cdiv(n, min(c.kwargs["BLOCK_N"] for c in kernel.configs)))
+            parts = torch.empty(_SWAP_MAX_SPLIT, m, n, dtype=torch.float32, device=xq.device)
+            locks = split_k_locks(xq.device, triton.cdiv(n, _SWAP_MIN_BLOCK_N))
         else:
             kernel, parts, locks = _w8a8_swap_direct_kernel, out, out
         kernel[lambda meta: (triton.cdiv(n, meta["BLOCK_N"]), meta["SPLIT_K"])](
