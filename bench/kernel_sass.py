@@ -57,25 +57,26 @@ def report(name: str, kernel, weights_per_thread: float) -> None:
     ops = loop_body(sass)
     count = Counter(op.split(".")[0] for op in ops)
     top = ", ".join(f"{op} {n}" for op, n in count.most_common(6))
-    print(f"{name}: {len(ops)} instructions a step, {len(ops) / weights_per_thread:.2f} per weight; "
+    print(f"{name}: {len(ops)} instructions a loop iteration, {len(ops) / weights_per_thread:.2f} per weight; "
           f"LDG {count.get('LDG', 0)}, BAR {count.get('BAR', 0)}; {top}")
 
 
 def main() -> None:
     print(f"Triton {triton.__version__}, sm_90")
     gemv_sig = {**POINTERS, "out_ptr": "*bf16", "N": "i32", "K": "i32", "stride_pn": "i32", "stride_sn": "i32",
-                "GROUP": "constexpr", "HAS_BIAS": "constexpr", "X_BF16": "constexpr", "BLOCK_N": "constexpr",
-                "QUADS": "constexpr"}
+                "GROUP": "constexpr", "HAS_BIAS": "constexpr", "X_BF16": "constexpr", "PAIRED": "constexpr",
+                "BLOCK_N": "constexpr", "QUADS": "constexpr"}
     for cfg in w4._CONFIGS_GEMV:
         bn, quads, warps = cfg.kwargs["BLOCK_N"], cfg.kwargs["QUADS"], cfg.num_warps
         k = compile_sm90(w4._w4a16_gemv_kernel.fn, gemv_sig, {"GROUP": 128, "HAS_BIAS": False, "X_BF16": True,
-                                                             "BLOCK_N": bn, "QUADS": quads}, warps, cfg.num_stages)
-        # Four row sets of BLOCK_N rows, QUADS x 32 codes each per step, over warps x 32 threads.
-        report(f"gemv BLOCK_N={bn} QUADS={quads} warps={warps}", k, 4 * bn * quads * 32 / (warps * 32))
+                                                             "PAIRED": True, "BLOCK_N": bn, "QUADS": quads}, warps, cfg.num_stages)
+        # Four row sets of BLOCK_N rows, QUADS x 32 codes each per step, two steps per loop
+        # iteration, over warps x 32 threads.
+        report(f"gemv BLOCK_N={bn} QUADS={quads} warps={warps}", k, 2 * 4 * bn * quads * 32 / (warps * 32))
     tc_sig = {**POINTERS, "out_ptr": "*fp32", "M": "i32", "N": "i32", "K": "i32", "stride_xm": "i32",
               "stride_pn": "i32", "stride_sn": "i32", "stride_om": "i32", "GROUP": "constexpr",
               "HAS_BIAS": "constexpr", "X_FP32": "constexpr", "BLOCK_M": "constexpr", "BLOCK_N": "constexpr",
-              "SPLIT_K": "constexpr", "GROUPS_PER_STEP": "constexpr"}
+              "SPLIT_K": "constexpr", "GROUPS_PER_STEP": "constexpr", "REG_PREFETCH": "constexpr"}
     for cfg in w4._CONFIGS_TC:
         kw = cfg.kwargs
         k = compile_sm90(w4._w4a16_tc_kernel.fn, tc_sig, {"GROUP": 128, "HAS_BIAS": False, "X_FP32": False,

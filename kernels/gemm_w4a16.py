@@ -115,13 +115,16 @@ def _gemv_config(bn, quads, warps):
 # spent ~8.7 SASS instructions per weight plus 16 barriers a step (x moved through shared memory
 # into the weights' layout each step) and streamed 1.1 TB/s at 8192 x 8192; Nsight Compute on an
 # intermediate form put L1/TEX at 90% of peak and DRAM at 32%. This one reads int32 words with x
-# in their own layout, shares each x load among four row sets and spends ~4.4 instructions per
-# weight (python bench/kernel_sass.py): 17.3 µs at 8192 x 8192 on the H100, 1.9 TB/s, 2.7x bf16.
+# in their own layout and shares each x load among four row sets. From 4.35 SASS instructions per
+# weight (python bench/kernel_sass.py; 17.2 µs at 8192 x 8192 on the H100, 2.74x bf16) to 3.54
+# (15.8 µs, 2.99x): two codes per shift (_expand, PAIRED), one FFMA chain over a quad's words,
+# scale and zero rows addressed once instead of with 64-bit math every load, and two steps an
+# iteration so the register double buffer swaps instead of being copied.
 # BLOCK_N rows per set, four sets per program, QUADS quads of a row per step. Every candidate of
 # a CUDA-graph sweep (bench/w4a16_sweep.py, bench/results/w4a16-gemv-sweep-h100.json) that won or
 # came within 3% on some Llama shape: a row's step spread over two or four warps (QUADS 64..128)
-# wins where K is long against N (4096 x 14336: 15.7 against 18.8 µs) or N is small (1024 x 4096:
-# 3.7 against 4.9), one warp per row set where N is large.
+# wins where K is long against N (4096 x 14336: 14.1 µs) or N is small (1024 x 4096: 2.9 µs,
+# 4096 x 4096: 6.1), one warp per row set where N is large (8192 x 8192: 15.6, 28672 x 8192: 46.0).
 _CONFIGS_GEMV = [
     _gemv_config(1, 64, 2),
     _gemv_config(2, 32, 2),
@@ -129,13 +132,17 @@ _CONFIGS_GEMV = [
     _gemv_config(2, 64, 4),
     _gemv_config(1, 128, 2),
     _gemv_config(1, 64, 1),
+    _gemv_config(2, 128, 4),
 ]
 _CONFIGS_GEMV_INTERPRET = [_gemv_config(4, 4, 1)]
 
 
-# The bits of fp32 1.0, and the mantissa's top four bits: a code q put there reads 1 + q / 16.
+# A code q put in the mantissa's top four bits of 1.0 reads 1 + q / 16; in the next four bits of
+# 16.0, 16 + q / 16. One shift can put two neighbouring codes of a word in both places at once.
 ONE_BITS = tl.constexpr(0x3F800000)
-TOP_NIBBLE = tl.constexpr(0x00780000)
+SIXTEEN_BITS = tl.constexpr(0x41800000)
+HI_NIBBLE = tl.constexpr(0x00780000)
+LO_NIBBLE = tl.constexpr(0x00078000)
 
 
 @triton.jit
@@ -160,20 +167,29 @@ def _split8(x, BN: tl.constexpr, Q: tl.constexpr):
 
 
 @triton.jit
-def _nibble(word, SHIFT: tl.constexpr):
-    """The code at bits SHIFT + 19 .. SHIFT + 22 of each word as the float 1 + q / 16: one shift and
-    one LOP3, no conversion and no subtraction (that is done once per quad, see the caller)."""
+def _nibble(word, SHIFT: tl.constexpr, MASK: tl.constexpr, BITS: tl.constexpr):
+    """The code that a shift by SHIFT (left if positive) puts under MASK, as the float BITS | code:
+    no conversion and no subtraction (those are done once per quad, see the callers)."""
     if SHIFT >= 0:
-        m = word >> SHIFT
+        m = word << SHIFT
     else:
-        m = word << -SHIFT
-    return ((m & TOP_NIBBLE) | ONE_BITS).to(tl.float32, bitcast=True)
+        m = word >> -SHIFT
+    return ((m & MASK) | BITS).to(tl.float32, bitcast=True)
 
 
-# On the GPU the eight codes of a word are expanded by one PTX block: a shift and one LOP3 each.
-# Written in Triton, the AND and the OR come out as two LOP3s (ptxas does not fold two constants
-# into one); the interpreter, which runs no PTX, takes the Triton form.
-_EXPAND_ASM = tl.constexpr("""{
+# On the GPU the eight codes of a word are expanded by one PTX block of shifts and one LOP3 per
+# code. Written in Triton, each AND and OR come out as two LOP3s (ptxas does not fold two constants
+# into one); the interpreter, which runs no PTX, takes the Triton form. Paired, codes 2j and 2j + 1
+# share a shift and read 16 + q / 16 and 1 + q / 16 (4 shifts a word); single, each code has its
+# own shift and reads 1 + q / 16 (8 shifts).
+_EXPAND_PAIRED_ASM = tl.constexpr("""{
+.reg .b32 t;
+shl.b32 t, $8, 15; lop3.b32 $0, t, 0x78000, 0x41800000, 0xEA; lop3.b32 $1, t, 0x780000, 0x3F800000, 0xEA;
+shl.b32 t, $8, 7; lop3.b32 $2, t, 0x78000, 0x41800000, 0xEA; lop3.b32 $3, t, 0x780000, 0x3F800000, 0xEA;
+shr.u32 t, $8, 1; lop3.b32 $4, t, 0x78000, 0x41800000, 0xEA; lop3.b32 $5, t, 0x780000, 0x3F800000, 0xEA;
+shr.u32 t, $8, 9; lop3.b32 $6, t, 0x78000, 0x41800000, 0xEA; lop3.b32 $7, t, 0x780000, 0x3F800000, 0xEA;
+}""")
+_EXPAND_SINGLE_ASM = tl.constexpr("""{
 .reg .b32 t;
 shl.b32 t, $8, 19; lop3.b32 $0, t, 0x780000, 0x3F800000, 0xEA;
 shl.b32 t, $8, 15; lop3.b32 $1, t, 0x780000, 0x3F800000, 0xEA;
@@ -188,21 +204,37 @@ EXPAND_ASM = tl.constexpr(not interpreting())
 
 
 @triton.jit
-def _expand(word):
-    """The 8 codes of each int32 word as floats 1 + q / 16, code i first-to-last."""
+def _expand(word, PAIRED: tl.constexpr):
+    """The 8 codes of each int32 word, code i first-to-last, as 1 + q / 16, or, PAIRED, as
+    16 + q / 16 for even i."""
+    if PAIRED:
+        if EXPAND_ASM:
+            return tl.inline_asm_elementwise(_EXPAND_PAIRED_ASM, "=r,=r,=r,=r,=r,=r,=r,=r,r", [word],
+                                             dtype=(tl.float32,) * 8, is_pure=True, pack=1)
+        return (_nibble(word, 15, LO_NIBBLE, SIXTEEN_BITS), _nibble(word, 15, HI_NIBBLE, ONE_BITS),
+                _nibble(word, 7, LO_NIBBLE, SIXTEEN_BITS), _nibble(word, 7, HI_NIBBLE, ONE_BITS),
+                _nibble(word, -1, LO_NIBBLE, SIXTEEN_BITS), _nibble(word, -1, HI_NIBBLE, ONE_BITS),
+                _nibble(word, -9, LO_NIBBLE, SIXTEEN_BITS), _nibble(word, -9, HI_NIBBLE, ONE_BITS))
     if EXPAND_ASM:
-        return tl.inline_asm_elementwise(_EXPAND_ASM, "=r,=r,=r,=r,=r,=r,=r,=r,r", [word],
+        return tl.inline_asm_elementwise(_EXPAND_SINGLE_ASM, "=r,=r,=r,=r,=r,=r,=r,=r,r", [word],
                                          dtype=(tl.float32,) * 8, is_pure=True, pack=1)
-    return (_nibble(word, -19), _nibble(word, -15), _nibble(word, -11), _nibble(word, -7),
-            _nibble(word, -3), _nibble(word, 1), _nibble(word, 5), _nibble(word, 9))
+    return (_nibble(word, 19, HI_NIBBLE, ONE_BITS), _nibble(word, 15, HI_NIBBLE, ONE_BITS),
+            _nibble(word, 11, HI_NIBBLE, ONE_BITS), _nibble(word, 7, HI_NIBBLE, ONE_BITS),
+            _nibble(word, 3, HI_NIBBLE, ONE_BITS), _nibble(word, -1, HI_NIBBLE, ONE_BITS),
+            _nibble(word, -5, HI_NIBBLE, ONE_BITS), _nibble(word, -9, HI_NIBBLE, ONE_BITS))
 
 
 @triton.jit
-def _word_dot(word, x0, x1, x2, x3, x4, x5, x6, x7):
-    """sum_i (1 + q_i / 16) x_i over the 8 codes of an int32 word (code i at bits 4i .. 4i + 3,
-    i.e. k = 8w + i in the [N, K // 2] packing, little-endian)."""
-    v0, v1, v2, v3, v4, v5, v6, v7 = _expand(word)
-    acc = v0 * x0
+def _word_dot(word, acc, x0, x1, x2, x3, x4, x5, x6, x7, PAIRED: tl.constexpr, FIRST: tl.constexpr):
+    """acc (none if FIRST) + sum_i v_i x_i over the 8 codes of an int32 word (code i at bits
+    4i .. 4i + 3, i.e. k = 8w + i in the [N, K // 2] packing, little-endian), v_i as _expand gives
+    them: sum_i q_i x_i / 16 plus sum x, or, PAIRED, plus 16 sum_even x + sum_odd x. One chain of
+    FFMAs over a quad's four words."""
+    v0, v1, v2, v3, v4, v5, v6, v7 = _expand(word, PAIRED)
+    if FIRST:
+        acc = v0 * x0
+    else:
+        acc += v0 * x0
     acc += v1 * x1
     acc += v2 * x2
     acc += v3 * x3
@@ -223,49 +255,49 @@ def _split_words(words, BN: tl.constexpr, Q: tl.constexpr):
 
 
 @triton.jit
-def _dots_of_word(w_a, w_b, w_c, w_d, x_ptrs, X_BF16: tl.constexpr, BN: tl.constexpr, Q: tl.constexpr):
-    """One word of each quad of four row sets against the 8 activations it multiplies, loaded and
-    converted once for all four: (sum v x for each set, sum x)."""
-    x0, x1, x2, x3, x4, x5, x6, x7 = _split8(_to_f32(tl.load(x_ptrs), X_BF16), BN, Q)
-    return (_word_dot(w_a, x0, x1, x2, x3, x4, x5, x6, x7), _word_dot(w_b, x0, x1, x2, x3, x4, x5, x6, x7),
-            _word_dot(w_c, x0, x1, x2, x3, x4, x5, x6, x7), _word_dot(w_d, x0, x1, x2, x3, x4, x5, x6, x7),
-            x0 + x1 + x2 + x3 + x4 + x5 + x6 + x7)
-
-
-@triton.jit
-def _quad_dots(words_a, words_b, words_c, words_d, x_ptrs, X_BF16: tl.constexpr, BN: tl.constexpr, Q: tl.constexpr):
-    """For four row sets and one step of quads: (sum v x of each set, sum x)."""
+def _quad_dots(words_a, words_b, words_c, words_d, x_ptrs, X_BF16: tl.constexpr, PAIRED: tl.constexpr,
+               BN: tl.constexpr, Q: tl.constexpr):
+    """For four row sets and one step of quads: (sum v x of each set, its code-free part, sum x).
+    Each activation is loaded, converted and summed once for the four sets."""
     a0, a1, a2, a3 = _split_words(words_a, BN, Q)
     b0, b1, b2, b3 = _split_words(words_b, BN, Q)
     c0, c1, c2, c3 = _split_words(words_c, BN, Q)
     d0, d1, d2, d3 = _split_words(words_d, BN, Q)
-    dot_a, dot_b, dot_c, dot_d, xsum = _dots_of_word(a0, b0, c0, d0, x_ptrs, X_BF16, BN, Q)
+    x0, x1, x2, x3, x4, x5, x6, x7 = _split8(_to_f32(tl.load(x_ptrs), X_BF16), BN, Q)
+    dot_a = _word_dot(a0, None, x0, x1, x2, x3, x4, x5, x6, x7, PAIRED, True)
+    dot_b = _word_dot(b0, None, x0, x1, x2, x3, x4, x5, x6, x7, PAIRED, True)
+    dot_c = _word_dot(c0, None, x0, x1, x2, x3, x4, x5, x6, x7, PAIRED, True)
+    dot_d = _word_dot(d0, None, x0, x1, x2, x3, x4, x5, x6, x7, PAIRED, True)
+    x_even = x0 + x2 + x4 + x6
+    x_odd = x1 + x3 + x5 + x7
     for j in tl.static_range(1, 4):
         wa = a1 if j == 1 else (a2 if j == 2 else a3)
         wb = b1 if j == 1 else (b2 if j == 2 else b3)
         wc = c1 if j == 1 else (c2 if j == 2 else c3)
         wd = d1 if j == 1 else (d2 if j == 2 else d3)
-        da, db, dc, dd, xs = _dots_of_word(wa, wb, wc, wd, x_ptrs + 8 * j, X_BF16, BN, Q)
-        dot_a += da
-        dot_b += db
-        dot_c += dc
-        dot_d += dd
-        xsum += xs
-    return dot_a, dot_b, dot_c, dot_d, xsum
+        x0, x1, x2, x3, x4, x5, x6, x7 = _split8(_to_f32(tl.load(x_ptrs + 8 * j), X_BF16), BN, Q)
+        dot_a = _word_dot(wa, dot_a, x0, x1, x2, x3, x4, x5, x6, x7, PAIRED, False)
+        dot_b = _word_dot(wb, dot_b, x0, x1, x2, x3, x4, x5, x6, x7, PAIRED, False)
+        dot_c = _word_dot(wc, dot_c, x0, x1, x2, x3, x4, x5, x6, x7, PAIRED, False)
+        dot_d = _word_dot(wd, dot_d, x0, x1, x2, x3, x4, x5, x6, x7, PAIRED, False)
+        x_even += x0 + x2 + x4 + x6
+        x_odd += x1 + x3 + x5 + x7
+    x_base = 16.0 * x_even + x_odd if PAIRED else x_even + x_odd
+    return dot_a, dot_b, dot_c, dot_d, x_base, x_even + x_odd
 
 
 @triton.jit
-def _gemv_step_loads(words_ptr, s_ptr, z_ptr, rows, q0, n_quads, stride_sn,
-                     QUADS: tl.constexpr, QUADS_PER_GROUP: tl.constexpr):
-    """The words, scales and zeros of the step at quad q0. Quads past the end re-read quad 0 with
-    a zero scale, so they add nothing (and the prefetch past the last step reads valid memory)."""
+def _gemv_step_loads(words_ptr, s_rows, z_rows, q0, n_quads, QUADS: tl.constexpr, QUADS_PER_GROUP: tl.constexpr):
+    """The words, scales and zeros of the step at quad q0 (``s_rows`` and ``z_rows`` point at the
+    rows' first groups, so a step adds a 32-bit group index). Quads past the end re-read quad 0
+    with a zero scale, so they add nothing (and the prefetch past the last step reads valid memory)."""
     quad = q0 + tl.arange(0, QUADS)
     live = quad < n_quads
     quad = tl.where(live, quad, 0)
     words = tl.load(words_ptr + quad[None, :, None] * 4 + tl.arange(0, 4)[None, None, :], eviction_policy="evict_first")
-    meta = rows[:, None] * stride_sn + (quad // QUADS_PER_GROUP)[None, :]
-    s = tl.load(s_ptr + meta).to(tl.float32) * live.to(tl.float32)[None, :]
-    z = tl.load(z_ptr + meta).to(tl.float32)
+    group = (quad // QUADS_PER_GROUP)[None, :]
+    s = tl.load(s_rows + group).to(tl.float32) * live.to(tl.float32)[None, :]
+    z = tl.load(z_rows + group).to(tl.float32)
     return words, s, z
 
 
@@ -279,7 +311,7 @@ def _gemv_step_loads(words_ptr, s_ptr, z_ptr, rows, q0, n_quads, stride_sn,
 def _w4a16_gemv_kernel(
     x_ptr, p_ptr, s_ptr, z_ptr, bias_ptr, out_ptr,
     N, K, stride_pn, stride_sn,
-    GROUP: tl.constexpr, HAS_BIAS: tl.constexpr, X_BF16: tl.constexpr,
+    GROUP: tl.constexpr, HAS_BIAS: tl.constexpr, X_BF16: tl.constexpr, PAIRED: tl.constexpr,
     BLOCK_N: tl.constexpr, QUADS: tl.constexpr,
 ):
     # One token; a program owns four sets of BLOCK_N rows over all of K. A step reads, per row,
@@ -288,7 +320,10 @@ def _w4a16_gemv_kernel(
     # layout (a plain [QUADS, 32] load would be converted through shared memory every step) and
     # used by all four row sets (Triton 3.6 does not merge the loads of a broadcast axis by
     # itself): each activation is loaded, converted and summed once per four rows a thread holds.
-    # With codes read as v = 1 + q / 16, a quad's sum (q - zero) x = 16 sum v x - (16 + zero) sum x;
+    # With codes read as v = 1 + q / 16, a quad's sum (q - zero) x = 16 (sum v x - sum x) - zero sum x.
+    # PAIRED (16-bit activations) reads even codes as 16 + q / 16, which halves the shifts; the
+    # code-free part it subtracts, 16 sum_even x + sum_odd x, is larger, and the cancellation costs
+    # ~4 bits of fp32 that a 16-bit output does not have (fp32 activations keep them);
     # the scale applies once per quad, since a quad never crosses a group (GROUP is a multiple of 32).
     pid_n = tl.program_id(0)
     offs_a = pid_n * 4 * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -299,8 +334,6 @@ def _w4a16_gemv_kernel(
     rows_b = tl.where(offs_b < N, offs_b, 0).to(tl.int64)
     rows_c = tl.where(offs_c < N, offs_c, 0).to(tl.int64)
     rows_d = tl.where(offs_d < N, offs_d, 0).to(tl.int64)
-    offs_q = tl.arange(0, QUADS)
-    offs_i = tl.arange(0, 8)
     n_quads = K // 32
     QPG: tl.constexpr = GROUP // 32
     words = p_ptr.to(tl.pointer_type(tl.int32))
@@ -309,40 +342,68 @@ def _w4a16_gemv_kernel(
     ptr_c = words + rows_c[:, None, None] * (stride_pn // 4)
     ptr_d = words + rows_d[:, None, None] * (stride_pn // 4)
     x_rows = x_ptr + (rows_a * 0)[:, None, None]
+    s_a_rows = s_ptr + rows_a[:, None] * stride_sn
+    s_b_rows = s_ptr + rows_b[:, None] * stride_sn
+    s_c_rows = s_ptr + rows_c[:, None] * stride_sn
+    s_d_rows = s_ptr + rows_d[:, None] * stride_sn
+    z_a_rows = z_ptr + rows_a[:, None] * stride_sn
+    z_b_rows = z_ptr + rows_b[:, None] * stride_sn
+    z_c_rows = z_ptr + rows_c[:, None] * stride_sn
+    z_d_rows = z_ptr + rows_d[:, None] * stride_sn
 
     acc_a = tl.zeros((BLOCK_N, QUADS), dtype=tl.float32)
     acc_b = tl.zeros((BLOCK_N, QUADS), dtype=tl.float32)
     acc_c = tl.zeros((BLOCK_N, QUADS), dtype=tl.float32)
     acc_d = tl.zeros((BLOCK_N, QUADS), dtype=tl.float32)
     # The next step's words and scales are loaded before this step's arithmetic (a register
-    # double buffer): each thread keeps one step of loads in flight while it computes.
-    words_a, s_a, z_a = _gemv_step_loads(ptr_a, s_ptr, z_ptr, rows_a, 0, n_quads, stride_sn, QUADS, QPG)
-    words_b, s_b, z_b = _gemv_step_loads(ptr_b, s_ptr, z_ptr, rows_b, 0, n_quads, stride_sn, QUADS, QPG)
-    words_c, s_c, z_c = _gemv_step_loads(ptr_c, s_ptr, z_ptr, rows_c, 0, n_quads, stride_sn, QUADS, QPG)
-    words_d, s_d, z_d = _gemv_step_loads(ptr_d, s_ptr, z_ptr, rows_d, 0, n_quads, stride_sn, QUADS, QPG)
-    for q0 in range(0, n_quads, QUADS):
-        quad = q0 + offs_q
-        quad = tl.where(quad < n_quads, quad, 0)
-        next_a = _gemv_step_loads(ptr_a, s_ptr, z_ptr, rows_a, q0 + QUADS, n_quads, stride_sn, QUADS, QPG)
-        next_b = _gemv_step_loads(ptr_b, s_ptr, z_ptr, rows_b, q0 + QUADS, n_quads, stride_sn, QUADS, QPG)
-        next_c = _gemv_step_loads(ptr_c, s_ptr, z_ptr, rows_c, q0 + QUADS, n_quads, stride_sn, QUADS, QPG)
-        next_d = _gemv_step_loads(ptr_d, s_ptr, z_ptr, rows_d, q0 + QUADS, n_quads, stride_sn, QUADS, QPG)
-        x_ptrs = x_rows + quad[None, :, None] * 32 + offs_i[None, None, :]
-        dot_a, dot_b, dot_c, dot_d, xsum = _quad_dots(words_a, words_b, words_c, words_d, x_ptrs, X_BF16,
-                                                      BLOCK_N, QUADS)
-        acc_a += (16.0 * dot_a - (16.0 + z_a) * xsum) * s_a
-        acc_b += (16.0 * dot_b - (16.0 + z_b) * xsum) * s_b
-        acc_c += (16.0 * dot_c - (16.0 + z_c) * xsum) * s_c
-        acc_d += (16.0 * dot_d - (16.0 + z_d) * xsum) * s_d
-        words_a, s_a, z_a = next_a
-        words_b, s_b, z_b = next_b
-        words_c, s_c, z_c = next_c
-        words_d, s_d, z_d = next_d
+    # double buffer): each thread keeps one step of loads in flight while it computes. Two steps an
+    # iteration, so the two buffers swap roles instead of being copied (16 moves a step).
+    words_a, s_a, z_a = _gemv_step_loads(ptr_a, s_a_rows, z_a_rows, 0, n_quads, QUADS, QPG)
+    words_b, s_b, z_b = _gemv_step_loads(ptr_b, s_b_rows, z_b_rows, 0, n_quads, QUADS, QPG)
+    words_c, s_c, z_c = _gemv_step_loads(ptr_c, s_c_rows, z_c_rows, 0, n_quads, QUADS, QPG)
+    words_d, s_d, z_d = _gemv_step_loads(ptr_d, s_d_rows, z_d_rows, 0, n_quads, QUADS, QPG)
+    n_steps = tl.cdiv(n_quads, QUADS)
+    for q0 in range(0, (n_steps // 2) * 2 * QUADS, 2 * QUADS):
+        next_a, ns_a, nz_a = _gemv_step_loads(ptr_a, s_a_rows, z_a_rows, q0 + QUADS, n_quads, QUADS, QPG)
+        next_b, ns_b, nz_b = _gemv_step_loads(ptr_b, s_b_rows, z_b_rows, q0 + QUADS, n_quads, QUADS, QPG)
+        next_c, ns_c, nz_c = _gemv_step_loads(ptr_c, s_c_rows, z_c_rows, q0 + QUADS, n_quads, QUADS, QPG)
+        next_d, ns_d, nz_d = _gemv_step_loads(ptr_d, s_d_rows, z_d_rows, q0 + QUADS, n_quads, QUADS, QPG)
+        acc_a, acc_b, acc_c, acc_d = _gemv_step(acc_a, acc_b, acc_c, acc_d, words_a, words_b, words_c, words_d,
+                                                s_a, s_b, s_c, s_d, z_a, z_b, z_c, z_d, x_rows, q0, n_quads,
+                                                X_BF16, PAIRED, BLOCK_N, QUADS)
+        words_a, s_a, z_a = _gemv_step_loads(ptr_a, s_a_rows, z_a_rows, q0 + 2 * QUADS, n_quads, QUADS, QPG)
+        words_b, s_b, z_b = _gemv_step_loads(ptr_b, s_b_rows, z_b_rows, q0 + 2 * QUADS, n_quads, QUADS, QPG)
+        words_c, s_c, z_c = _gemv_step_loads(ptr_c, s_c_rows, z_c_rows, q0 + 2 * QUADS, n_quads, QUADS, QPG)
+        words_d, s_d, z_d = _gemv_step_loads(ptr_d, s_d_rows, z_d_rows, q0 + 2 * QUADS, n_quads, QUADS, QPG)
+        acc_a, acc_b, acc_c, acc_d = _gemv_step(acc_a, acc_b, acc_c, acc_d, next_a, next_b, next_c, next_d,
+                                                ns_a, ns_b, ns_c, ns_d, nz_a, nz_b, nz_c, nz_d, x_rows, q0 + QUADS,
+                                                n_quads, X_BF16, PAIRED, BLOCK_N, QUADS)
+    if n_steps % 2:
+        acc_a, acc_b, acc_c, acc_d = _gemv_step(acc_a, acc_b, acc_c, acc_d, words_a, words_b, words_c, words_d,
+                                                s_a, s_b, s_c, s_d, z_a, z_b, z_c, z_d, x_rows, (n_steps - 1) * QUADS,
+                                                n_quads, X_BF16, PAIRED, BLOCK_N, QUADS)
 
     _store_rows(out_ptr, bias_ptr, acc_a, offs_a, N, HAS_BIAS)
     _store_rows(out_ptr, bias_ptr, acc_b, offs_b, N, HAS_BIAS)
     _store_rows(out_ptr, bias_ptr, acc_c, offs_c, N, HAS_BIAS)
     _store_rows(out_ptr, bias_ptr, acc_d, offs_d, N, HAS_BIAS)
+
+
+@triton.jit
+def _gemv_step(acc_a, acc_b, acc_c, acc_d, words_a, words_b, words_c, words_d, s_a, s_b, s_c, s_d,
+               z_a, z_b, z_c, z_d, x_rows, q0, n_quads, X_BF16: tl.constexpr, PAIRED: tl.constexpr,
+               BN: tl.constexpr, Q: tl.constexpr):
+    """One step of quads at q0 for the four row sets, added to their accumulators."""
+    quad = q0 + tl.arange(0, Q)
+    quad = tl.where(quad < n_quads, quad, 0)
+    x_ptrs = x_rows + quad[None, :, None] * 32 + tl.arange(0, 8)[None, None, :]
+    dot_a, dot_b, dot_c, dot_d, xbase, xsum = _quad_dots(words_a, words_b, words_c, words_d, x_ptrs, X_BF16,
+                                                         PAIRED, BN, Q)
+    acc_a += (16.0 * (dot_a - xbase) - z_a * xsum) * s_a
+    acc_b += (16.0 * (dot_b - xbase) - z_b * xsum) * s_b
+    acc_c += (16.0 * (dot_c - xbase) - z_c * xsum) * s_c
+    acc_d += (16.0 * (dot_d - xbase) - z_d * xsum) * s_d
+    return acc_a, acc_b, acc_c, acc_d
 
 
 @triton.jit
@@ -354,15 +415,24 @@ def _store_rows(out_ptr, bias_ptr, acc, offs_n, N, HAS_BIAS: tl.constexpr):
     tl.store(out_ptr + offs_n, out.to(out_ptr.dtype.element_ty), mask=mask_n)
 
 
-def _tc_config(bn, split_k, warps, stages, groups_per_step=1):
+def _tc_config(bn, split_k, warps, stages, groups_per_step=1, reg_prefetch=False):
     # Split-K programs add fp32 partial sums with atomics into an output zeroed first.
-    return triton.Config({"BLOCK_N": bn, "SPLIT_K": split_k, "GROUPS_PER_STEP": groups_per_step},
+    return triton.Config({"BLOCK_N": bn, "SPLIT_K": split_k, "GROUPS_PER_STEP": groups_per_step,
+                          "REG_PREFETCH": reg_prefetch},
                          num_warps=warps, num_stages=stages, pre_hook=zero_output if split_k > 1 else None)
 
 
 # The fastest in a CUDA-graph sweep on the H100 (8192 x 8192 and 28672 x 8192 at M = 16, 8192 x
-# 8192 and 14336 x 4096 at M = 64), then a few narrower ones for small N.
+# 8192 and 14336 x 4096 at M = 64), then a few narrower ones for small N. Loading the next step's
+# words before dequantizing this one's (REG_PREFETCH) was faster for some shapes and slower for
+# others in an A/B on the H100 (CUDA-graph µs, off -> on: 8192 x 8192 M = 64 51.8 -> 49.8, M = 128
+# 79.3 -> 71.0, 14336 x 4096 M = 16 32.8 -> 30.7; 14336 x 4096 M = 64 41.4 -> 44.6, 28672 x 8192
+# M = 16 99.2 -> 101.6), so the widest configs come both ways and the autotuner picks.
 _CONFIGS_TC = [
+    _tc_config(128, 4, 8, 3, reg_prefetch=True),
+    _tc_config(64, 4, 4, 3, reg_prefetch=True),
+    _tc_config(128, 2, 8, 3, reg_prefetch=True),
+    _tc_config(64, 2, 4, 3, reg_prefetch=True),
     _tc_config(64, 4, 4, 3, groups_per_step=2),
     _tc_config(128, 4, 8, 3),
     _tc_config(128, 4, 4, 3),
@@ -378,25 +448,41 @@ _CONFIGS_TC_INTERPRET = [_tc_config(16, 2, 4, 1, groups_per_step=2)]
 
 
 @triton.jit
-def _dequant_words(words, scale16, offset, W_DTYPE: tl.constexpr, BN: tl.constexpr, WIDTH: tl.constexpr):
+def _dequant_words(words, scale16, off_even, off_odd, W_DTYPE: tl.constexpr, BN: tl.constexpr,
+                   WIDTH: tl.constexpr):
     """[BN, NG, WPG] int32 words -> [BN, WIDTH] weights (q - zero) * scale in k order, with
-    per-group ``scale16 = 16 scale`` and ``offset = -(16 + zero) scale`` ([BN, NG, 1]).
+    per-group ``scale16 = 16 scale``, ``off_even = -(256 + zero) scale`` and
+    ``off_odd = -(16 + zero) scale`` ([BN, NG, 1]).
 
-    Each code is read as v = 1 + q / 16 (_nibble) and dequantized by one FFMA, v * 16 s - (16 + z) s,
-    exact in fp32 (v has 5 significant bits, s 8, 16 + z 5), so the only rounding is the cast, as in
-    the reference. The eight codes of a word are joined back into k order (code i is k = 8w + i)."""
-    v0, v1, v2, v3, v4, v5, v6, v7 = _expand(words)
-    w0 = (v0 * scale16 + offset).to(W_DTYPE)
-    w1 = (v1 * scale16 + offset).to(W_DTYPE)
-    w2 = (v2 * scale16 + offset).to(W_DTYPE)
-    w3 = (v3 * scale16 + offset).to(W_DTYPE)
-    w4 = (v4 * scale16 + offset).to(W_DTYPE)
-    w5 = (v5 * scale16 + offset).to(W_DTYPE)
-    w6 = (v6 * scale16 + offset).to(W_DTYPE)
-    w7 = (v7 * scale16 + offset).to(W_DTYPE)
+    Each code is read as v = 16 + q / 16 or 1 + q / 16 (_expand) and dequantized by one FFMA,
+    v * 16 s + offset, whose exact value (q - z) s fits fp32 (8 significant bits of s, 5 of q - z),
+    so the only rounding is the cast, as in the reference. The eight codes of a word are joined
+    back into k order (code i is k = 8w + i)."""
+    v0, v1, v2, v3, v4, v5, v6, v7 = _expand(words, True)
+    w0 = (v0 * scale16 + off_even).to(W_DTYPE)
+    w1 = (v1 * scale16 + off_odd).to(W_DTYPE)
+    w2 = (v2 * scale16 + off_even).to(W_DTYPE)
+    w3 = (v3 * scale16 + off_odd).to(W_DTYPE)
+    w4 = (v4 * scale16 + off_even).to(W_DTYPE)
+    w5 = (v5 * scale16 + off_odd).to(W_DTYPE)
+    w6 = (v6 * scale16 + off_even).to(W_DTYPE)
+    w7 = (v7 * scale16 + off_odd).to(W_DTYPE)
     # join adds a trailing axis, so the first join is the slowest of the three: index 4a + 2b + c.
     t = tl.join(tl.join(tl.join(w0, w4), tl.join(w2, w6)), tl.join(tl.join(w1, w5), tl.join(w3, w7)))
     return tl.reshape(t, [BN, WIDTH])
+
+
+@triton.jit
+def _tc_step_loads(words_ptr, s_rows, z_rows, g0, g_end, NG: tl.constexpr, WORDS_PER_GROUP: tl.constexpr):
+    """The words, scales and zeros of the NG groups from g0. Groups past this split's end re-read
+    group 0 with a zero scale: the step adds nothing (and a prefetch past the end reads valid memory)."""
+    g = g0 + tl.arange(0, NG)
+    live = g < g_end
+    g = tl.where(live, g, 0)
+    words = tl.load(words_ptr + g[None, :, None] * WORDS_PER_GROUP + tl.arange(0, WORDS_PER_GROUP)[None, None, :])
+    s = tl.load(s_rows + g[None, :]).to(tl.float32) * live.to(tl.float32)[None, :]
+    z = tl.load(z_rows + g[None, :]).to(tl.float32)
+    return words, s, z
 
 
 @triton.autotune(
@@ -411,13 +497,13 @@ def _w4a16_tc_kernel(
     M, N, K,
     stride_xm, stride_pn, stride_sn, stride_om,
     GROUP: tl.constexpr, HAS_BIAS: tl.constexpr, X_FP32: tl.constexpr, BLOCK_M: tl.constexpr,
-    BLOCK_N: tl.constexpr, SPLIT_K: tl.constexpr, GROUPS_PER_STEP: tl.constexpr,
+    BLOCK_N: tl.constexpr, SPLIT_K: tl.constexpr, GROUPS_PER_STEP: tl.constexpr, REG_PREFETCH: tl.constexpr,
 ):
     # out^T [N, M] = W [N, K] x^T [K, M]: the weight tile is the MMA's left operand, read K-major
     # as it is stored, and all BLOCK_M tokens (16..128) are the right operand, so the weights are
     # streamed once. A step reads GROUPS_PER_STEP groups of int32 words per row (one contiguous
-    # run) and dequantizes them into one MMA operand, at ~6 SASS instructions per weight on sm_90
-    # (Triton 3.9) against ~9 for the byte-wise form it replaced.
+    # run) and dequantizes them into one MMA operand, at 5.2-6.4 SASS instructions per weight on
+    # sm_90 (Triton 3.9) against ~9 for the byte-wise form it replaced.
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
     NG: tl.constexpr = GROUPS_PER_STEP
@@ -427,27 +513,26 @@ def _w4a16_tc_kernel(
     offs_m = tl.arange(0, BLOCK_M)
     mask_m = offs_m < M
     rows_x = tl.where(mask_m, offs_m, 0).to(tl.int64)
-    offs_g = tl.arange(0, NG)
-    offs_w = tl.arange(0, WORDS_PER_GROUP)
     offs_k = tl.arange(0, NG * GROUP)
     n_groups = K // GROUP
     per_split = tl.cdiv(tl.cdiv(n_groups, NG), SPLIT_K) * NG
     g_begin = pid_k * per_split
     g_end = tl.minimum(g_begin + per_split, n_groups)
     words_ptr = p_ptr.to(tl.pointer_type(tl.int32)) + rows[:, None, None] * (stride_pn // 4)
+    s_rows = s_ptr + rows[:, None] * stride_sn
+    z_rows = z_ptr + rows[:, None] * stride_sn
     w_dtype = x_ptr.dtype.element_ty
 
     acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
+    if REG_PREFETCH:
+        words, s, z = _tc_step_loads(words_ptr, s_rows, z_rows, g_begin, g_end, NG, WORDS_PER_GROUP)
     for g0 in range(g_begin, g_end, NG):
-        # Groups past this split's end re-read group 0 with a zero scale: the step adds nothing.
-        g = g0 + offs_g
-        live = g < g_end
-        g = tl.where(live, g, 0)
-        words = tl.load(words_ptr + g[None, :, None] * WORDS_PER_GROUP + offs_w[None, None, :])
-        meta = rows[:, None] * stride_sn + g[None, :]
-        s = tl.load(s_ptr + meta).to(tl.float32) * live.to(tl.float32)[None, :]
-        z = tl.load(z_ptr + meta).to(tl.float32)
-        w = _dequant_words(words, (16.0 * s)[:, :, None], (-(16.0 + z) * s)[:, :, None], w_dtype, BLOCK_N, NG * GROUP)
+        if REG_PREFETCH:
+            next_words, next_s, next_z = _tc_step_loads(words_ptr, s_rows, z_rows, g0 + NG, g_end, NG, WORDS_PER_GROUP)
+        else:
+            words, s, z = _tc_step_loads(words_ptr, s_rows, z_rows, g0, g_end, NG, WORDS_PER_GROUP)
+        w = _dequant_words(words, (16.0 * s)[:, :, None], (-(256.0 + z) * s)[:, :, None], (-(16.0 + z) * s)[:, :, None],
+                           w_dtype, BLOCK_N, NG * GROUP)
         x_mask = (offs_k[:, None] < (g_end - g0) * GROUP) & mask_m[None, :]
         x_t = tl.load(x_ptr + rows_x[None, :] * stride_xm + g0 * GROUP + offs_k[:, None], mask=x_mask, other=0.0)
         if X_FP32:
@@ -455,6 +540,8 @@ def _w4a16_tc_kernel(
             acc = tl.dot(w, x_t, acc, input_precision="ieee")
         else:
             acc = tl.dot(w, x_t, acc)
+        if REG_PREFETCH:
+            words, s, z = next_words, next_s, next_z
 
     mask_n = offs_n < N
     if HAS_BIAS:
@@ -511,7 +598,7 @@ def gemm_w4a16_triton(x, packed, scales, zeros, group_size: int, bias=None, *, p
         _w4a16_gemv_kernel[lambda meta: (triton.cdiv(n, 4 * meta["BLOCK_N"]),)](
             x, packed, scales, zeros, bias if bias is not None else scales, out, n, k,
             packed.stride(0), scales.stride(0), GROUP=group_size, HAS_BIAS=bias is not None,
-            X_BF16=x.dtype == torch.bfloat16,
+            X_BF16=x.dtype == torch.bfloat16, PAIRED=x.dtype != torch.float32,
         )
         return out
     # Split-K candidates accumulate in fp32; the cast afterwards is one small launch.

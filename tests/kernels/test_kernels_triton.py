@@ -254,6 +254,24 @@ def test_w4a16_every_path_matches_reference(device, m, path):
     assert rel_err(out, ref) < 2e-3
 
 
+@pytest.mark.parametrize("k", [224, 64])
+@pytest.mark.parametrize("reg_prefetch", [False, True])
+def test_w4a16_tc_with_and_without_register_prefetch(device, monkeypatch, reg_prefetch, k):
+    # The autotuner weighs tensor-core configs that load the next step's words ahead and configs
+    # that do not; both must match the reference. 7 groups leave a ragged last step; 2 groups in
+    # steps of 2 leave the second split empty (its prefetch must add nothing).
+    kernel = gemm_w4a16_mod._w4a16_tc_kernel
+    config = gemm_w4a16_mod._tc_config(16, 2, 4, 1, groups_per_step=2, reg_prefetch=reg_prefetch)
+    monkeypatch.setattr(kernel, "configs", [config])
+    monkeypatch.setattr(kernel, "cache", {})
+    n, group = 72, 32
+    packed, scales, zeros = quantize_w4_reference(torch.randn(n, k, device=device), group, False)
+    x = with_outliers(20, k, device, torch.float16)
+    out = gemm_w4a16_mod.gemm_w4a16_triton(x, packed, scales, zeros, group, path="tc")
+    assert kernel.best_config.kwargs["REG_PREFETCH"] is reg_prefetch
+    assert rel_err(out, gemm_w4a16_reference(x.float(), packed, scales, zeros, group)) < 2e-3
+
+
 def test_w4a16_gemv_reads_a_misaligned_view(device):
     # The GEMV reads the packed bytes as 16-byte runs of int32 words; a view that starts at an odd
     # byte must still give the right answer (the wrapper copies it to an aligned buffer).
@@ -265,6 +283,19 @@ def test_w4a16_gemv_reads_a_misaligned_view(device):
     x = with_outliers(1, k, device, torch.float16)
     out = gemm_w4a16_mod.gemm_w4a16_triton(x, view, scales, zeros, group, path="gemv")
     assert rel_err(out, gemm_w4a16_reference(x.float(), packed, scales, zeros, group)) < 2e-3
+
+
+@pytest.mark.parametrize("k", [256, 352])
+def test_w4a16_gemv_odd_and_even_step_counts(device, k):
+    # The GEMV runs two steps of quads a loop iteration and one more after the loop when the count
+    # is odd: 8 quads are 2 steps of 4 (the interpreter's config), 11 are 3, the last one ragged.
+    # fp16 reads codes in pairs, fp32 one per shift; both must match the reference.
+    n, group = 24, 32
+    packed, scales, zeros = quantize_w4_reference(torch.randn(n, k, device=device), group, False)
+    for dtype, bound in [(torch.float16, 2e-3), (torch.float32, 1e-5)]:
+        x = with_outliers(1, k, device, dtype)
+        out = gemm_w4a16_mod.gemm_w4a16_triton(x, packed, scales, zeros, group, path="gemv")
+        assert rel_err(out, gemm_w4a16_reference(x.float(), packed, scales, zeros, group)) < bound
 
 
 def test_w4a16_path_errors():
