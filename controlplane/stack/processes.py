@@ -85,6 +85,11 @@ class State:
         return f"http://127.0.0.1:{running.ports[0]}" if running and running.ports else None
 
 
+# The processes this one started, kept so that their exit status is ours to read: a dropped Popen is reaped
+# by the next subprocess call (a health probe), and how it ended would be lost.
+_children: dict[int, subprocess.Popen] = {}
+
+
 def alive(pid: int) -> bool:
     """True while the process exists and is not a zombie."""
     try:
@@ -106,9 +111,19 @@ def _shim_dir(config: StackConfig) -> Path:
     shim = config.state_dir / "bin"
     shim.mkdir(parents=True, exist_ok=True)
     pops = shim / "pops"
-    pops.write_text(f"#!/bin/sh\nexec {shlex.quote(sys.executable)} -c "
-                    "'import sys; from controlplane.cli import app; sys.argv[0] = \"pops\"; app()' \"$@\"\n")
-    pops.chmod(0o755)
+    script = (f"#!/bin/sh\nexec {shlex.quote(sys.executable)} -c "
+              "'import sys; from controlplane.cli import app; sys.argv[0] = \"pops\"; app()' \"$@\"\n")
+    try:
+        if pops.read_text() == script:
+            return shim
+    except OSError:
+        pass
+    # Replaced whole, never rewritten in place: a service's /bin/sh may be reading it right now, and an
+    # empty read would make that service exit 0 in start-up with nothing in its log.
+    tmp = shim / f".pops.{os.getpid()}.tmp"
+    tmp.write_text(script)
+    tmp.chmod(0o755)
+    os.replace(tmp, pops)
     return shim
 
 
@@ -154,6 +169,7 @@ def _start(service: Service, config: StackConfig) -> Running:
     with open(log, "ab") as out:
         process = subprocess.Popen(service.command, cwd=REPO, env=process_env(service, config), stdout=out,
                                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+    _children[process.pid] = process
     return Running(name=service.name, pid=process.pid, argv=service.command, log=str(log), ports=service.ports)
 
 
@@ -172,14 +188,13 @@ def _wait_healthy(service: Service, running: Running, config: StackConfig) -> No
 
 
 def _exit_status(pid: int) -> str:
-    """How a child of this process ended (reaping it), or 'exited' when it is not our child."""
-    try:
-        _, status = os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:
+    """How a process this one started ended (reaping it), or 'exited' when another `pops stack up` started it."""
+    process = _children.pop(pid, None)
+    if process is None or process.poll() is None:
         return "exited"
-    if os.WIFSIGNALED(status):
-        return f"killed by signal {signal.Signals(os.WTERMSIG(status)).name}"
-    return f"exit code {os.WEXITSTATUS(status)}" if os.WIFEXITED(status) else "exited"
+    if process.returncode < 0:
+        return f"killed by signal {signal.Signals(-process.returncode).name}"
+    return f"exit code {process.returncode}"
 
 
 def _tail(path: str, lines: int = 15) -> str:
@@ -226,10 +241,10 @@ def _in_group(pid: int, pgid: int) -> bool:
 
 
 def _reap(pid: int) -> None:
-    try:
-        os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:
-        pass  # not our child (a previous `pops stack up` started it): init reaps it
+    process = _children.get(pid)
+    if process is not None and process.poll() is not None:
+        del _children[pid]
+    # Not our child otherwise (a previous `pops stack up` started it): init reaps it.
 
 
 def _create_key(api: Service, config: StackConfig, owner: str, role: str, reason: str) -> str:

@@ -6,8 +6,10 @@ takes it down.
 """
 from __future__ import annotations
 
+import os
 import re
 import uuid
+from pathlib import Path
 
 import httpx
 import psycopg
@@ -90,6 +92,47 @@ def test_locally_the_same_commands_point_at_the_stand_ins(tmp_path):
     assert services["api"].ports == [18123] and "--port 18123" in services["api"].command[-1]
     assert services["dashboard"].environment["POPS_DASHBOARD_API_URL"] == "http://127.0.0.1:18123"
     assert services["api"].healthcheck.argv[-1].endswith("urlopen('http://127.0.0.1:18123/v1/health', timeout=3)")
+
+
+def test_health_probes_never_expose_a_half_written_pops_shim(tmp_path):
+    """Services start through the `pops` shim that `/bin/sh` reads as it starts, while `up` goes on probing health
+    (each probe builds the environment). A shim rewritten in place reads empty for a moment: sh then runs nothing
+    and exits 0, and the service dies in start-up with an empty log."""
+    import threading
+
+    config = StackConfig(state_dir=tmp_path, database="pops_stack_unit", redis_db=11)
+    service = load_services(stack.variables_for(config))["serve"]
+    shim = Path(stack.processes.process_env(service, config)["PATH"].split(os.pathsep)[0]) / "pops"
+    script = shim.read_text()
+    assert script.startswith("#!/bin/sh\nexec ") and os.access(shim, os.X_OK)
+    stop = threading.Event()
+
+    def probe_often():
+        while not stop.is_set():
+            stack.processes.process_env(service, config)
+
+    prober = threading.Thread(target=probe_often)
+    prober.start()
+    try:
+        reads = [shim.read_text() for _ in range(20_000)]
+    finally:
+        stop.set()
+        prober.join()
+    assert all(r == script for r in reads), f"{sum(r != script for r in reads)} of {len(reads)} reads differed"
+
+
+@pytest.mark.parametrize("script, how", [("echo starting; exit 3", "exit code 3"),
+                                         ("echo starting; kill -KILL $$", "killed by signal SIGKILL")])
+def test_a_service_that_dies_in_start_up_says_how_and_shows_its_log(tmp_path, script, how):
+    from controlplane.stack.compose import Healthcheck, Service
+
+    config = StackConfig(state_dir=tmp_path, database="pops_stack_unit", redis_db=11)
+    check = Healthcheck(argv=["false"], interval=0.2, timeout=5, retries=50, start_period=0)
+    service = Service(name="doomed", command=["sh", "-c", f"sleep 0.5; {script}"], environment={}, depends_on={},
+                      healthcheck=check, profiles=[], ports=[])
+    running = stack.processes._start(service, config)
+    with pytest.raises(StackError, match=rf"doomed exited during start-up \({how}\); see .*doomed.log:\nstarting"):
+        stack.processes._wait_healthy(service, running, config)  # the failing probes' subprocesses reap nothing
 
 
 @pytest.fixture
