@@ -1,4 +1,5 @@
-"""Instructions per weight in the inner loop of the W4A16 kernels, read from sm_90 SASS on the CPU.
+"""Instructions per weight in the inner loop of the W4A16 kernels (and per cached element in the decode
+attention kernel's), read from sm_90 SASS on the CPU.
 
     python bench/kernel_sass.py                      # the installed Triton
     PYTHONPATH=/path/to/triton-3.6 python bench/kernel_sass.py   # the H100 host's version
@@ -21,6 +22,7 @@ import triton  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
+from kernels import decode_attention as da  # noqa: E402
 from kernels import gemm_w4a16 as w4  # noqa: E402
 
 INSTRUCTION = re.compile(r"/\*([0-9a-f]{4,})\*/\s+(@!?U?P\w+\s+)?([A-Z0-9_.]+)([^;]*);")
@@ -49,7 +51,7 @@ def compile_sm90(fn, signature: dict, constexprs: dict, warps: int, stages: int)
                           target=GPUTarget("cuda", 90, 32), options={"num_warps": warps, "num_stages": stages})
 
 
-def report(name: str, kernel, weights_per_thread: float) -> None:
+def report(name: str, kernel, weights_per_thread: float, unit: str = "weight") -> None:
     with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
         f.write(kernel.asm["cubin"])
         f.flush()
@@ -57,7 +59,7 @@ def report(name: str, kernel, weights_per_thread: float) -> None:
     ops = loop_body(sass)
     count = Counter(op.split(".")[0] for op in ops)
     top = ", ".join(f"{op} {n}" for op, n in count.most_common(6))
-    print(f"{name}: {len(ops)} instructions a loop iteration, {len(ops) / weights_per_thread:.2f} per weight; "
+    print(f"{name}: {len(ops)} instructions a loop iteration, {len(ops) / weights_per_thread:.2f} per {unit}; "
           f"LDG {count.get('LDG', 0)}, BAR {count.get('BAR', 0)}; {top}")
 
 
@@ -83,6 +85,22 @@ def main() -> None:
                                                           "BLOCK_M": 16, **kw}, cfg.num_warps, cfg.num_stages)
         report(f"tc M=16 {kw} warps={cfg.num_warps}", k,
                kw["BLOCK_N"] * kw["GROUPS_PER_STEP"] * 128 / (cfg.num_warps * 32))
+    attn_sig = {"q_ptr": "*bf16", "k_ptr": "*bf16", "v_ptr": "*bf16", "lens_ptr": "*i32", "ks_ptr": "*fp32",
+                "vs_ptr": "*fp32", "out_ptr": "*bf16", "m_ptr": "*fp32", "l_ptr": "*fp32", "acc_ptr": "*fp32",
+                "qk_scale": "fp32", **dict.fromkeys(("S_MAX", "CHUNK", "B_BUCKET", "NUM_KV_HEADS", "stride_qb",
+                                                      "stride_qh", "stride_kb", "stride_kh", "stride_ks", "stride_vb",
+                                                      "stride_vh", "stride_vs", "stride_ob", "stride_oh"), "i32"),
+                **dict.fromkeys(("GROUP", "BLOCK_G", "HEAD_DIM", "KV_FP8", "Q_FP32", "DIRECT", "BLOCK_N"),
+                                "constexpr")}
+    for kv in ("bf16", "fp8e4nv"):
+        cfg = da._CONFIGS[0]
+        bn = cfg.kwargs["BLOCK_N"]
+        k = compile_sm90(da._decode_attention_kernel.fn, {**attn_sig, "k_ptr": f"*{kv}", "v_ptr": f"*{kv}"},
+                         {"GROUP": 4, "BLOCK_G": 16, "HEAD_DIM": 128, "KV_FP8": kv != "bf16", "Q_FP32": False,
+                          "DIRECT": False, "BLOCK_N": bn}, cfg.num_warps, cfg.num_stages)
+        # A BLOCK_N x 128 tile each of K and V a loop iteration, over warps x 32 threads.
+        report(f"decode attention q bf16, {kv} cache, BLOCK_N={bn} warps={cfg.num_warps}", k,
+               2 * bn * 128 / (cfg.num_warps * 32), unit="cached element")
 
 
 if __name__ == "__main__":

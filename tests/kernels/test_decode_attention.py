@@ -143,6 +143,25 @@ def test_fp8_cache_error_against_unquantized(device):
     assert rel_err(wrong, exact) > 0.5
 
 
+def test_fp8_cache_with_query_heads_of_any_magnitude(device):
+    # Over an fp8 cache the 16-bit dots run in fp16, each query row scaled by its own power of
+    # two: heads from 1e-4 to 1e3 (fp16 queries; bf16 ones from 1e-20, under fp16's range, to
+    # 1e8, over it) must each keep their own logit scale.
+    b, hq, hkv, s, d = 2, 8, 2, 150, D_CPU
+    k = with_outliers((b, hkv, s, d), device, outliers=False)
+    v = with_outliers((b, hkv, s, d), device)
+    k_cache, v_cache, ks, vs = make_cache(k, v, "fp8_e4m3")
+    seq_lens = torch.tensor([150, 61], dtype=torch.int32, device=device)
+    for dtype in q_dtypes("fp8_e4m3", device):
+        lo, hi = (-4, 3) if dtype == torch.float16 else (-20, 8)
+        q = (torch.randn(b, hq, d, device=device) * torch.logspace(lo, hi, hq, device=device)[None, :, None]).to(dtype)
+        out = decode_attention_triton(q, k_cache, v_cache, seq_lens, k_scale=ks, v_scale=vs, num_splits=2)
+        ref = decode_attention_reference(q, k_cache, v_cache, seq_lens, k_scale=ks, v_scale=vs)
+        assert rel_err(out, ref) < BOUND[dtype], dtype
+        for head in range(hq):  # a small head's error would hide under a large one's in the norm
+            assert rel_err(out[:, head], ref[:, head]) < BOUND[dtype], (dtype, head)
+
+
 def test_sm_scale_and_noncontiguous_q(device):
     b, hq, hkv, s, d = 2, 4, 1, 96, D_CPU
     # Gaussian keys: with 100x outliers the softmax is one-hot at any scale and the last check
