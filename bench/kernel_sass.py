@@ -70,8 +70,8 @@ def main() -> None:
                 "BLOCK_N": "constexpr", "QUADS": "constexpr"}
     for cfg in w4._CONFIGS_GEMV:
         bn, quads, warps = cfg.kwargs["BLOCK_N"], cfg.kwargs["QUADS"], cfg.num_warps
-        k = compile_sm90(w4._w4a16_gemv_kernel.fn, gemv_sig, {"GROUP": 128, "HAS_BIAS": False, "X_BF16": True,
-                                                             "PAIRED": True, "BLOCK_N": bn, "QUADS": quads}, warps, cfg.num_stages)
+        constexprs = {"GROUP": 128, "HAS_BIAS": False, "X_BF16": True, "PAIRED": True, "BLOCK_N": bn, "QUADS": quads}
+        k = compile_sm90(w4._w4a16_gemv_kernel.fn, gemv_sig, constexprs, warps, cfg.num_stages)
         # Four row sets of BLOCK_N rows, QUADS x 32 codes each per step, two steps per loop
         # iteration, over warps x 32 threads.
         report(f"gemv BLOCK_N={bn} QUADS={quads} warps={warps}", k, 2 * 4 * bn * quads * 32 / (warps * 32))

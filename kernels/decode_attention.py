@@ -177,10 +177,10 @@ def _decode_attention_kernel(
         scale = scale * tl.load(ks_ptr + h)
     if KV_FP8 and not Q_FP32:
         # The dots run in fp16: e4m3 codes convert to it in one instruction a pair, to bf16 only
-        # through fp32 (sm_90 SASS, bench/kernel_sass.py: 777 -> 567 instructions a loop iteration at BLOCK_N 64). Each
-        # query row is scaled by the power of two that puts its largest |value| in [2**14, 2**15),
-        # so fp16 holds a bf16 query with no overflow and more mantissa than it has; the logits
-        # take the inverse power back.
+        # through fp32 (sm_90 SASS, bench/kernel_sass.py: 777 -> 567 instructions a loop
+        # iteration at BLOCK_N 64). Each query row is scaled by the power of two that puts its
+        # largest |value| in [2**14, 2**15), so fp16 holds a bf16 query with no overflow and more
+        # mantissa than it has; the logits take the inverse power back.
         qf = q.to(tl.float32)
         e = ((tl.max(tl.abs(qf), axis=1).to(tl.int32, bitcast=True) >> 23) & 0xFF) - 127
         shift = tl.minimum(tl.maximum(14 - e, -126), 126)

@@ -154,7 +154,8 @@ def test_fp8_cache_with_query_heads_of_any_magnitude(device):
     seq_lens = torch.tensor([150, 61], dtype=torch.int32, device=device)
     for dtype in q_dtypes("fp8_e4m3", device):
         lo, hi = (-4, 3) if dtype == torch.float16 else (-20, 8)
-        q = (torch.randn(b, hq, d, device=device) * torch.logspace(lo, hi, hq, device=device)[None, :, None]).to(dtype)
+        magnitudes = torch.logspace(lo, hi, hq, device=device)[None, :, None]
+        q = (torch.randn(b, hq, d, device=device) * magnitudes).to(dtype)
         out = decode_attention_triton(q, k_cache, v_cache, seq_lens, k_scale=ks, v_scale=vs, num_splits=2)
         ref = decode_attention_reference(q, k_cache, v_cache, seq_lens, k_scale=ks, v_scale=vs)
         assert rel_err(out, ref) < BOUND[dtype], dtype
