@@ -57,6 +57,23 @@ def linear_ops(model: nn.Module) -> list[LinearOp]:
     return ops
 
 
+# Linear ops that transformers' decoder layers call one after another on the same input, by leaf name.
+SIBLINGS = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))
+
+
+def sibling_groups(model: nn.Module) -> list[list[str]]:
+    """Names of sibling linear ops (SIBLINGS) under one parent, each group in the order its layer calls them."""
+    names = {op.name for op in linear_ops(model)}
+    groups = []
+    for parent, _ in model.named_modules():
+        prefix = f"{parent}." if parent else ""
+        for leaves in SIBLINGS:
+            group = [prefix + leaf for leaf in leaves]
+            if all(n in names for n in group):
+                groups.append(group)
+    return groups
+
+
 def norm_ops(model: nn.Module) -> list[str]:
     """Names of normalisation modules (kept wide: sensitive ops)."""
     return [n for n, m in model.named_modules()

@@ -16,6 +16,7 @@ from runtime.formats import WIDE_FORMATS
 from runtime.models import attention_layers, linear_ops
 from runtime.modules import KVCacheQuant, MixedLinear, QuantLinear, attach, kv_geometry
 from runtime.modules.attention import use_decode_kernel
+from runtime.modules.fused_linear import fuse_siblings
 from runtime.plans import Plan
 
 
@@ -37,8 +38,9 @@ def _set_module(model: nn.Module, name: str, module: nn.Module) -> None:
 
 
 def load_engine(path: str | os.PathLike, device: str | torch.device = "cpu",
-                dtype: torch.dtype | None = None) -> LoadedEngine:
-    """Loads an engine folder into a model that generates; wide tensors run in `dtype` (fp32 on CPU, bf16 on GPU)."""
+                dtype: torch.dtype | None = None, fuse: bool = True) -> LoadedEngine:
+    """Loads an engine folder into a model that generates; wide tensors run in `dtype` (fp32 on CPU, bf16 on GPU).
+    `fuse` runs sibling ops of the same numerics (q/k/v, gate/up) as one GEMM each (runtime.modules.fused_linear)."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     path = Path(path)
@@ -85,6 +87,8 @@ def load_engine(path: str | os.PathLike, device: str | torch.device = "cpu",
         if q.bias is not None:
             q.bias = q.bias.to(dtype)
     model.to(device).eval()
+    if fuse:
+        fuse_siblings(model)
     if torch.device(device).type == "cuda" and getattr(config, "_attn_implementation", None) in (None, "sdpa"):
         use_decode_kernel(model)
     tokenizer = AutoTokenizer.from_pretrained(str(path))

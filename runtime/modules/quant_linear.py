@@ -50,6 +50,9 @@ class QuantLinear(nn.Module):
     """
 
     is_quantized_linear = True
+    # Set by runtime.modules.fused_linear when this op runs as part of one GEMM with its siblings.
+    siblings = None
+    sibling_index = 0
 
     def __init__(self, in_features: int, out_features: int, *, weight_format: str, activation_format: str,
                  weight_strategy: str = "channel", group_size: int | None = None, act_dynamic: bool = True,
@@ -130,6 +133,8 @@ class QuantLinear(nn.Module):
         return w.to(dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.siblings is not None:
+            return self.siblings.output(self, x)
         shape = x.shape
         x2 = x.reshape(-1, shape[-1])
         bias = self.bias.to(x.dtype) if self.bias is not None else None
