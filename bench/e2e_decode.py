@@ -10,6 +10,11 @@ plan keeps wide, does not dominate a few-layer stack). Each variant is a real en
 Decode steps replay a CUDA graph (as a serving stack would; eager launches would time Python),
 and the eager time is recorded beside it. Time to first token is the prefill forward plus the
 first argmax, after a warm-up prefill of the same length.
+
+Engines load as serving loads them: on CUDA sibling ops (q/k/v, gate/up) run as one GEMM each
+(runtime.modules.fused_linear). ``--compare-unfused`` also measures every variant loaded with
+``fuse=False`` in the same run, under ``unfused``, with ``fusion_speedup_graph`` (fused over unfused
+tokens/s, plain and compiled).
 """
 import argparse
 import gc
@@ -100,6 +105,11 @@ def add_speedups(row: dict, base: dict) -> None:
     for key in ("decode_tokens_per_s_graph", "decode_tokens_per_s_eager"):
         if row[key] and base[key]:
             row[key.replace("decode_tokens_per_s", "speedup")] = row[key] / base[key]
+
+
+def _ratio(fused: dict, unfused: dict) -> float | None:
+    a, b = fused["decode_tokens_per_s_graph"], unfused["decode_tokens_per_s_graph"]
+    return a / b if a and b else None
 
 
 def print_stages(label: str, stages: dict) -> None:
@@ -216,6 +226,8 @@ def main() -> None:
     parser.add_argument("--workdir", default=None)
     parser.add_argument("--out", default="bench/results/e2e-h100.json")
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile measurement")
+    parser.add_argument("--compare-unfused", action="store_true",
+                        help="also measure each engine loaded with fuse=False (sibling ops as separate GEMMs)")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         sys.exit("bench/e2e_decode.py needs a CUDA GPU")
@@ -252,6 +264,20 @@ def main() -> None:
                       compile_step=not args.no_compile)
         row.update({"engine_id": engine.engine_id, "build_s": built_s, "linear_kernels": kernels,
                     "linear_weight_bytes": engine.manifest["bytes"].get("linear_ops")})
+        if args.compare_unfused:
+            del loaded
+            gc.collect()
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()
+            loaded = load_engine(engine.path, device="cuda", fuse=False)
+            unfused = row["unfused"] = measure(loaded, args.prompt_len, args.new_tokens,
+                                               loaded.model.config.vocab_size, compile_step=not args.no_compile)
+            row["fusion_speedup_graph"] = _ratio(row, unfused)
+            if row["compiled"] and unfused["compiled"]:
+                row["compiled"]["fusion_speedup_graph"] = _ratio(row["compiled"], unfused["compiled"])
+            print(f"  unfused: decode {unfused['decode_tokens_per_s_graph']} tok/s graph"
+                  + (f", compiled {unfused['compiled']['decode_tokens_per_s_graph']}" if unfused["compiled"] else "")
+                  + f"; fusion x{row['fusion_speedup_graph']}", flush=True)
         result["variants"][name] = row
         with open(args.out, "w") as f:  # partial results survive a later failure
             json.dump(result, f, indent=1)

@@ -30,6 +30,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from bench.timing import interleaved_us  # noqa: E402
 from runtime.modules import MixedLinear, QuantLinear  # noqa: E402
 from runtime.plans import OpPlan  # noqa: E402
 from runtime.recipes import QuantArgs  # noqa: E402
@@ -67,41 +68,8 @@ def _mixed(weight: torch.Tensor, narrow: str, wide: str, share: float, gen: torc
     return MixedLinear.from_float(weight, None, op)
 
 
-def _timer(device: str):
-    """time_us(fns) -> median microseconds per call of each fn, measured in interleaved rounds."""
-    if device == "cuda":
-        from triton.testing import do_bench
-
-        return lambda fns: [do_bench(fn, warmup=25, rep=100, return_mode="median") * 1e3 for fn in fns]
-
-    clock = time.thread_time if torch.get_num_threads() == 1 else time.perf_counter
-
-    def cpu(fns, rounds: int = 7, min_s: float = 0.02):
-        # With one torch thread the clock is this thread's CPU time: on a shared machine the time
-        # spent descheduled is not the layer's cost. Rounds that time every variant back to back,
-        # then a median per variant, keep the comparison fair while load drifts.
-        for fn in fns:
-            fn()
-        reps = []
-        for fn in fns:
-            t0, n = clock(), 0
-            while clock() - t0 < min_s:
-                fn()
-                n += 1
-            reps.append(max(1, n))
-        samples = [[] for _ in fns]
-        for _ in range(rounds):
-            for i, fn in enumerate(fns):
-                t0 = clock()
-                for _ in range(reps[i]):
-                    fn()
-                samples[i].append((clock() - t0) / reps[i] * 1e6)
-        return [sorted(v)[len(v) // 2] for v in samples]
-    return cpu
-
-
 def run(device: str, shapes, tokens, shares) -> list[dict]:
-    time_us = _timer(device)
+    time_us = interleaved_us(device)
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
     gen = torch.Generator().manual_seed(0)
     rows = []

@@ -1,4 +1,4 @@
-"""Timing and output checks shared by the GPU benchmarks (bench/kernels.py, bench/decode_attention.py).
+"""Timing and output checks shared by the benchmarks (bench/kernels.py, bench/decode_attention.py, ...).
 
 Every time is a median: ``median_us`` under ``triton.testing.do_bench`` (warm-up, L2 flushed before
 each repetition, inputs rotated), ``graph_us`` as device time replayed from a CUDA graph (no host
@@ -7,6 +7,7 @@ launch cost, as a decode step runs in a serving stack).
 import itertools
 import json
 import os
+import time
 from datetime import date
 
 import torch
@@ -61,3 +62,34 @@ def write_results(name: str, **fields) -> str:
         json.dump(result, f, indent=1)
     print("wrote", path)
     return path
+
+
+def interleaved_us(device: str):
+    """time_us(fns) -> median microseconds per call of each fn, measured in interleaved rounds."""
+    if device == "cuda":
+        return lambda fns: [do_bench(fn, warmup=25, rep=100, return_mode="median") * 1e3 for fn in fns]
+
+    clock = time.thread_time if torch.get_num_threads() == 1 else time.perf_counter
+
+    def cpu(fns, rounds: int = 7, min_s: float = 0.02):
+        # With one torch thread the clock is this thread's CPU time: on a shared machine the time
+        # spent descheduled is not the layer's cost. Rounds that time every variant back to back,
+        # then a median per variant, keep the comparison fair while load drifts.
+        for fn in fns:
+            fn()
+        reps = []
+        for fn in fns:
+            t0, n = clock(), 0
+            while clock() - t0 < min_s:
+                fn()
+                n += 1
+            reps.append(max(1, n))
+        samples = [[] for _ in fns]
+        for _ in range(rounds):
+            for i, fn in enumerate(fns):
+                t0 = clock()
+                for _ in range(reps[i]):
+                    fn()
+                samples[i].append((clock() - t0) / reps[i] * 1e6)
+        return [sorted(v)[len(v) // 2] for v in samples]
+    return cpu

@@ -38,9 +38,13 @@ def _set_module(model: nn.Module, name: str, module: nn.Module) -> None:
 
 
 def load_engine(path: str | os.PathLike, device: str | torch.device = "cpu",
-                dtype: torch.dtype | None = None, fuse: bool = True) -> LoadedEngine:
+                dtype: torch.dtype | None = None, fuse: bool | None = None) -> LoadedEngine:
     """Loads an engine folder into a model that generates; wide tensors run in `dtype` (fp32 on CPU, bf16 on GPU).
-    `fuse` runs sibling ops of the same numerics (q/k/v, gate/up) as one GEMM each (runtime.modules.fused_linear)."""
+
+    `fuse` runs sibling ops of the same numerics (q/k/v, gate/up) as one GEMM each (runtime.modules.fused_linear);
+    by default on CUDA, where the ops run kernels whose narrow GEMMs and launches that saves. The CPU's reference
+    paths widen a group's weights at once, and at Llama-3-8B shapes that ran slower fused, not faster
+    (bench/results/fused-siblings-cpu-llama8b.json)."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     path = Path(path)
@@ -87,7 +91,7 @@ def load_engine(path: str | os.PathLike, device: str | torch.device = "cpu",
         if q.bias is not None:
             q.bias = q.bias.to(dtype)
     model.to(device).eval()
-    if fuse:
+    if fuse if fuse is not None else torch.device(device).type == "cuda":
         fuse_siblings(model)
     if torch.device(device).type == "cuda" and getattr(config, "_attn_implementation", None) in (None, "sdpa"):
         use_decode_kernel(model)

@@ -38,7 +38,7 @@ def _layers(model) -> int:
 @pytest.mark.parametrize("recipe", list(RECIPES))
 def test_fused_engine_gives_the_unfused_logits_and_shares_the_weights(engine_path, recipe):
     path = engine_path(recipe)
-    alone, fused = load_engine(path, fuse=False).model, load_engine(path).model
+    alone, fused = load_engine(path, fuse=False).model, load_engine(path, fuse=True).model
     ids = torch.randint(3, 300, (2, 19))
     with torch.no_grad():
         assert torch.equal(fused(ids).logits, alone(ids).logits)
@@ -53,13 +53,15 @@ def test_fused_engine_gives_the_unfused_logits_and_shares_the_weights(engine_pat
             name = "weight_packed" if recipe == "int4_g32" else "weight"
             storage = getattr(group.fused, name).untyped_storage().data_ptr()
             assert all(getattr(m, name).untyped_storage().data_ptr() == storage for m in members)
+    # On the CPU (reference paths) an engine loads unfused unless asked.
+    assert not any(getattr(m, "siblings", None) for m in load_engine(path).model.modules())
     # The module tree, so the plan's inventory and the canaries' statistics, still lists each op alone.
     assert sum(isinstance(m, QuantLinear) for m in fused.modules()) == sum(
         isinstance(m, QuantLinear) for m in alone.modules())
 
 
 def test_one_gemm_per_group_and_a_member_called_alone_computes_its_own_output(engine_path):
-    model = load_engine(engine_path("fp8_w8a8")).model
+    model = load_engine(engine_path("fp8_w8a8"), fuse=True).model
     calls = []
     for group in {id(m.siblings): m.siblings for m in model.modules() if getattr(m, "siblings", None)}.values():
         group.fused.register_forward_hook(lambda mod, args, out: calls.append(out.shape[-1]))
@@ -79,7 +81,7 @@ def test_one_gemm_per_group_and_a_member_called_alone_computes_its_own_output(en
 
 def test_members_record_the_activation_statistics_they_would_alone(engine_path):
     path = engine_path("int8_w8a8")
-    models = load_engine(path, fuse=False).model, load_engine(path).model
+    models = load_engine(path, fuse=False).model, load_engine(path, fuse=True).model
     ids = torch.randint(3, 300, (1, 11))
     stats = []
     for model in models:
