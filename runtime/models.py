@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -61,17 +62,24 @@ def linear_ops(model: nn.Module) -> list[LinearOp]:
 SIBLINGS = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))
 
 
-def sibling_groups(model: nn.Module) -> list[list[str]]:
-    """Names of sibling linear ops (SIBLINGS) under one parent, each group in the order its layer calls them."""
-    names = {op.name for op in linear_ops(model)}
+def sibling_names(names: Iterable[str]) -> list[list[str]]:
+    """Groups of op names that SIBLINGS pairs (one parent, every leaf present), in the order its layer calls them."""
+    present = list(dict.fromkeys(names))
+    known = set(present)
     groups = []
-    for parent, _ in model.named_modules():
+    for name in present:
+        parent, _, leaf = name.rpartition(".")
         prefix = f"{parent}." if parent else ""
         for leaves in SIBLINGS:
-            group = [prefix + leaf for leaf in leaves]
-            if all(n in names for n in group):
+            group = [prefix + x for x in leaves]
+            if leaf == leaves[0] and all(n in known for n in group):
                 groups.append(group)
     return groups
+
+
+def sibling_groups(model: nn.Module) -> list[list[str]]:
+    """Names of a model's sibling linear ops (SIBLINGS), a group per parent module."""
+    return sibling_names(op.name for op in linear_ops(model))
 
 
 def norm_ops(model: nn.Module) -> list[str]:

@@ -4,7 +4,8 @@ Decode reads every weight once per token, so its time is weight-read bound: the 
 `DecodeLatency` gives each GEMM a fixed cost plus its stored bytes over its kernel's effective
 bandwidth. A mixed (per-output-feature) op runs one GEMM per part and scatters each part's
 columns into one output, so moving rows out of an op's main format costs a second GEMM's fixed
-cost on top of their bytes. The allocation itself stays a knapsack over stored bits; a latency
+cost on top of their bytes; sibling ops the runtime fuses (q/k/v, gate/up, whole in one format)
+cost one GEMM's. The allocation itself stays a knapsack over stored bits; a latency
 target is met by the largest byte budget whose allocation the model predicts within it, found by
 bisection (feasible sets grow with the target and the bisection's midpoints do not depend on it,
 so a looser target never gets a smaller byte budget), or by every op whole in its fastest format
@@ -18,6 +19,7 @@ from dataclasses import replace
 from runtime.accelerators import AcceleratorProfile
 from runtime.accelerators.profiles import DecodeLatency
 from runtime.errors import InputError
+from runtime.models import sibling_names
 from runtime.search.allocation import Allocation, Budget, Granularity, OpAllocation, allocate, stored_bits
 from runtime.search.candidates import Candidate, moved_row_bits
 from runtime.search.sensitivity import Sensitivity
@@ -63,7 +65,23 @@ def op_us(op: OpAllocation, candidates: dict[str, Candidate], profile: Accelerat
 
 def predict_us(allocation: Allocation, candidates: dict[str, Candidate], profile: AcceleratorProfile) -> float:
     """Predicted batch-1 decode µs of every searched op under an allocation."""
-    return sum(op_us(o, candidates, profile) for o in allocation.ops)
+    return _ops_us(allocation.ops, candidates, profile)
+
+
+def _ops_us(ops: list[OpAllocation], candidates: dict[str, Candidate], profile: AcceleratorProfile) -> float:
+    """µs of `ops` together. Sibling ops (q/k/v, gate/up) held whole in one format are one GEMM, as the runtime
+    runs them on a GPU (runtime.modules.fused_linear)."""
+    model = decode_model(profile)
+    by_name = {o.name: o for o in ops}
+    us, fused = 0.0, set()
+    for group in sibling_names(by_name):
+        members = [by_name[n] for n in group]
+        formats = {c for o in members for c in o.counts()}
+        if len(formats) == 1 and len({o.in_features for o in members}) == 1:
+            us += part_us(model, profile, candidates[formats.pop()], rows=sum(o.out_features for o in members),
+                          in_features=members[0].in_features)
+            fused.update(group)
+    return us + sum(op_us(o, candidates, profile) for o in ops if o.name not in fused)
 
 
 def per_weight_us(candidate: Candidate, profile: AcceleratorProfile, in_features: int) -> float:
@@ -101,14 +119,16 @@ def _fastest(model: DecodeLatency, profile: AcceleratorProfile, cands: list[Cand
 
 def floor_us(shapes: dict[str, tuple[int, int]], per_op: dict[str, list[Candidate]],
              profile: AcceleratorProfile) -> float:
-    """Predicted µs of the fastest allocation (every op whole in its fastest format; mixing only adds GEMMs):
-    the lowest a latency target can go. Needs only the op shapes."""
+    """Predicted µs of every op whole in its fastest format (mixing only adds GEMMs): the lowest a latency
+    target can go. Needs only the op shapes."""
     model = decode_model(profile)
-    total = 0.0
+    ops, candidates = [], {}
     for name, cands in per_op.items():
         k, n = shapes[name]
-        total += part_us(model, profile, _fastest(model, profile, cands, k, n), rows=n, in_features=k)
-    return total
+        fastest = _fastest(model, profile, cands, k, n)
+        candidates[fastest.name] = fastest
+        ops.append(OpAllocation(name, k, n, [fastest.name] * n))
+    return _ops_us(ops, candidates, profile)
 
 
 def _fastest_allocation(sens: Sensitivity, candidates: dict[str, Candidate], budget: Budget,

@@ -10,8 +10,8 @@ from runtime.accelerators import get_profile
 from runtime.accelerators.profiles import H100_DECODE
 from runtime.errors import InputError
 from runtime.search import CANDIDATES, Budget, OpSensitivity, Sensitivity, allocate, allocate_for_latency, predict_us
-from runtime.search.allocation import OpAllocation
-from runtime.search.latency import floor_us, op_us
+from runtime.search.allocation import Allocation, OpAllocation
+from runtime.search.latency import floor_us, op_us, part_us
 
 NAMES = ("int4_g128", "bf16")
 CANDS = {c: CANDIDATES[c] for c in NAMES}
@@ -63,6 +63,36 @@ def test_a_mixed_op_pays_a_gemm_and_a_scatter_per_part():
     assert op_us(mixed, CANDS, profile) == pytest.approx(
         part("int4_g128", 1000) + part("bf16", 24) + 2 * model.scatter_us + index_us)
     assert op_us(mixed, CANDS, profile) - op_us(whole, CANDS, profile) > model.gemm_us["matmul"]
+
+
+def test_sibling_ops_whole_in_one_format_cost_one_gemm():
+    # The runtime runs q/k/v (and gate/up) of one format as one GEMM on a GPU: one fixed cost, not three.
+    profile = get_profile("h100")
+    model = profile.latency
+    attn = "model.layers.0.self_attn"
+    q, k, v = (OpAllocation(f"{attn}.{leaf}", 4096, n, ["int4_g128"] * n)
+               for leaf, n in (("q_proj", 4096), ("k_proj", 1024), ("v_proj", 1024)))
+    o = OpAllocation(f"{attn}.o_proj", 4096, 4096, ["int4_g128"] * 4096)
+
+    def predicted(*ops):
+        allocation = Allocation(granularity="op", ops=list(ops), budget=Budget(bits_per_weight=4.0), budget_bits=0.0,
+                                weights=1, bits=0.0, predicted_kl=0.0, upgrades=0)
+        return predict_us(allocation, CANDS, profile)
+
+    one_gemm = part_us(model, profile, CANDS["int4_g128"], rows=6144, in_features=4096)
+    assert predicted(q, k, v, o) == pytest.approx(one_gemm + op_us(o, CANDS, profile))
+    alone = sum(op_us(x, CANDS, profile) for x in (q, k, v))
+    assert alone - one_gemm == pytest.approx(2 * model.gemm_us["kernels.gemm_w4a16"])
+    # A member in another format, or split across two, and each op is its own GEMM again.
+    k_wide = OpAllocation(k.name, 4096, 1024, ["bf16"] * 1024)
+    k_mixed = OpAllocation(k.name, 4096, 1024, ["int4_g128"] * 1000 + ["bf16"] * 24)
+    for other in (k_wide, k_mixed):
+        assert predicted(q, other, v) == pytest.approx(sum(op_us(x, CANDS, profile) for x in (q, other, v)))
+    # The floor a latency budget is refused below counts the group as the runtime runs it.
+    shapes = {x.name: (4096, x.out_features) for x in (q, k, v)}
+    floor = floor_us(shapes, {name: [CANDS["int4_g128"], CANDS["bf16"]] for name in shapes}, profile)
+    assert floor == pytest.approx(predicted(*(OpAllocation(x.name, 4096, x.out_features, [c] * x.out_features)
+                                              for x, c in zip((q, k, v), ["int4_g128"] * 3))))
 
 
 def test_latency_budget_is_monotone_and_met():
