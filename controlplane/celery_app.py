@@ -20,11 +20,10 @@ GPU_QUEUE = "gpu"
 QUEUES = (CPU_QUEUE, GPU_QUEUE)
 TASK_MODULES = ["controlplane.jobs.tasks"]
 
-# Redis re-delivers a message whose worker died without acking once this many seconds have passed
-# since delivery. It must exceed the longest job (a build of a 70B model takes hours): a shorter
-# value makes Redis hand a still-running job to a second worker. Jobs survive that (completion is
-# exactly once, artifacts are content-addressed), but the work is done twice.
-VISIBILITY_TIMEOUT_S = 6 * 3600
+# Redis re-delivers a message whose worker died without acking once `job_visibility_timeout_s`
+# (a setting) has passed since delivery. A value shorter than a job makes Redis hand a still-running
+# job to a second worker: jobs survive that (completion is exactly once, artifacts are
+# content-addressed), but the work is done twice.
 # How often a worker sweeps for such abandoned messages (kombu's default sweep is ~100 s).
 RESTORE_INTERVAL_S = 10
 
@@ -40,14 +39,15 @@ class PopsCelery(Celery):
 def create_celery(
     settings: Settings,
     *,
-    visibility_timeout_s: int = VISIBILITY_TIMEOUT_S,
+    visibility_timeout_s: int | None = None,
     restore_interval_s: int = RESTORE_INTERVAL_S,
 ) -> PopsCelery:
-    """A Celery app for these settings; with no broker URL every task runs eagerly in-process."""
+    """A Celery app for these settings; with no broker URL every task runs eagerly in-process.
+    `visibility_timeout_s` overrides the setting (tests make it seconds)."""
     embedded = settings.broker_url is None
     app = PopsCelery(settings, include=TASK_MODULES, set_as_current=False)
     transport_options = {
-        "visibility_timeout": visibility_timeout_s,
+        "visibility_timeout": visibility_timeout_s or settings.job_visibility_timeout_s,
         "unacked_restore_interval": restore_interval_s,
         "unacked_restore_throttle": 1,  # sweep on every interval, not every 10th
         "socket_timeout": 30,  # a publish to a vanished Redis fails instead of hanging
@@ -94,7 +94,7 @@ def get_celery(settings: Settings | None = None) -> PopsCelery:
     """The process-wide Celery app for these settings (one per database and broker)."""
     settings = settings or get_settings()
     key = (settings.database_url, settings.broker_url, settings.result_backend, str(settings.artifact_root),
-           settings.mlflow_tracking_uri)
+           settings.mlflow_tracking_uri, settings.job_visibility_timeout_s)
     if key not in _APPS:
         _APPS[key] = create_celery(settings)
     import controlplane.jobs.tasks  # noqa: F401  (registers the shared tasks on every app)

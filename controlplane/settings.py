@@ -50,6 +50,10 @@ class Settings(BaseSettings):
     max_canary_batch: int = Field(1000, ge=1, le=100_000, description="Most canary samples in one POST.")
     canary_window_seconds: int = Field(60, ge=1, le=86_400, description="Width of a canary aggregate window.")
     seed_accelerators: bool = Field(True, description="Sync accelerator profiles from the runtime at startup.")
+    job_visibility_timeout_s: int = Field(
+        6 * 3600, ge=60, le=30 * 86_400,
+        description="Seconds after which Redis hands a job whose worker has not acked it to another worker. It "
+                    "must exceed the longest job (building a 70B engine takes hours), or a running job runs twice.")
     alert_webhook_url: str | None = Field(
         None, pattern=r"^https?://", description="Drift alerts are also POSTed here as JSON (retried, never blocking).")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"

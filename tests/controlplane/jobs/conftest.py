@@ -110,7 +110,7 @@ def corpus_file(tmp_path_factory) -> Path:
 
 
 def make_settings(root: Path, *, database_url: str, models_root: Path, broker_url: str | None = None,
-                  mlflow_tracking_uri: str | None = None):
+                  mlflow_tracking_uri: str | None = None, **overrides):
     from controlplane.settings import Settings
 
     return Settings(
@@ -122,6 +122,7 @@ def make_settings(root: Path, *, database_url: str, models_root: Path, broker_ur
         models_roots=[models_root],
         api_key_pepper=PEPPER,
         seed_accelerators=True,
+        **overrides,
     )
 
 

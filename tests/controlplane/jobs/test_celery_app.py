@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import pytest
 
-from controlplane.celery_app import CPU_QUEUE, GPU_QUEUE, VISIBILITY_TIMEOUT_S, create_celery, get_celery, queue_for
+from pydantic import ValidationError
+
+from controlplane.celery_app import CPU_QUEUE, GPU_QUEUE, create_celery, get_celery, queue_for
 
 from .conftest import REDIS_HOST, REDIS_PORT, make_settings
 
@@ -14,7 +16,7 @@ def test_worker_app_acks_late_and_requeues_on_worker_loss(tmp_path, models_root)
     conf = create_celery(settings).conf
     assert conf.task_acks_late and conf.task_reject_on_worker_lost
     assert conf.worker_prefetch_multiplier == 1
-    assert conf.broker_transport_options["visibility_timeout"] == VISIBILITY_TIMEOUT_S
+    assert conf.broker_transport_options["visibility_timeout"] == 6 * 3600  # the default: longer than a build
     assert conf.broker_connection_retry_on_startup and conf.broker_connection_max_retries is None
     assert not conf.task_always_eager
     assert conf.result_backend == settings.broker_url
@@ -24,6 +26,17 @@ def test_worker_app_acks_late_and_requeues_on_worker_loss(tmp_path, models_root)
         assert task.ignore_result  # the jobs table is the result store
         # Only transient errors retry: a bad recipe must fail the job at once, not five times.
         assert ValueError not in task.autoretry_for and Exception not in task.autoretry_for
+
+
+def test_visibility_timeout_is_a_setting_with_a_floor(tmp_path, models_root):
+    # Builds of large models outlast the default: an operator raises it, and the workers' app follows.
+    settings = make_settings(tmp_path, database_url=f"sqlite:///{tmp_path / 'x.db'}", models_root=models_root,
+                             broker_url="redis://127.0.0.1:6379/0", job_visibility_timeout_s=12 * 3600)
+    assert create_celery(settings).conf.broker_transport_options["visibility_timeout"] == 12 * 3600
+    assert get_celery(settings).conf.broker_transport_options["visibility_timeout"] == 12 * 3600
+    with pytest.raises(ValidationError, match="job_visibility_timeout_s"):
+        make_settings(tmp_path, database_url=f"sqlite:///{tmp_path / 'x.db'}", models_root=models_root,
+                      broker_url="redis://127.0.0.1:6379/0", job_visibility_timeout_s=5)
 
 
 def test_embedded_app_runs_tasks_in_process(sqlite_settings):
