@@ -16,6 +16,11 @@ RECIPES = {
     "int8_w8a8": preset("int8_w8a8"),
     "int4_g32": Recipe.from_dict({"name": "int4g32", "default": {"weights": {
         "format": "int4", "strategy": "group", "group_size": 32}}}),
+    # KV-cache quantization hooks the k and v projections: their slices of the group pass through it.
+    "fp8_w8a8_fp8_kv": Recipe.from_dict({"name": "kv", "default": {
+        "weights": {"format": "fp8_e4m3", "strategy": "channel"},
+        "input_activations": {"format": "fp8_e4m3", "strategy": "token", "dynamic": True}},
+        "kv_cache_scheme": {"format": "fp8_e4m3", "dynamic": True}}),
 }
 GROUPS_PER_LAYER = [["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"], ["mlp.gate_proj", "mlp.up_proj"]]
 
@@ -42,6 +47,8 @@ def test_fused_engine_gives_the_unfused_logits_and_shares_the_weights(engine_pat
     ids = torch.randint(3, 300, (2, 19))
     with torch.no_grad():
         assert torch.equal(fused(ids).logits, alone(ids).logits)
+    if recipe == "fp8_w8a8_fp8_kv":
+        assert fused.model.layers[0].self_attn.kv_quant.numel == alone.model.layers[0].self_attn.kv_quant.numel > 0
     groups = {id(m.siblings) for m in fused.modules() if getattr(m, "siblings", None) is not None}
     assert len(groups) == 2 * _layers(fused)
     for layer in range(_layers(fused)):
