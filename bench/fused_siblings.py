@@ -14,9 +14,7 @@ thread's CPU time (bench.timing.interleaved_us). CUDA: device time replayed from
 enough copies of the group that their weights exceed twice the L2 (bench.timing.graph_us).
 """
 import argparse
-import json
 import os
-import platform
 import sys
 import time
 
@@ -24,7 +22,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from bench.timing import graph_us, interleaved_us  # noqa: E402
+from bench.timing import graph_us, interleaved_us, write_env_and_rows  # noqa: E402
 from runtime.modules import QuantLinear  # noqa: E402
 from runtime.modules.fused_linear import FusedSiblings  # noqa: E402
 from runtime.plans import OpPlan  # noqa: E402
@@ -110,18 +108,12 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     start = time.time()
     rows = run(args.device, GROUPS["small" if args.small else "llama8b"], args.tokens)
-    env = {"device": torch.cuda.get_device_name() if args.device == "cuda" else platform.processor() or "cpu",
-           "torch": torch.__version__, "threads": torch.get_num_threads(), "python": platform.python_version(),
-           "seconds": round(time.time() - start, 1), "date": time.strftime("%Y-%m-%d"),
-           "clock": "CUDA graph device time" if args.device == "cuda" else
-                    ("thread CPU time" if torch.get_num_threads() == 1 else "wall"),
-           "note": "CPU: every format runs its pure-torch reference path" if args.device == "cpu" else
-                   "CUDA: the runtime's kernels (Triton W8A8 / W4A16, cuBLAS bf16)"}
-    if args.out:
-        os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
-        with open(args.out, "w") as fh:
-            json.dump({"env": env, "rows": rows}, fh, indent=1)
-        print(f"wrote {args.out}")
+    write_env_and_rows(
+        args.out, args.device, start, rows,
+        clock="CUDA graph device time" if args.device == "cuda" else
+              ("thread CPU time" if torch.get_num_threads() == 1 else "wall"),
+        note="CPU: every format runs its pure-torch reference path" if args.device == "cpu" else
+             "CUDA: the runtime's kernels (Triton W8A8 / W4A16, cuBLAS bf16)")
     if not all(r["outputs_equal"] for r in rows):
         sys.exit("fused outputs differ from the lone ones")
 

@@ -20,9 +20,7 @@ Times are medians over interleaved rounds of the thread's CPU time (CPU, one tor
 shared machine's descheduling is not the layer's cost) or of ``triton.testing.do_bench`` (CUDA).
 """
 import argparse
-import json
 import os
-import platform
 import sys
 import time
 
@@ -30,7 +28,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from bench.timing import interleaved_us  # noqa: E402
+from bench.timing import interleaved_us, write_env_and_rows  # noqa: E402
 from runtime.modules import MixedLinear, QuantLinear  # noqa: E402
 from runtime.plans import OpPlan  # noqa: E402
 from runtime.recipes import QuantArgs  # noqa: E402
@@ -119,17 +117,11 @@ def main() -> None:
         shapes = [tuple(int(v) for v in shape.lower().split("x")) for shape in args.shapes]
     start = time.time()
     rows = run(args.device, shapes, args.tokens, WIDE_SHARES)
-    env = {"device": torch.cuda.get_device_name() if args.device == "cuda" else platform.processor() or "cpu",
-           "torch": torch.__version__, "threads": torch.get_num_threads(), "python": platform.python_version(),
-           "seconds": round(time.time() - start, 1),
-           "clock": "thread CPU time" if args.device == "cpu" and torch.get_num_threads() == 1 else "wall",
-           "note": "CPU: every format runs its pure-torch reference path" if args.device == "cpu" else
-                   "CUDA: int4 parts run kernels.gemm_w4a16 (Triton); int8 weight-only dequantizes per call"}
-    if args.out:
-        os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
-        with open(args.out, "w") as fh:
-            json.dump({"env": env, "rows": rows}, fh, indent=1)
-        print(f"wrote {args.out}")
+    write_env_and_rows(
+        args.out, args.device, start, rows,
+        clock="thread CPU time" if args.device == "cpu" and torch.get_num_threads() == 1 else "wall",
+        note="CPU: every format runs its pure-torch reference path" if args.device == "cpu" else
+             "CUDA: int4 parts run kernels.gemm_w4a16 (Triton); int8 weight-only dequantizes per call")
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ launch cost, as a decode step runs in a serving stack).
 import itertools
 import json
 import os
+import platform
 import time
 from datetime import date
 
@@ -93,3 +94,17 @@ def interleaved_us(device: str):
                 samples[i].append((clock() - t0) / reps[i] * 1e6)
         return [sorted(v)[len(v) // 2] for v in samples]
     return cpu
+
+
+def write_env_and_rows(out: str | None, device: str, started: float, rows: list[dict], **env) -> None:
+    """Writes ``{"env", "rows"}`` to ``out`` (when given) for a benchmark that runs on the CPU or CUDA: the
+    device, torch, threads, python, the seconds since ``started`` and ``env``'s own fields (clock, note)."""
+    if not out:
+        return
+    env = {"device": torch.cuda.get_device_name() if device == "cuda" else platform.processor() or "cpu",
+           "torch": torch.__version__, "threads": torch.get_num_threads(), "python": platform.python_version(),
+           "seconds": round(time.time() - started, 1), "date": date.today().isoformat(), **env}
+    os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
+    with open(out, "w") as fh:
+        json.dump({"env": env, "rows": rows}, fh, indent=1)
+    print(f"wrote {out}")

@@ -124,15 +124,21 @@ def test_decode_attention_ragged_splits(device, monkeypatch, num_splits):
         _run_case(device, 8, 2, 57, [57, 1, 30, 0], fmt, D_CPU, num_splits=num_splits, k_outliers=False)
 
 
+def _fp8_cache(device, lens: list[int], hkv: int = 2, d: int = D_CPU):
+    """fp32 K (Gaussian) and V (with outliers), their fp8 caches and scales, and the lengths, max(lens) long."""
+    shape = (len(lens), hkv, max(lens), d)
+    k = with_outliers(shape, device, outliers=False)
+    v = with_outliers(shape, device)
+    k_cache, v_cache, ks, vs = make_cache(k, v, "fp8_e4m3")
+    return k, v, k_cache, v_cache, ks, vs, torch.tensor(lens, dtype=torch.int32, device=device)
+
+
 def test_fp8_cache_error_against_unquantized(device):
     # The same attention on the fp32 K and V the fp8 cache was made from: only the e4m3
     # rounding (3 mantissa bits, <= 6.25% per element) and the per-head scaling remain.
     # K without outliers: a 100x key outlier turns its logit error into a softmax flip.
-    b, hq, hkv, s, d = 2, 8, 2, 200, D_CPU
-    k = with_outliers((b, hkv, s, d), device, outliers=False)
-    v = with_outliers((b, hkv, s, d), device)
-    k_cache, v_cache, ks, vs = make_cache(k, v, "fp8_e4m3")
-    seq_lens = torch.tensor([200, 77], dtype=torch.int32, device=device)
+    b, hq, d = 2, 8, D_CPU
+    k, v, k_cache, v_cache, ks, vs, seq_lens = _fp8_cache(device, [200, 77])
     q = torch.randn(b, hq, d, device=device)
     out = decode_attention(q, k_cache, v_cache, seq_lens, k_scale=ks, v_scale=vs, backend="triton")
     exact = exact_attention(q, k, v, seq_lens)
@@ -147,11 +153,8 @@ def test_fp8_cache_with_query_heads_of_any_magnitude(device):
     # Over an fp8 cache the 16-bit dots run in fp16, each query row scaled by its own power of
     # two: heads from 1e-4 to 1e3 (fp16 queries; bf16 ones from 1e-20, under fp16's range, to
     # 1e8, over it) must each keep their own logit scale.
-    b, hq, hkv, s, d = 2, 8, 2, 150, D_CPU
-    k = with_outliers((b, hkv, s, d), device, outliers=False)
-    v = with_outliers((b, hkv, s, d), device)
-    k_cache, v_cache, ks, vs = make_cache(k, v, "fp8_e4m3")
-    seq_lens = torch.tensor([150, 61], dtype=torch.int32, device=device)
+    b, hq, d = 2, 8, D_CPU
+    _, _, k_cache, v_cache, ks, vs, seq_lens = _fp8_cache(device, [150, 61])
     for dtype in q_dtypes("fp8_e4m3", device):
         lo, hi = (-4, 3) if dtype == torch.float16 else (-20, 8)
         magnitudes = torch.logspace(lo, hi, hq, device=device)[None, :, None]
