@@ -1,0 +1,193 @@
+"""Compiles every Triton kernel the GPU would run, in every autotune config, for sm_90: on the CPU.
+
+    python bench/sm90_compile.py            # the installed Triton
+    PYTHONPATH=/path/to/triton-3.6 python bench/sm90_compile.py   # the H100 host's version
+
+CI has no GPU, and its tests run the kernels under Triton's interpreter, which never compiles them:
+inline assembly, the bf16 paths and most autotune configs are never built there. This script calls
+the kernels' launchers with small CPU tensors, records each launch instead of running it, and
+compiles the launched kernel for an sm_90 target in every config its autotuner holds (Triton
+ships ptxas; no driver is needed). tests/kernels/test_sm90_compile.py runs it.
+
+Run it without TRITON_INTERPRET: under the interpreter the kernels are not compiled at all and
+their autotuners hold the interpreter's single config.
+"""
+import argparse
+import os
+import sys
+import time
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import triton  # noqa: E402
+from triton.backends.compiler import GPUTarget  # noqa: E402
+from triton.compiler import ASTSource  # noqa: E402
+from triton.runtime.autotuner import Autotuner, Heuristics  # noqa: E402
+from triton.runtime.jit import JITFunction, mangle_type  # noqa: E402
+
+TARGET = GPUTarget("cuda", 90, 32)
+
+
+def compile_sm90(fn, signature: dict, constexprs: dict, warps: int, stages: int, attrs: dict | None = None):
+    """``fn`` (a JITFunction) compiled for sm_90 with this signature, constexprs, warps and stages."""
+    return triton.compile(ASTSource(fn=fn, signature=signature, constexprs=constexprs, attrs=attrs or {}),
+                          target=TARGET, options={"num_warps": warps, "num_stages": stages})
+
+
+class Recorder:
+    """Replaces launching: every ``kernel[grid](...)`` is recorded (kernel, bound arguments) and not run."""
+
+    def __init__(self):
+        self.launches: list[tuple[object, dict]] = []
+
+    def __enter__(self):
+        recorder = self
+        self._saved = JITFunction.run, Autotuner.run, Heuristics.run
+
+        def record(kernel, *args, grid=None, warmup=False, **kwargs):
+            fn = _jit(kernel)
+            named = dict(zip(fn.arg_names, args))
+            named.update(kwargs)
+            recorder.launches.append((kernel, named))
+
+        JITFunction.run = Autotuner.run = Heuristics.run = record
+        return self
+
+    def __exit__(self, *exc):
+        JITFunction.run, Autotuner.run, Heuristics.run = self._saved
+
+
+def _jit(kernel) -> JITFunction:
+    while not isinstance(kernel, JITFunction):
+        kernel = kernel.fn
+    return kernel
+
+
+def _heuristics(kernel) -> list[dict]:
+    out = []
+    while not isinstance(kernel, JITFunction):
+        if isinstance(kernel, Heuristics):
+            out.append(kernel.values)
+        kernel = kernel.fn
+    return out
+
+
+def variants(kernel, named: dict):
+    """(signature, constexprs, warps, stages) for each config the launch's autotuner holds (one without)."""
+    fn = _jit(kernel)
+    configs = kernel.configs if isinstance(kernel, Autotuner) else [None]
+    for config in configs:
+        args = dict(named)
+        warps, stages = args.pop("num_warps", 4), args.pop("num_stages", 3)
+        if config is not None:
+            args.update(config.all_kwargs() if hasattr(config, "all_kwargs") else config.kwargs)
+            warps, stages = config.num_warps, config.num_stages
+            for key in ("num_warps", "num_stages", "num_ctas", "maxnreg", "num_buffers_warp_spec",
+                        "num_consumer_groups", "reg_dec_producer", "reg_inc_consumer", "pre_hook", "ir_override"):
+                args.pop(key, None)
+        for values in _heuristics(kernel):
+            for name, rule in values.items():
+                args[name] = rule(args)
+        signature, constexprs = {}, {}
+        for param in fn.params:
+            value = args[param.name] if param.name in args else param.default
+            if param.is_constexpr:
+                signature[param.name] = "constexpr"
+                constexprs[param.name] = value
+            else:
+                signature[param.name] = mangle_type(value)
+        yield signature, constexprs, warps, stages
+
+
+def launches() -> list[tuple[object, dict]]:
+    """Records the launches of every kernel path on small CPU tensors: each format, dtype and path."""
+    from kernels import decode_attention as da
+    from kernels._w8a8 import w8a8_gemm_triton
+    from kernels.act_quant import act_quant_triton
+    from kernels.gemm_w4a16 import dequantize_w4_triton, gemm_w4a16_triton, quantize_w4_reference
+
+    g = torch.Generator().manual_seed(0)
+    rec = Recorder()
+    with rec:
+        for m in (1, 16, 4096):
+            for fmt in ("fp8_e4m3", "int8"):
+                x = torch.randn(m, 256, generator=g).bfloat16()
+                act_quant_triton(x, fmt)
+                act_quant_triton(x, fmt, torch.tensor([0.05]))
+        for qdtype in (torch.float8_e4m3fn, torch.int8):
+            wq = torch.zeros(512, 256, dtype=qdtype)
+            ws = torch.rand(512, 1, generator=g) + 0.5
+            for m, path in ((1, "gemv"), (4, "swap"), (256, "tiled")):
+                xq = torch.zeros(m, 256, dtype=qdtype)
+                xs = torch.rand(m, 1, generator=g) + 0.5
+                for bias in (None, torch.randn(512, generator=g)):
+                    w8a8_gemm_triton(xq, xs, wq, ws, bias, torch.bfloat16, qdtype, path=path)
+        packed, scales, zeros = quantize_w4_reference(torch.randn(512, 256, generator=g), 128, False)
+        for dtype in (torch.bfloat16, torch.float16, torch.float32):
+            s, z = scales.to(dtype), zeros.to(dtype)
+            for m, path in ((1, "gemv"), (16, "tc")):
+                gemm_w4a16_triton(torch.randn(m, 256, generator=g).to(dtype), packed, s, z, 128, path=path)
+            dequantize_w4_triton(packed, s, z, 128, dtype)
+        for kv in (torch.bfloat16, torch.float16, torch.float8_e4m3fn):
+            for q_dtype in (torch.float32, torch.float16 if kv == torch.float16 else torch.bfloat16):
+                k = torch.randn(2, 2, 256, 128, generator=g).to(kv)
+                scale = torch.ones(2) if kv == torch.float8_e4m3fn else None
+                for splits in (1, 2):
+                    da.decode_attention_triton(torch.randn(2, 8, 128, generator=g).to(q_dtype), k, k,
+                                               torch.tensor([256, 100], dtype=torch.int32), k_scale=scale,
+                                               v_scale=scale, num_splits=splits)
+    return rec.launches
+
+
+def plan(quick: bool) -> list[tuple[str, JITFunction, dict, dict, int, int]]:
+    """(label, fn, signature, constexprs, warps, stages) to compile, without repeats. ``quick``: every config
+    of each kernel's first launch, and the first config of its other launches (dtypes, bias, paths)."""
+    seen, out, kernels_seen = set(), [], set()
+    for kernel, named in launches():
+        fn = _jit(kernel)
+        first_launch = fn.__name__ not in kernels_seen
+        kernels_seen.add(fn.__name__)
+        for i, (signature, constexprs, warps, stages) in enumerate(variants(kernel, named)):
+            if quick and not first_launch and i > 0:
+                break
+            key = (fn.__name__, tuple(signature.items()), repr(sorted(constexprs.items())), warps, stages)
+            if key not in seen:
+                seen.add(key)
+                out.append((f"{fn.__name__} {constexprs} warps={warps} stages={stages}", fn, signature, constexprs,
+                            warps, stages))
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true",
+                    help="every config of each kernel once, and every launch variant in one config (CI)")
+    ap.add_argument("--shard", default="0/1", help="i/n: compile every n-th variant from the i-th (parallel runs)")
+    ap.add_argument("-k", dest="only", default="", help="only the kernels whose name contains this")
+    ap.add_argument("--list", action="store_true", help="print each compiled kernel and config")
+    args = ap.parse_args()
+    if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
+        sys.exit("unset TRITON_INTERPRET: the interpreter compiles nothing")
+    index, count = (int(v) for v in args.shard.split("/"))
+    start = time.perf_counter()
+    todo = [t for t in plan(args.quick) if args.only in t[1].__name__][index::count]
+    failures = []
+    for label, fn, signature, constexprs, warps, stages in todo:
+        try:
+            if not compile_sm90(fn, signature, constexprs, warps, stages).asm["cubin"]:
+                failures.append(f"{label}: empty cubin")
+        except Exception as exc:  # every failure is listed, not just the first
+            failures.append(f"{label}: {type(exc).__name__}: {str(exc)[:500]}")
+        if args.list:
+            print(label, flush=True)
+    print(f"Triton {triton.__version__}: {len(todo)} kernel variants compiled for sm_90 in "
+          f"{time.perf_counter() - start:.0f} s, {len(failures)} failed", flush=True)
+    for failure in failures:
+        print("FAILED", failure)
+    sys.exit(1 if failures else 0)
+
+
+if __name__ == "__main__":
+    main()
