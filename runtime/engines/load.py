@@ -91,7 +91,7 @@ def load_engine(path: str | os.PathLike, device: str | torch.device = "cpu",
         if q.bias is not None:
             q.bias = q.bias.to(dtype)
     model.to(device).eval()
-    if fuse if fuse is not None else torch.device(device).type == "cuda":
+    if (fuse if fuse is not None else torch.device(device).type == "cuda"):
         fuse_siblings(model)
     if torch.device(device).type == "cuda" and getattr(config, "_attn_implementation", None) in (None, "sdpa"):
         use_decode_kernel(model)
