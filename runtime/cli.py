@@ -420,6 +420,9 @@ def serve_cmd(
     samples_out: Annotated[Optional[Path], typer.Option(help="Also append every canary sample to this JSONL file.")]
     = None,
     device: Annotated[str, typer.Option(help="torch device for engines and the reference.")] = "cpu",
+    fuse_siblings: Annotated[Optional[bool], typer.Option(
+        "--fuse-siblings/--no-fuse-siblings",
+        help="Run q/k/v and gate/up of one format as one GEMM each (default: on CUDA only).")] = None,
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 8080,
 ):
@@ -435,7 +438,7 @@ def serve_cmd(
                                  engine_paths=engine or [], canary_path=canary, canary_share=canary_share,
                                  shadow_path=shadow, reference_path=reference, sample_share=sample_share,
                                  canary_sample_share=canary_sample_share, poll_interval_s=poll_interval,
-                                 samples_out=samples_out, device=device)
+                                 samples_out=samples_out, device=device, fuse_siblings=fuse_siblings)
         except ValidationError as exc:
             raise InputError.from_pydantic(exc) from None
     uvicorn.run(create_app(config), host=host, port=port, log_level="info")

@@ -40,6 +40,9 @@ class ServeConfig(BaseModel):
     request_timeout_s: float = Field(10.0, gt=0.0, le=600.0, description="Timeout of one control plane call.")
     max_tokens_limit: int = Field(1024, ge=1, le=65_536, description="Largest `max_tokens` a request may ask for.")
     device: str = Field("cpu", description="torch device the engines and the reference run on.")
+    fuse_siblings: bool | None = Field(
+        None, description="Run sibling ops of one format (q/k/v, gate/up) as one GEMM each; None: on CUDA only "
+                          "(runtime.modules.fused_linear). False is the escape hatch should a fused engine misbehave.")
     samples_out: Path | None = Field(None, description="Also append every canary sample to this JSONL file.")
 
     @field_validator("engine_paths", "canary_path", "shadow_path")

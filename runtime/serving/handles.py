@@ -58,9 +58,10 @@ class ServedEngine:
         self.device = next(model.parameters()).device
 
     @classmethod
-    def load(cls, path: str | Path, *, registry_id: int | None = None, device: str = "cpu") -> "ServedEngine":
-        """Loads an engine folder for serving."""
-        return cls(load_engine(path, device=device), Path(path), registry_id)
+    def load(cls, path: str | Path, *, registry_id: int | None = None, device: str = "cpu",
+             fuse: bool | None = None) -> "ServedEngine":
+        """Loads an engine folder for serving (`fuse`: see runtime.engines.load_engine)."""
+        return cls(load_engine(path, device=device, fuse=fuse), Path(path), registry_id)
 
     @property
     def engine_id(self) -> str:

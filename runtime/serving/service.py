@@ -52,7 +52,7 @@ class ServingService:
             self.router, self.client_factory, endpoint=config.endpoint, poll_interval_s=config.poll_interval_s,
             references=self.references, sample_share=config.sample_share,
             canary_sample_share=config.canary_sample_share, local_engines=engine_folders(config.engine_paths),
-            device=config.device, metrics=self.metrics)
+            device=config.device, fuse=config.fuse_siblings, metrics=self.metrics)
         self._samples_lock = threading.Lock()
         self._started = False
 
@@ -60,7 +60,7 @@ class ServingService:
     def load_local(self) -> Routes:
         """Standalone: loads the engine folders of the config and serves them."""
         c = self.config
-        load = lambda p: ServedEngine.load(p, device=c.device)  # noqa: E731
+        load = lambda p: ServedEngine.load(p, device=c.device, fuse=c.fuse_siblings)  # noqa: E731
         routes = Routes(active=Slot(load(c.engine_paths[0])),
                         canary=Slot(load(c.canary_path)) if c.canary_path else None, canary_share=c.canary_share,
                         shadow=Slot(load(c.shadow_path)) if c.shadow_path else None,

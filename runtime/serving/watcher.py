@@ -36,9 +36,10 @@ class DeploymentWatcher:
     def __init__(self, router: Router, client_factory: Callable[[], ControlPlaneClient], *, endpoint: str,
                  poll_interval_s: float, references: ReferencePool, sample_share: float,
                  canary_sample_share: float, local_engines: dict[str, Path] | None = None, device: str = "cpu",
-                 metrics: ServingMetrics | None = None):
+                 fuse: bool | None = None, metrics: ServingMetrics | None = None):
         self.router, self.client_factory, self.endpoint = router, client_factory, endpoint
         self.poll_interval_s, self.references, self.device, self.metrics = poll_interval_s, references, device, metrics
+        self.fuse = fuse
         self.sample_share, self.canary_sample_share = sample_share, canary_sample_share
         self.local_engines = local_engines or {}
         self._engines: dict[int, ServedEngine] = {}  # by the control plane's engine id
@@ -131,7 +132,7 @@ class DeploymentWatcher:
         row = client.engine(registry_id)
         path = self.local_engines.get(row["content_hash"]) or local_path(row["uri"])
         try:
-            engine = ServedEngine.load(path, registry_id=registry_id, device=self.device)
+            engine = ServedEngine.load(path, registry_id=registry_id, device=self.device, fuse=self.fuse)
             if engine.engine_id != row["content_hash"]:
                 raise ValueError(f"folder {str(path)!r} holds engine {engine.engine_id}, the control plane's "
                                  f"engine {registry_id} is {row['content_hash']}")

@@ -138,3 +138,18 @@ def test_sampled_requests_are_logged_with_their_slice(make_service, fp8, tmp_pat
     assert (record["request_id"], record["role"], record["slice"]) == ("tagged", "active", "support-tickets")
     assert record["engine_id"] == fp8.engine_id and record["deployment_id"] is None
     assert record["num_tokens"] == r.json()["usage"]["total_tokens"]
+
+
+def test_fused_siblings_serve_the_unfused_text(make_service, engine_dirs):
+    # `fuse_siblings` (`pops serve --fuse-siblings/--no-fuse-siblings`): on the CPU engines load unfused unless
+    # asked; asked, q/k/v and gate/up run as one GEMM each and the cached greedy decode writes the same text.
+    texts = []
+    for fuse in (None, True):
+        service = make_service(engine_paths=[engine_dirs["fp8"]], fuse_siblings=fuse, sample_share=0.0)
+        with TestClient(create_app(service)) as c:
+            model = service.router.routes.active.engine.model
+            assert any(getattr(m, "siblings", None) is not None for m in model.modules()) is bool(fuse)
+            r = c.post("/v1/completions", json=greedy("The quick brown fox", 12))
+            assert r.status_code == 200, r.text
+            texts.append(r.json()["choices"][0]["text"])
+    assert texts[0] == texts[1]
