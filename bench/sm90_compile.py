@@ -82,11 +82,8 @@ def variants(kernel, named: dict):
         args = dict(named)
         warps, stages = args.pop("num_warps", 4), args.pop("num_stages", 3)
         if config is not None:
-            args.update(config.all_kwargs() if hasattr(config, "all_kwargs") else config.kwargs)
+            args.update(config.kwargs)  # the meta-parameters; launch options are the config's attributes
             warps, stages = config.num_warps, config.num_stages
-            for key in ("num_warps", "num_stages", "num_ctas", "maxnreg", "num_buffers_warp_spec",
-                        "num_consumer_groups", "reg_dec_producer", "reg_inc_consumer", "pre_hook", "ir_override"):
-                args.pop(key, None)
         for values in _heuristics(kernel):
             for name, rule in values.items():
                 args[name] = rule(args)
