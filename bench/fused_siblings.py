@@ -5,8 +5,9 @@
 
 Each group is built twice from the same random weights as QuantLinear ops: once left alone, once
 fused (runtime.modules.fused_linear.FusedSiblings), and both are called the way a decoder layer
-calls them, each member in turn on one input. The fused members' outputs are checked equal to
-the lone ones'. Shapes are Llama-3-8B's (attention: 4096 -> 4096 + 1024 + 1024; MLP: 4096 ->
+calls them, each member in turn on one input. On the CPU the fused members' outputs are checked
+equal to the lone ones'; on CUDA a wider GEMM may take another tile config or cuBLAS algorithm, so
+it sums in another order, and the outputs are checked within a relative error of 1e-2. Shapes are Llama-3-8B's (attention: 4096 -> 4096 + 1024 + 1024; MLP: 4096 ->
 14336 + 14336) and, with --small, the reference model's (256 -> 256 + 128 + 128; 256 -> 768 + 768).
 
 CPU: every format runs its pure-torch reference; times are medians over interleaved rounds of the
@@ -22,7 +23,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from bench.timing import graph_us, interleaved_us, write_env_and_rows  # noqa: E402
+from bench.timing import CHECK_FAILURES, check, graph_us, interleaved_us, rel_err, write_env_and_rows  # noqa: E402
 from runtime.modules import QuantLinear  # noqa: E402
 from runtime.modules.fused_linear import FusedSiblings  # noqa: E402
 from runtime.plans import OpPlan  # noqa: E402
@@ -42,6 +43,8 @@ GROUPS = {
 }
 TOKENS = [1, 16]
 L2_BYTES = 50 * 2**20
+# The lone and fused GEMMs differ only in summation order; outputs are bf16 (8-bit mantissa).
+CUDA_REL_ERR = 1e-2
 
 
 def _op(fmt: str, n: int, k: int) -> OpPlan:
@@ -83,16 +86,20 @@ def run(device: str, groups: dict, tokens: list[int]) -> list[dict]:
             for m in tokens:
                 x = torch.randn(m, k, generator=gen).to(device, dtype)
                 with torch.no_grad():
-                    equal = all(torch.equal(a, b) for a, b in zip(_call_all(alone, x), _call_all(fused, x)))
+                    pairs = list(zip(_call_all(alone, x), _call_all(fused, x)))
+                    equal = all(torch.equal(a, b) for a, b in pairs)
+                    err = max(rel_err(b, a) for a, b in pairs)
+                    check(f"{group} {fmt} M={m}", err, 0.0 if device == "cpu" else CUDA_REL_ERR)
                     if device == "cuda":
                         t_alone = graph_us(_call_all, [(s, x) for s in alone_sets])
                         t_fused = graph_us(_call_all, [(s, x) for s in fused_sets])
                     else:
                         t_alone, t_fused = cpu_time_us([lambda: _call_all(alone, x), lambda: _call_all(fused, x)])
                 rows.append({"group": group, "format": fmt, "m": m, "k": k, "n": sizes, "alone_us": t_alone,
-                             "fused_us": t_fused, "speedup": t_alone / t_fused, "outputs_equal": equal})
+                             "fused_us": t_fused, "speedup": t_alone / t_fused, "outputs_equal": equal,
+                             "max_rel_err": err})
                 print(f"{group:8s} {fmt:10s} M={m:3d} K={k} N={sizes}: alone {t_alone:9.1f} us, fused "
-                      f"{t_fused:9.1f} us, x{t_alone / t_fused:.2f}" + ("" if equal else "  OUTPUTS DIFFER"),
+                      f"{t_fused:9.1f} us, x{t_alone / t_fused:.2f}, " + ("equal" if equal else f"rel err {err:.1e}"),
                       flush=True)
     return rows
 
@@ -114,8 +121,8 @@ def main() -> None:
               ("thread CPU time" if torch.get_num_threads() == 1 else "wall"),
         note="CPU: every format runs its pure-torch reference path" if args.device == "cpu" else
              "CUDA: the runtime's kernels (Triton W8A8 / W4A16, cuBLAS bf16)")
-    if not all(r["outputs_equal"] for r in rows):
-        sys.exit("fused outputs differ from the lone ones")
+    if CHECK_FAILURES:
+        sys.exit("fused outputs stray from the lone ones: " + "; ".join(CHECK_FAILURES))
 
 
 if __name__ == "__main__":
