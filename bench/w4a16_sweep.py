@@ -1,6 +1,8 @@
-"""Config sweep of the W4A16 one-token GEMV against bf16 cuBLAS, by CUDA-graph device time.
+"""Config sweep of the W4A16 kernels against bf16 cuBLAS, by CUDA-graph device time.
 
     python bench/w4a16_sweep.py            # on the GPU; writes bench/results/w4a16-gemv-sweep-h100.json
+    python bench/w4a16_sweep.py --tc       # the tensor-core kernel's configs at M = 16, 64 and 128
+                                           # (writes bench/results/w4a16-tc-sweep-h100.json)
 
 For each Llama-3 linear shape a decode step runs (8B: q/o 4096x4096, k/v 1024x4096, gate/up
 14336x4096, down 4096x14336; 70B-sized 8192x8192 and 28672x8192) and each candidate
@@ -8,7 +10,10 @@ For each Llama-3 linear shape a decode step runs (8B: q/o 4096x4096, k/v 1024x40
 replayed from a CUDA graph over rotating weight sets larger than the L2 (as bench/kernels.py's
 graph rows and a decode step see it), next to bf16 ``x @ w.t()`` timed the same way and the
 config the autotuner picks. Every candidate's output is checked against the fp32 reference.
+With --tc, the candidates are the tensor-core kernel's autotune configs and, beside them, configs
+that put more programs on each SM (more split-K, fewer stages), at 16 and 64 tokens.
 """
+import argparse
 import os
 import sys
 
@@ -46,7 +51,59 @@ def weight_sets(n, k):
     return sets
 
 
-def main() -> None:
+TC_SHAPES = [(4096, 4096), (14336, 4096), (4096, 14336), (8192, 8192), (28672, 8192)]
+TC_TOKENS = [16, 64]
+# More, smaller programs per SM than the autotune list has: the kernel at M = 16 runs ~3x longer
+# than its instructions or its bytes take (docs/experiments/w4a16-tc-register-operand.patch).
+TC_EXTRA = [w4._tc_config(64, 8, 4, 3), w4._tc_config(128, 8, 8, 3), w4._tc_config(64, 16, 4, 2),
+            w4._tc_config(32, 8, 4, 3), w4._tc_config(32, 16, 4, 2), w4._tc_config(64, 4, 4, 2),
+            w4._tc_config(128, 4, 8, 2, reg_prefetch=True)]
+
+
+def _config_name(cfg) -> str:
+    return f"{cfg.kwargs} warps={cfg.num_warps} stages={cfg.num_stages}"
+
+
+def tc_sweep() -> None:
+    rows = []
+    for n, k in TC_SHAPES:
+        sets = weight_sets(n, k)
+        for m in TC_TOKENS:
+            x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
+            w0, p0, s0, z0 = sets[0]
+            ref = x.float() @ w4.dequantize_w4_reference(p0, s0, z0, GROUP).t()
+            bf16_us = graph_us(lambda w, *r: x @ w.t(), sets)
+            auto_us = graph_us(lambda w, p, s, z: w4.gemm_w4a16(x, p, s, z, GROUP), sets)
+            auto_cfg = best_config(w4._w4a16_tc_kernel)
+            timed = []
+            for cfg in w4._CONFIGS_TC + TC_EXTRA:
+                kw = cfg.kwargs
+                out = torch.empty(m, n, dtype=torch.float32, device="cuda")
+
+                def launch(w, p, s, z, kw=kw, cfg=cfg, out=out):
+                    if kw["SPLIT_K"] > 1:
+                        out.zero_()
+                    w4._w4a16_tc_kernel.fn[(triton.cdiv(n, kw["BLOCK_N"]), kw["SPLIT_K"])](
+                        x, p, s, z, s, out, m, n, k, x.stride(0), p.stride(0), s.stride(0), out.stride(0),
+                        GROUP=GROUP, HAS_BIAS=False, X_FP32=False, BLOCK_M=max(16, triton.next_power_of_2(m)),
+                        num_warps=cfg.num_warps, num_stages=cfg.num_stages, **kw)
+                    return out.to(torch.bfloat16)
+                err = rel_err(launch(*sets[0]), ref)
+                if not err < 1e-2:
+                    raise SystemExit(f"{n}x{k} M={m} {_config_name(cfg)}: rel err {err:.2e}")
+                timed.append((graph_us(launch, sets), _config_name(cfg)))
+            timed.sort()
+            row = {"n": n, "k": k, "m": m, "bf16_graph_us": bf16_us, "auto_graph_us": auto_us,
+                   "auto_config": auto_cfg, "best_config": timed[0][1], "best_graph_us": timed[0][0],
+                   "best_vs_bf16": bf16_us / timed[0][0], "all": [{"config": c, "us": t} for t, c in timed]}
+            rows.append(row)
+            print(f"{n}x{k} M={m}: bf16 {bf16_us:6.1f} auto {auto_us:6.1f} best {timed[0][0]:6.1f} "
+                  f"({bf16_us / timed[0][0]:.2f}x bf16) {timed[0][1]}; next "
+                  + ", ".join(f"{c} {t:.1f}" for t, c in timed[1:4]), flush=True)
+    write_results("w4a16-tc-sweep-h100.json", group_size=GROUP, rows=rows)
+
+
+def gemv_sweep() -> None:
     rows = []
     for n, k in SHAPES:
         x = torch.randn(1, k, device="cuda", dtype=torch.bfloat16)
@@ -83,6 +140,13 @@ def main() -> None:
               f"-> {bf16_us / best_us:.2f}x bf16, {row['best_tbps']:.2f} TB/s; next "
               + ", ".join(f"{c} {t:.1f}" for t, c in timed[1:6]), flush=True)
     write_results("w4a16-gemv-sweep-h100.json", group_size=GROUP, rows=rows)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--tc", action="store_true", help="sweep the tensor-core kernel instead of the GEMV")
+    args = ap.parse_args()
+    tc_sweep() if args.tc else gemv_sweep()
 
 
 if __name__ == "__main__":

@@ -427,8 +427,14 @@ def _tc_config(bn, split_k, warps, stages, groups_per_step=1, reg_prefetch=False
 # words before dequantizing this one's (REG_PREFETCH) was faster for some shapes and slower for
 # others in an A/B on the H100 (CUDA-graph µs, off -> on: 8192 x 8192 M = 64 51.8 -> 49.8, M = 128
 # 79.3 -> 71.0, 14336 x 4096 M = 16 32.8 -> 30.7; 14336 x 4096 M = 64 41.4 -> 44.6, 28672 x 8192
-# M = 16 99.2 -> 101.6), so the widest configs come both ways and the autotuner picks.
+# M = 16 99.2 -> 101.6), so the widest configs come both ways and the autotuner picks. Eight-way
+# split-K (python bench/w4a16_sweep.py --tc, bench/results/w4a16-tc-sweep-h100.json) won where K
+# is long against N: 4096 x 14336 at M = 16 35.6 -> 27.5 µs and at M = 64 50.0 -> 43.6, 4096 x
+# 4096 at M = 16 14.8 -> 13.6; the other shapes kept their picks.
 _CONFIGS_TC = [
+    _tc_config(128, 8, 8, 3, reg_prefetch=True),
+    _tc_config(64, 8, 4, 3, reg_prefetch=True),
+    _tc_config(64, 8, 4, 2),
     _tc_config(128, 4, 8, 3, reg_prefetch=True),
     _tc_config(64, 4, 4, 3, reg_prefetch=True),
     _tc_config(128, 2, 8, 3, reg_prefetch=True),
