@@ -30,10 +30,15 @@ from triton.runtime.jit import JITFunction, mangle_type  # noqa: E402
 TARGET = GPUTarget("cuda", 90, 32)
 
 
-def compile_sm90(fn, signature: dict, constexprs: dict, warps: int, stages: int, attrs: dict | None = None):
-    """``fn`` (a JITFunction) compiled for sm_90 with this signature, constexprs, warps and stages."""
+def compile_sm90(fn, signature: dict, constexprs: dict, warps: int, stages: int, attrs: dict | None = None,
+                 maxnreg: int | None = None):
+    """``fn`` (a JITFunction) compiled for sm_90 with this signature, constexprs, warps, stages and
+    register cap (None: ptxas chooses)."""
+    options = {"num_warps": warps, "num_stages": stages}
+    if maxnreg is not None:
+        options["maxnreg"] = maxnreg
     return triton.compile(ASTSource(fn=fn, signature=signature, constexprs=constexprs, attrs=attrs or {}),
-                          target=TARGET, options={"num_warps": warps, "num_stages": stages})
+                          target=TARGET, options=options)
 
 
 class Recorder:
@@ -75,15 +80,15 @@ def _heuristics(kernel) -> list[dict]:
 
 
 def variants(kernel, named: dict):
-    """(signature, constexprs, warps, stages) for each config the launch's autotuner holds (one without)."""
+    """(signature, constexprs, warps, stages, maxnreg) for each config the launch's autotuner holds (one without)."""
     fn = _jit(kernel)
     configs = kernel.configs if isinstance(kernel, Autotuner) else [None]
     for config in configs:
         args = dict(named)
-        warps, stages = args.pop("num_warps", 4), args.pop("num_stages", 3)
+        warps, stages, maxnreg = args.pop("num_warps", 4), args.pop("num_stages", 3), args.pop("maxnreg", None)
         if config is not None:
             args.update(config.kwargs)  # the meta-parameters; launch options are the config's attributes
-            warps, stages = config.num_warps, config.num_stages
+            warps, stages, maxnreg = config.num_warps, config.num_stages, config.maxnreg
         for values in _heuristics(kernel):
             for name, rule in values.items():
                 args[name] = rule(args)
@@ -95,7 +100,7 @@ def variants(kernel, named: dict):
                 constexprs[param.name] = value
             else:
                 signature[param.name] = mangle_type(value)
-        yield signature, constexprs, warps, stages
+        yield signature, constexprs, warps, stages, maxnreg
 
 
 def launches() -> list[tuple[object, dict]]:
@@ -138,22 +143,23 @@ def launches() -> list[tuple[object, dict]]:
     return rec.launches
 
 
-def plan(quick: bool) -> list[tuple[str, JITFunction, dict, dict, int, int]]:
-    """(label, fn, signature, constexprs, warps, stages) to compile, without repeats. ``quick``: every config
+def plan(quick: bool) -> list[tuple[str, JITFunction, dict, dict, int, int, int | None]]:
+    """(label, fn, signature, constexprs, warps, stages, maxnreg) to compile, without repeats. ``quick``: every config
     of each kernel's first launch, and the first config of its other launches (dtypes, bias, paths)."""
     seen, out, kernels_seen = set(), [], set()
     for kernel, named in launches():
         fn = _jit(kernel)
         first_launch = fn.__name__ not in kernels_seen
         kernels_seen.add(fn.__name__)
-        for i, (signature, constexprs, warps, stages) in enumerate(variants(kernel, named)):
+        for i, (signature, constexprs, warps, stages, maxnreg) in enumerate(variants(kernel, named)):
             if quick and not first_launch and i > 0:
                 break
-            key = (fn.__name__, tuple(signature.items()), repr(sorted(constexprs.items())), warps, stages)
+            key = (fn.__name__, tuple(signature.items()), repr(sorted(constexprs.items())), warps, stages, maxnreg)
             if key not in seen:
                 seen.add(key)
-                out.append((f"{fn.__name__} {constexprs} warps={warps} stages={stages}", fn, signature, constexprs,
-                            warps, stages))
+                label = f"{fn.__name__} {constexprs} warps={warps} stages={stages}"
+                out.append((label + (f" maxnreg={maxnreg}" if maxnreg else ""), fn, signature, constexprs,
+                            warps, stages, maxnreg))
     return out
 
 
@@ -171,9 +177,9 @@ def main() -> None:
     start = time.perf_counter()
     todo = [t for t in plan(args.quick) if args.only in t[1].__name__][index::count]
     failures = []
-    for label, fn, signature, constexprs, warps, stages in todo:
+    for label, fn, signature, constexprs, warps, stages, maxnreg in todo:
         try:
-            if not compile_sm90(fn, signature, constexprs, warps, stages).asm["cubin"]:
+            if not compile_sm90(fn, signature, constexprs, warps, stages, maxnreg=maxnreg).asm["cubin"]:
                 failures.append(f"{label}: empty cubin")
         except Exception as exc:  # every failure is listed, not just the first
             failures.append(f"{label}: {type(exc).__name__}: {str(exc)[:500]}")

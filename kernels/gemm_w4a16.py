@@ -107,8 +107,8 @@ TC_MAX_M = 128
 PATHS = ("auto", "gemv", "tc", "dequant")
 
 
-def _gemv_config(bn, quads, warps):
-    return triton.Config({"BLOCK_N": bn, "QUADS": quads}, num_warps=warps, num_stages=1)
+def _gemv_config(bn, quads, warps, maxnreg=None):
+    return triton.Config({"BLOCK_N": bn, "QUADS": quads}, num_warps=warps, num_stages=1, maxnreg=maxnreg)
 
 
 # What bounds the GEMV is the SM's issue rate and L1, not DRAM. The byte-wise form it replaced
@@ -125,6 +125,13 @@ def _gemv_config(bn, quads, warps):
 # came within 3% on some Llama shape: a row's step spread over two or four warps (QUADS 64..128)
 # wins where K is long against N (4096 x 14336: 14.1 µs) or N is small (1024 x 4096: 2.9 µs,
 # 4096 x 4096: 6.1), one warp per row set where N is large (8192 x 8192: 15.6, 28672 x 8192: 46.0).
+# Nsight Compute on the H100 (1/64/2 at 8192 x 8192): 80 registers a thread cap occupancy at 24
+# warps an SM, and the top stall is waiting on L1TEX (40% of cycles between issues). A thread
+# holding one quad a step fits 64 or 72 registers without spilling (ptxas), for 32 or 28 warps an
+# SM; capped, the best config ran 1-3% faster on five of seven Llama shapes in an A/B on the H100
+# (CUDA-graph µs, best uncapped -> best capped: 8192 x 8192 15.7 -> 15.6, 4096 x 4096 6.1 -> 5.9,
+# 28672 x 4096 25.0 -> 24.2, 4096 x 14336 14.1 -> 13.9, 28672 x 8192 46.0 -> 44.6), so both kinds
+# are candidates. Configs with more quads a thread spill when capped and ran up to 3.5x slower.
 _CONFIGS_GEMV = [
     _gemv_config(1, 64, 2),
     _gemv_config(2, 32, 2),
@@ -133,6 +140,9 @@ _CONFIGS_GEMV = [
     _gemv_config(1, 128, 2),
     _gemv_config(1, 64, 1),
     _gemv_config(2, 128, 4),
+    _gemv_config(1, 64, 2, maxnreg=64),
+    _gemv_config(1, 64, 2, maxnreg=72),
+    _gemv_config(1, 32, 1, maxnreg=72),
 ]
 _CONFIGS_GEMV_INTERPRET = [_gemv_config(4, 4, 1)]
 
