@@ -7,8 +7,9 @@ Each group is built twice from the same random weights as QuantLinear ops: once 
 fused (runtime.modules.fused_linear.FusedSiblings), and both are called the way a decoder layer
 calls them, each member in turn on one input. On the CPU the fused members' outputs are checked
 equal to the lone ones'; on CUDA a wider GEMM may take another tile config or cuBLAS algorithm, so
-it sums in another order, and the outputs are checked within a relative error of 1e-2. Shapes are Llama-3-8B's (attention: 4096 -> 4096 + 1024 + 1024; MLP: 4096 ->
-14336 + 14336) and, with --small, the reference model's (256 -> 256 + 128 + 128; 256 -> 768 + 768).
+it sums in another order, and the outputs are checked within a relative error of 1e-2. Shapes are
+Llama-3-8B's (attention: 4096 -> 4096 + 1024 + 1024; MLP: 4096 -> 14336 + 14336) and, with
+--small, the reference model's (256 -> 256 + 128 + 128; 256 -> 768 + 768).
 
 CPU: every format runs its pure-torch reference; times are medians over interleaved rounds of the
 thread's CPU time (bench.timing.interleaved_us). CUDA: device time replayed from a CUDA graph over

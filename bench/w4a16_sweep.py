@@ -84,7 +84,7 @@ def tc_sweep() -> None:
                     if kw["SPLIT_K"] > 1:
                         out.zero_()
                     w4._w4a16_tc_kernel.fn[(triton.cdiv(n, kw["BLOCK_N"]), kw["SPLIT_K"])](
-                        x, p, s, z, s, out, m, n, k, x.stride(0), p.stride(0), s.stride(0), out.stride(0),
+                        x, p, s, z, s, out, m, n, k, x.stride(0), p.stride(0), s.stride(0), s.stride(1), out.stride(0),
                         GROUP=GROUP, HAS_BIAS=False, X_FP32=False, BLOCK_M=max(16, triton.next_power_of_2(m)),
                         num_warps=cfg.num_warps, num_stages=cfg.num_stages, **kw)
                     return out.to(torch.bfloat16)

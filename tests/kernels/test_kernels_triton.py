@@ -272,6 +272,23 @@ def test_w4a16_tc_with_and_without_register_prefetch(device, monkeypatch, reg_pr
     assert rel_err(out, gemm_w4a16_reference(x.float(), packed, scales, zeros, group)) < 2e-3
 
 
+@pytest.mark.parametrize("path,m", [("gemv", 1), ("tc", 5), ("tc", 20), ("dequant", 3)])
+def test_w4a16_reads_group_major_scales(device, path, m):
+    # The tensor-core kernel reads scales and zeros by their strides (a group-major view puts one
+    # step's rows side by side); the other paths copy them row-major. A column slice of a wider
+    # group-major tensor (a fused sibling's view) must read only its own columns.
+    n, k, group = 40, 192, 32
+    packed, scales, zeros = quantize_w4_reference(torch.randn(n, k, device=device), group, False)
+    wide_s = torch.randn(k // group, n + 24, device=device, dtype=scales.dtype)
+    wide_z = torch.randn(k // group, n + 24, device=device, dtype=zeros.dtype)
+    wide_s[:, 8:8 + n], wide_z[:, 8:8 + n] = scales.t(), zeros.t()
+    s_view, z_view = wide_s[:, 8:8 + n].t(), wide_z[:, 8:8 + n].t()
+    assert s_view.stride() == (1, n + 24) and torch.equal(s_view, scales)
+    x = with_outliers(m, k, device, torch.float16)
+    out = gemm_w4a16_mod.gemm_w4a16_triton(x, packed, s_view, z_view, group, path=path)
+    assert rel_err(out, gemm_w4a16_reference(x.float(), packed, scales, zeros, group)) < 2e-3
+
+
 def test_w4a16_gemv_reads_a_misaligned_view(device):
     # The GEMV reads the packed bytes as 16-byte runs of int32 words; a view that starts at an odd
     # byte must still give the right answer (the wrapper copies it to an aligned buffer).
