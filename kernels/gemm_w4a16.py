@@ -572,7 +572,8 @@ def _w4a16_tc_kernel(
         tl.atomic_add(out_ptrs, acc, mask=mask)
 
 
-def _w4a16_path(m: int, group_size: int) -> str:
+def w4a16_path(m: int, group_size: int) -> str:
+    """The W4A16 kernel the launcher runs for ``m`` tokens: ``gemv``, ``tc`` or ``dequant``."""
     # The fused kernels step one group at a time with tl.arange over GROUP / 2 bytes: a power of
     # two of at least 16 bytes. Other groups dequantize first.
     if group_size & (group_size - 1) or group_size < 32:
@@ -592,8 +593,8 @@ def gemm_w4a16_triton(x, packed, scales, zeros, group_size: int, bias=None, *, p
     if m == 0 or n == 0:
         return x.new_empty(m, n)
     if path == "auto":
-        path = _w4a16_path(m, group_size)
-    elif path != "dequant" and _w4a16_path(1, group_size) == "dequant":
+        path = w4a16_path(m, group_size)
+    elif path != "dequant" and w4a16_path(1, group_size) == "dequant":
         raise ValueError(f"path={path!r} needs a power-of-two group_size >= 32, got {group_size}")
     if path == "gemv" and m != 1:
         raise ValueError(f"path='gemv' serves one token, got M={m}")
