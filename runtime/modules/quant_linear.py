@@ -122,9 +122,9 @@ class QuantLinear(nn.Module):
         """Keeps [groups, out] copies of an int4 op's scales and zeros for the calls the W4A16
         tensor-core kernel serves (2..128 tokens): one of its steps reads a block of rows' scales of
         one group, side by side in this layout and 32-byte sectors apart in the stored one. On the
-        H100 that ran 2-10% faster (bench/results/w4a16-tc-scale-layout-h100.json), for 6% more
-        memory than the packed weights. The one-token GEMV reads a row's groups and keeps the
-        stored layout."""
+        H100 that ran 2-10% faster (bench/results/w4a16-tc-scale-layout-h100.json), for 4 more
+        bytes a group (6% of the packed weights at group 128). The one-token GEMV reads a row's
+        groups and keeps the stored layout."""
         if self.weight_format != "int4":
             return
         self.register_buffer("weight_scale_gm", self.weight_scale.t().contiguous(), persistent=False)
