@@ -64,6 +64,17 @@ def _config_name(cfg) -> str:
     return f"{cfg.kwargs} warps={cfg.num_warps} stages={cfg.num_stages}"
 
 
+def _row(label: str, timed: list, bf16_us: float, auto_us: float, auto_cfg, **shape) -> dict:
+    """A shape's sweep result, candidates (µs, config) fastest first, and one printed line."""
+    timed.sort()
+    best_us, best = timed[0]
+    print(f"{label}: bf16 {bf16_us:6.1f} auto {auto_us:6.1f} ({auto_cfg}) best {best_us:6.1f} {best} "
+          f"-> {bf16_us / best_us:.2f}x bf16; next " + ", ".join(f"{c} {t:.1f}" for t, c in timed[1:4]), flush=True)
+    return {**shape, "bf16_graph_us": bf16_us, "auto_graph_us": auto_us, "auto_config": auto_cfg,
+            "best_config": best, "best_graph_us": best_us, "best_vs_bf16": bf16_us / best_us,
+            "auto_vs_bf16": bf16_us / auto_us, "all": [{"config": c, "us": t} for t, c in timed]}
+
+
 def tc_sweep() -> None:
     rows = []
     for n, k in TC_SHAPES:
@@ -92,14 +103,7 @@ def tc_sweep() -> None:
                 if not err < 1e-2:
                     raise SystemExit(f"{n}x{k} M={m} {_config_name(cfg)}: rel err {err:.2e}")
                 timed.append((graph_us(launch, sets), _config_name(cfg)))
-            timed.sort()
-            row = {"n": n, "k": k, "m": m, "bf16_graph_us": bf16_us, "auto_graph_us": auto_us,
-                   "auto_config": auto_cfg, "best_config": timed[0][1], "best_graph_us": timed[0][0],
-                   "best_vs_bf16": bf16_us / timed[0][0], "all": [{"config": c, "us": t} for t, c in timed]}
-            rows.append(row)
-            print(f"{n}x{k} M={m}: bf16 {bf16_us:6.1f} auto {auto_us:6.1f} best {timed[0][0]:6.1f} "
-                  f"({bf16_us / timed[0][0]:.2f}x bf16) {timed[0][1]}; next "
-                  + ", ".join(f"{c} {t:.1f}" for t, c in timed[1:4]), flush=True)
+            rows.append(_row(f"{n}x{k} M={m}", timed, bf16_us, auto_us, auto_cfg, n=n, k=k, m=m))
     write_results("w4a16-tc-sweep-h100.json", group_size=GROUP, rows=rows)
 
 
@@ -128,17 +132,10 @@ def gemv_sweep() -> None:
             if not err < 1e-2:
                 raise SystemExit(f"{n}x{k} BLOCK_N={bn} QUADS={quads} warps={warps}: rel err {err:.2e}")
             timed.append((graph_us(launch, sets), (bn, quads, warps)))
-        timed.sort()
-        best_us, best = timed[0]
         nbytes = n * k // 2 + 2 * 2 * n * (k // GROUP) + 2 * k + 2 * n
-        row = {"n": n, "k": k, "bf16_graph_us": bf16_us, "auto_graph_us": auto_us, "auto_config": auto_cfg,
-               "best_config": best, "best_graph_us": best_us, "best_vs_bf16": bf16_us / best_us,
-               "auto_vs_bf16": bf16_us / auto_us, "best_tbps": nbytes / (best_us * 1e-6) / 1e12,
-               "all": [{"config": c, "us": t} for t, c in timed]}
+        row = _row(f"{n}x{k}", timed, bf16_us, auto_us, auto_cfg, n=n, k=k)
+        row["best_tbps"] = nbytes / (row["best_graph_us"] * 1e-6) / 1e12
         rows.append(row)
-        print(f"{n}x{k}: bf16 {bf16_us:6.1f} auto {auto_us:6.1f} ({auto_cfg}) best {best_us:6.1f} {best} "
-              f"-> {bf16_us / best_us:.2f}x bf16, {row['best_tbps']:.2f} TB/s; next "
-              + ", ".join(f"{c} {t:.1f}" for t, c in timed[1:6]), flush=True)
     write_results("w4a16-gemv-sweep-h100.json", group_size=GROUP, rows=rows)
 
 
