@@ -43,6 +43,8 @@ def test_custom_ops_pass_opcheck():
             torch.library.opcheck(gemm_w8a8_op, args)
     packed, scales, zeros = quantize_w4_reference(torch.randn(24, 64), 32, False)
     torch.library.opcheck(gemm_w4a16_op, (x, packed, scales, zeros, 32, None))
+    # Group-major views, as CUDA engines pass the tensor-core path (QuantLinear.keep_group_major_scales).
+    torch.library.opcheck(gemm_w4a16_op, (x, packed, scales.t().contiguous().t(), zeros.t().contiguous().t(), 32, None))
 
 
 def test_act_quant_op_names_a_bad_format_while_tracing():
@@ -51,14 +53,17 @@ def test_act_quant_op_names_a_bad_format_while_tracing():
         torch.compile(lambda x: act_quant_op(x, "fp4", None), backend="aot_eager", fullgraph=True)(torch.randn(2, 8))
 
 
-@pytest.mark.parametrize("weights, acts", [(INT4_G32, None), (FP8_W, FP8_A), (INT8_W, INT8_A_STATIC)],
-                         ids=["int4-w4a16", "fp8-dynamic", "int8-static"])
-def test_compiled_quant_linear_is_one_graph_with_eager_numerics(weights, acts):
+@pytest.mark.parametrize("weights, acts, group_major", [(INT4_G32, None, False), (INT4_G32, None, True),
+                                                       (FP8_W, FP8_A, False), (INT8_W, INT8_A_STATIC, False)],
+                         ids=["int4-w4a16", "int4-w4a16-group-major-scales", "fp8-dynamic", "int8-static"])
+def test_compiled_quant_linear_is_one_graph_with_eager_numerics(weights, acts, group_major):
     torch.manual_seed(0)
     k, n = 96, 40
     weight, bias = torch.randn(n, k), torch.randn(n)
     layer = QuantLinear.from_float(weight, bias, _plan(k, n, weights, acts),
                                    input_scale=0.03 if acts and not acts["dynamic"] else None)
+    if group_major:
+        layer.keep_group_major_scales()
 
     def block(x):
         # Element-wise work on both sides of the layer, as in a decoder block (norm, residual).
