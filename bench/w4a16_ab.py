@@ -1,0 +1,119 @@
+"""Two W4A16 A/Bs on the H100, by CUDA-graph device time over rotating weight sets larger than the L2.
+
+    python bench/w4a16_ab.py maxnreg        # GEMV configs uncapped and capped at 64 / 72 registers
+                                            # -> bench/results/w4a16-gemv-maxnreg-h100.json
+    python bench/w4a16_ab.py scale-layout   # tensor-core configs reading scales row- or group-major
+                                            # -> bench/results/w4a16-tc-scale-layout-h100.json
+
+maxnreg: Nsight Compute showed the one-token GEMV at 80 registers a thread, which caps an SM at
+24 warps, with 40% of its cycles between issues stalled on L1TEX; each autotune config runs as it
+is and capped (kernels/gemm_w4a16.py keeps the capped configs that won). scale-layout: the
+tensor-core kernel at 16 and 64 tokens with the scales and zeros as stored ([N, G]) and as a
+group-major view (one step's rows side by side; QuantLinear.keep_group_major_scales). Every
+output is checked against the fp32 reference.
+
+The committed results came from one-off scripts with this logic, run on the H100 on 2026-11-24;
+this form of them has not yet run on a GPU (no device time was left).
+"""
+import argparse
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import torch  # noqa: E402
+import triton  # noqa: E402
+
+import kernels.gemm_w4a16 as w4  # noqa: E402
+from bench.timing import graph_us, rel_err, write_results  # noqa: E402
+
+GROUP = 128
+L2_BYTES = 50 * 2**20
+GEMV_SHAPES = [(8192, 8192), (6144, 4096), (4096, 4096), (28672, 4096), (4096, 14336), (28672, 8192), (1024, 4096)]
+TC_SHAPES = [(8192, 8192), (4096, 14336), (28672, 4096), (6144, 4096), (4096, 4096)]
+TC_CONFIGS = [(128, 4, 8, 3, True), (64, 4, 4, 3, True), (64, 4, 4, 3, False), (64, 2, 4, 3, True),
+              (128, 8, 8, 3, True), (64, 8, 4, 3, True), (64, 1, 4, 3, False), (128, 2, 8, 3, True)]
+
+
+def weight_sets(n, k, group_major=False):
+    sets = []
+    for _ in range(max(1, min(8, -(-2 * L2_BYTES // (n * k // 2))))):
+        w = torch.randn(n, k, device="cuda", dtype=torch.bfloat16) * 0.02
+        p, s, z = w4.quantize_w4_reference(w, GROUP)
+        sets.append((w, p, s, z, s.t().contiguous().t(), z.t().contiguous().t()) if group_major else (w, p, s, z))
+    return sets
+
+
+def maxnreg() -> None:
+    kernel = w4._w4a16_gemv_kernel
+    configs, rows = list(kernel.configs), []
+    try:
+        for n, k in GEMV_SHAPES:
+            sets = weight_sets(n, k)
+            x = torch.randn(1, k, device="cuda", dtype=torch.bfloat16)
+            ref = x.float() @ w4.dequantize_w4_reference(*sets[0][1:], GROUP).t()
+            bf16_us = graph_us(lambda w, *r: x @ w.t(), sets)
+            for cfg in (c for c in configs if c.maxnreg is None):
+                for reg in (None, 64, 72):
+                    kernel.configs = [triton.Config(dict(cfg.kwargs), num_warps=cfg.num_warps,
+                                                    num_stages=cfg.num_stages, maxnreg=reg)]
+                    kernel.cache = {}
+                    err = rel_err(w4.gemm_w4a16(x, *sets[0][1:], GROUP), ref)
+                    if not err < 1e-2:
+                        raise SystemExit(f"{n}x{k} {cfg.kwargs} maxnreg={reg}: rel err {err:.2e}")
+                    us = graph_us(lambda w, p, s, z: w4.gemm_w4a16(x, p, s, z, GROUP), sets)
+                    rows.append(dict(n=n, k=k, bn=cfg.kwargs["BLOCK_N"], quads=cfg.kwargs["QUADS"],
+                                     warps=cfg.num_warps, maxnreg=reg, us=us, bf16_us=bf16_us))
+            mine = [r for r in rows if (r["n"], r["k"]) == (n, k)]
+            best = min(mine, key=lambda r: r["us"])
+            uncapped = min((r for r in mine if r["maxnreg"] is None), key=lambda r: r["us"])
+            print(f"{n}x{k} bf16 {bf16_us:.1f}: best {best['us']:.1f} (maxnreg {best['maxnreg']}) against best "
+                  f"uncapped {uncapped['us']:.1f}", flush=True)
+    finally:
+        kernel.configs, kernel.cache = configs, {}
+    write_results("w4a16-gemv-maxnreg-h100.json", group_size=GROUP, rows=rows)
+
+
+def scale_layout() -> None:
+    rows = []
+    for n, k in TC_SHAPES:
+        sets = weight_sets(n, k, group_major=True)
+        for m in (16, 64):
+            x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
+            ref = x.float() @ w4.dequantize_w4_reference(*sets[0][1:4], GROUP).t()
+            bf16_us = graph_us(lambda w, *r: x @ w.t(), sets)
+            for bn, split_k, warps, stages, prefetch in TC_CONFIGS:
+                out = torch.empty(m, n, dtype=torch.float32, device="cuda")
+                for layout in ("ng", "gn"):
+                    def launch(w, p, s, z, s_gm, z_gm, layout=layout, bn=bn, split_k=split_k, warps=warps,
+                               stages=stages, prefetch=prefetch, out=out):
+                        s, z = (s, z) if layout == "ng" else (s_gm, z_gm)
+                        if split_k > 1:
+                            out.zero_()
+                        w4._w4a16_tc_kernel.fn[(triton.cdiv(n, bn), split_k)](
+                            x, p, s, z, s, out, m, n, k, x.stride(0), p.stride(0), s.stride(0), s.stride(1),
+                            out.stride(0), GROUP=GROUP, HAS_BIAS=False, X_FP32=False,
+                            BLOCK_M=max(16, triton.next_power_of_2(m)), BLOCK_N=bn, SPLIT_K=split_k,
+                            GROUPS_PER_STEP=1, REG_PREFETCH=prefetch, num_warps=warps, num_stages=stages)
+                        return out
+                    err = rel_err(launch(*sets[0]), ref)
+                    if not err < 1e-2:
+                        raise SystemExit(f"{n}x{k} M={m} {bn}/{split_k} {layout}: rel err {err:.2e}")
+                    rows.append(dict(n=n, k=k, m=m, cfg=[bn, split_k, warps, stages, prefetch], layout=layout,
+                                     us=graph_us(launch, sets), bf16_us=bf16_us))
+            best = {lay: min((r for r in rows if (r["n"], r["k"], r["m"], r["layout"]) == (n, k, m, lay)),
+                             key=lambda r: r["us"]) for lay in ("ng", "gn")}
+            print(f"{n}x{k} M={m} bf16 {bf16_us:.1f}: " + " | ".join(
+                f"{lay} best {r['us']:.1f} {r['cfg']}" for lay, r in best.items()), flush=True)
+    write_results("w4a16-tc-scale-layout-h100.json", group_size=GROUP, rows=rows)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("experiment", choices=["maxnreg", "scale-layout"])
+    args = ap.parse_args()
+    maxnreg() if args.experiment == "maxnreg" else scale_layout()
+
+
+if __name__ == "__main__":
+    main()
