@@ -131,8 +131,8 @@ def _gemv_config(bn, quads, warps, maxnreg=None):
 # SM; capped, the best config ran 1-3% faster on five of seven Llama shapes in an A/B on the H100
 # (bench/w4a16_ab.py maxnreg; CUDA-graph µs, best uncapped -> best capped: 8192 x 8192 15.7 ->
 # 15.6, 4096 x 4096 6.1 -> 5.9, 28672 x 4096 25.0 -> 24.2, 4096 x 14336 14.1 -> 13.9, 28672 x
-# 8192 46.0 -> 44.6), so both kinds
-# are candidates. Configs with more quads a thread spill when capped and ran up to 3.5x slower.
+# 8192 46.0 -> 44.6), so both kinds are candidates. Configs with more quads a thread spill when
+# capped and ran up to 3.5x slower.
 _CONFIGS_GEMV = [
     _gemv_config(1, 64, 2),
     _gemv_config(2, 32, 2),
