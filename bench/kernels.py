@@ -209,19 +209,12 @@ def bench_w8a8(ceil: dict) -> list[dict]:
 
 
 W4_KERNELS = {"gemv": "_w4a16_gemv_kernel", "tc": "_w4a16_tc_kernel"}
-# Group-major copies of each weight set's scales and zeros, as CUDA engines keep for the tensor-core
-# path (QuantLinear.keep_group_major_scales); made once, outside the timing.
-_GROUP_MAJOR: dict[int, torch.Tensor] = {}
 
 
-def _w4_scales_as_runtime(s: torch.Tensor, z: torch.Tensor, path: str):
-    """The scales and zeros the runtime passes to ``path``: group-major views for the tensor-core kernel."""
-    if path != "tc":
-        return s, z
-    for t in (s, z):
-        if id(t) not in _GROUP_MAJOR:
-            _GROUP_MAJOR[id(t)] = t.t().contiguous()
-    return _GROUP_MAJOR[id(s)].t(), _GROUP_MAJOR[id(z)].t()
+def _scales_as_runtime(path: str, s, z, s_gm, z_gm):
+    """The scales and zeros the runtime passes to ``path``: CUDA engines keep group-major copies
+    for the tensor-core kernel (QuantLinear.keep_group_major_scales)."""
+    return (s_gm, z_gm) if path == "tc" else (s, z)
 
 
 def bench_w4a16(ceil: dict) -> list[dict]:
@@ -238,6 +231,8 @@ def bench_w4a16(ceil: dict) -> list[dict]:
             else:
                 wi = torch.randn(n, k, device=DEV, dtype=torch.bfloat16) * 0.02
                 sets.append((x, wi, *quantize_w4_reference(wi, 128, True)))
+        # Each set also carries group-major views of its scales and zeros, made outside the timing.
+        sets = [(*st, st[3].t().contiguous().t(), st[4].t().contiguous().t()) for st in sets]
         x0 = sets[0][0]
         expect = x0 @ dequantize_w4_triton(packed, scales, zeros, 128, torch.bfloat16).t()
         # Every path that serves this M: checked, timed with do_bench and, at decode sizes, as
@@ -245,9 +240,8 @@ def bench_w4a16(ceil: dict) -> list[dict]:
         paths = [p for p in ("gemv", "tc", "dequant") if (p != "gemv" or m == 1) and (p != "tc" or m <= 256)]
         per_path = {}
         for path in paths:
-            def fn(x, w, p, s, z, path=path):
-                s, z = _w4_scales_as_runtime(s, z, path)
-                return w4_mod.gemm_w4a16_triton(x, p, s, z, 128, path=path)
+            def fn(x, w, p, *scales, path=path):
+                return w4_mod.gemm_w4a16_triton(x, p, *_scales_as_runtime(path, *scales), 128, path=path)
             err = check(f"w4a16 {path} {m}x{n}x{k}", rel_err(fn(*sets[0]), expect), 1e-2)
             entry = {"rel_err": err, "us": median_us(fn, sets)}
             if path in W4_KERNELS:
@@ -257,8 +251,8 @@ def bench_w4a16(ceil: dict) -> list[dict]:
             per_path[path] = entry
         chosen = w4_mod.w4a16_path(m, 128)
 
-        def dispatched(x, w, p, s, z):
-            return gemm_w4a16(x, p, *_w4_scales_as_runtime(s, z, chosen), 128)
+        def dispatched(x, w, p, *scales):
+            return gemm_w4a16(x, p, *_scales_as_runtime(chosen, *scales), 128)
         err_disp = check(f"w4a16 dispatched {m}x{n}x{k}", rel_err(dispatched(*sets[0]), expect), 1e-2)
         del expect
         t_bf16 = median_us(lambda x, w, *r: x @ w.t(), sets)
@@ -288,7 +282,6 @@ def bench_w4a16(ceil: dict) -> list[dict]:
               f"paths (do_bench, graph) {summary} | floor {row['floor_us']:.1f} | "
               f"{ {p: e.get('config') for p, e in per_path.items() if e.get('config')} }", flush=True)
         del sets, w, packed, scales, zeros
-        _GROUP_MAJOR.clear()
     return rows
 
 

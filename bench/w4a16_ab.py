@@ -26,22 +26,17 @@ import triton  # noqa: E402
 
 import kernels.gemm_w4a16 as w4  # noqa: E402
 from bench.timing import graph_us, rel_err, write_results  # noqa: E402
+from bench.w4a16_sweep import GROUP, weight_sets  # noqa: E402
 
-GROUP = 128
-L2_BYTES = 50 * 2**20
 GEMV_SHAPES = [(8192, 8192), (6144, 4096), (4096, 4096), (28672, 4096), (4096, 14336), (28672, 8192), (1024, 4096)]
 TC_SHAPES = [(8192, 8192), (4096, 14336), (28672, 4096), (6144, 4096), (4096, 4096)]
 TC_CONFIGS = [(128, 4, 8, 3, True), (64, 4, 4, 3, True), (64, 4, 4, 3, False), (64, 2, 4, 3, True),
               (128, 8, 8, 3, True), (64, 8, 4, 3, True), (64, 1, 4, 3, False), (128, 2, 8, 3, True)]
 
 
-def weight_sets(n, k, group_major=False):
-    sets = []
-    for _ in range(max(1, min(8, -(-2 * L2_BYTES // (n * k // 2))))):
-        w = torch.randn(n, k, device="cuda", dtype=torch.bfloat16) * 0.02
-        p, s, z = w4.quantize_w4_reference(w, GROUP)
-        sets.append((w, p, s, z, s.t().contiguous().t(), z.t().contiguous().t()) if group_major else (w, p, s, z))
-    return sets
+def with_group_major(sets):
+    """Each weight set with group-major views of its scales and zeros appended."""
+    return [(w, p, s, z, s.t().contiguous().t(), z.t().contiguous().t()) for w, p, s, z in sets]
 
 
 def maxnreg() -> None:
@@ -77,7 +72,7 @@ def maxnreg() -> None:
 def scale_layout() -> None:
     rows = []
     for n, k in TC_SHAPES:
-        sets = weight_sets(n, k, group_major=True)
+        sets = with_group_major(weight_sets(n, k))
         for m in (16, 64):
             x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
             ref = x.float() @ w4.dequantize_w4_reference(*sets[0][1:4], GROUP).t()
