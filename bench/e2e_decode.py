@@ -234,6 +234,9 @@ def main() -> None:
     import transformers
     import triton
 
+    import torch._inductor.config
+
+    from kernels._launch import pdl_args
     from runtime.accelerators import get_profile
     from runtime.engines import build, load_engine
     from runtime.recipes import preset
@@ -249,6 +252,10 @@ def main() -> None:
         "model": {"layers": args.layers, "hidden": 4096, "intermediate": 14336, "heads": 32, "kv_heads": 8,
                   "vocab_requested": args.vocab, "weights": "random (normal, std 0.02)"},
         "prompt_len": args.prompt_len, "new_tokens": args.new_tokens, "batch": 1,
+        # Programmatic dependent launch: the runtime's kernels (PRECISIONOPS_PDL, on by default on
+        # sm_90) and torch.compile's generated ones (TORCHINDUCTOR_ENABLE_PDL, off by default).
+        "pdl": {"kernels": pdl_args(torch.device("cuda"))["PDL"],
+                "inductor": bool(getattr(torch._inductor.config.triton, "enable_pdl", False))},
         "engine_path": "runtime.engines.build(profile=h100) -> runtime.engines.load_engine(device=cuda)",
         "variants": {},
     }

@@ -67,10 +67,11 @@ def main() -> None:
     print(f"Triton {triton.__version__}, sm_90")
     gemv_sig = {**POINTERS, "out_ptr": "*bf16", "N": "i32", "K": "i32", "stride_pn": "i32", "stride_sn": "i32",
                 "GROUP": "constexpr", "HAS_BIAS": "constexpr", "X_BF16": "constexpr", "PAIRED": "constexpr",
-                "BLOCK_N": "constexpr", "QUADS": "constexpr"}
+                "BLOCK_N": "constexpr", "QUADS": "constexpr", "PDL": "constexpr"}
     for cfg in w4._CONFIGS_GEMV:
         bn, quads, warps = cfg.kwargs["BLOCK_N"], cfg.kwargs["QUADS"], cfg.num_warps
-        constexprs = {"GROUP": 128, "HAS_BIAS": False, "X_BF16": True, "PAIRED": True, "BLOCK_N": bn, "QUADS": quads}
+        constexprs = {"GROUP": 128, "HAS_BIAS": False, "X_BF16": True, "PAIRED": True, "BLOCK_N": bn, "QUADS": quads,
+                      "PDL": True}
         k = compile_sm90(w4._w4a16_gemv_kernel.fn, gemv_sig, constexprs, warps, cfg.num_stages)
         # Four row sets of BLOCK_N rows, QUADS x 32 codes each per step, two steps per loop
         # iteration, over warps x 32 threads.
@@ -78,12 +79,12 @@ def main() -> None:
     tc_sig = {**POINTERS, "out_ptr": "*fp32", "M": "i32", "N": "i32", "K": "i32", "stride_xm": "i32",
               "stride_pn": "i32", "stride_sn": "i32", "stride_sg": "constexpr", "stride_om": "i32",
               "GROUP": "constexpr", "HAS_BIAS": "constexpr", "X_FP32": "constexpr", "BLOCK_M": "constexpr", "BLOCK_N": "constexpr",
-              "SPLIT_K": "constexpr", "GROUPS_PER_STEP": "constexpr", "REG_PREFETCH": "constexpr"}
+              "SPLIT_K": "constexpr", "GROUPS_PER_STEP": "constexpr", "REG_PREFETCH": "constexpr", "PDL": "constexpr"}
     for cfg in w4._CONFIGS_TC:
         kw = cfg.kwargs
         # Row-major scales: Triton specializes stride_sg = 1 as a constant.
         k = compile_sm90(w4._w4a16_tc_kernel.fn, tc_sig, {"GROUP": 128, "HAS_BIAS": False, "X_FP32": False,
-                                                          "stride_sg": 1, "BLOCK_M": 16, **kw},
+                                                          "stride_sg": 1, "BLOCK_M": 16, "PDL": True, **kw},
                          cfg.num_warps, cfg.num_stages)
         report(f"tc M=16 {kw} warps={cfg.num_warps}", k,
                kw["BLOCK_N"] * kw["GROUPS_PER_STEP"] * 128 / (cfg.num_warps * 32))
@@ -92,14 +93,14 @@ def main() -> None:
                 "qk_scale": "fp32", **dict.fromkeys(("S_MAX", "CHUNK", "B_BUCKET", "NUM_KV_HEADS", "stride_qb",
                                                       "stride_qh", "stride_kb", "stride_kh", "stride_ks", "stride_vb",
                                                       "stride_vh", "stride_vs", "stride_ob", "stride_oh"), "i32"),
-                **dict.fromkeys(("GROUP", "BLOCK_G", "HEAD_DIM", "KV_FP8", "Q_FP32", "DIRECT", "BLOCK_N"),
+                **dict.fromkeys(("GROUP", "BLOCK_G", "HEAD_DIM", "KV_FP8", "Q_FP32", "DIRECT", "BLOCK_N", "PDL"),
                                 "constexpr")}
     for kv in ("bf16", "fp8e4nv"):
         cfg = da._CONFIGS[0]
         bn = cfg.kwargs["BLOCK_N"]
         k = compile_sm90(da._decode_attention_kernel.fn, {**attn_sig, "k_ptr": f"*{kv}", "v_ptr": f"*{kv}"},
                          {"GROUP": 4, "BLOCK_G": 16, "HEAD_DIM": 128, "KV_FP8": kv != "bf16", "Q_FP32": False,
-                          "DIRECT": False, "BLOCK_N": bn}, cfg.num_warps, cfg.num_stages)
+                          "DIRECT": False, "BLOCK_N": bn, "PDL": True}, cfg.num_warps, cfg.num_stages)
         # A BLOCK_N x 128 tile each of K and V a loop iteration, over warps x 32 threads.
         report(f"decode attention q bf16, {kv} cache, BLOCK_N={bn} warps={cfg.num_warps}", k,
                2 * bn * 128 / (cfg.num_warps * 32), unit="cached element")

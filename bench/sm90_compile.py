@@ -100,6 +100,8 @@ def variants(kernel, named: dict):
                 constexprs[param.name] = value
             else:
                 signature[param.name] = mangle_type(value)
+        if "PDL" in constexprs:
+            constexprs["PDL"] = True  # as an sm_90 GPU launches it (kernels._launch.pdl_args); CPU tensors say False
         yield signature, constexprs, warps, stages, maxnreg
 
 

@@ -25,6 +25,7 @@ import torch  # noqa: E402
 import triton  # noqa: E402
 
 import kernels.gemm_w4a16 as w4  # noqa: E402
+from kernels._launch import pdl_args  # noqa: E402
 from bench.timing import graph_us, rel_err, write_results  # noqa: E402
 from bench.w4a16_sweep import GROUP, weight_sets  # noqa: E402
 
@@ -89,7 +90,8 @@ def scale_layout() -> None:
                             x, p, s, z, s, out, m, n, k, x.stride(0), p.stride(0), s.stride(0), s.stride(1),
                             out.stride(0), GROUP=GROUP, HAS_BIAS=False, X_FP32=False,
                             BLOCK_M=max(16, triton.next_power_of_2(m)), BLOCK_N=bn, SPLIT_K=split_k,
-                            GROUPS_PER_STEP=1, REG_PREFETCH=prefetch, num_warps=warps, num_stages=stages)
+                            GROUPS_PER_STEP=1, REG_PREFETCH=prefetch, num_warps=warps, num_stages=stages,
+                            **pdl_args(x.device))
                         return out
                     err = rel_err(launch(*sets[0]), ref)
                     if not err < 1e-2:

@@ -23,6 +23,7 @@ import torch  # noqa: E402
 import triton  # noqa: E402
 
 import kernels.gemm_w4a16 as w4  # noqa: E402
+from kernels._launch import pdl_args  # noqa: E402
 from bench.timing import best_config, graph_us, rel_err, write_results  # noqa: E402
 
 GROUP = 128
@@ -97,7 +98,7 @@ def tc_sweep() -> None:
                     w4._w4a16_tc_kernel.fn[(triton.cdiv(n, kw["BLOCK_N"]), kw["SPLIT_K"])](
                         x, p, s, z, s, out, m, n, k, x.stride(0), p.stride(0), s.stride(0), s.stride(1), out.stride(0),
                         GROUP=GROUP, HAS_BIAS=False, X_FP32=False, BLOCK_M=max(16, triton.next_power_of_2(m)),
-                        num_warps=cfg.num_warps, num_stages=cfg.num_stages, **kw)
+                        num_warps=cfg.num_warps, num_stages=cfg.num_stages, **kw, **pdl_args(x.device))
                     return out.to(torch.bfloat16)
                 err = rel_err(launch(*sets[0]), ref)
                 if not err < 1e-2:
@@ -126,7 +127,8 @@ def gemv_sweep() -> None:
             def launch(w, p, s, z, bn=bn, quads=quads, warps=warps, out=out):
                 w4._w4a16_gemv_kernel.fn[(triton.cdiv(n, 4 * bn),)](
                     x, p, s, z, s, out, n, k, p.stride(0), s.stride(0), GROUP=GROUP, HAS_BIAS=False,
-                    X_BF16=True, PAIRED=True, BLOCK_N=bn, QUADS=quads, num_warps=warps, num_stages=1)
+                    X_BF16=True, PAIRED=True, BLOCK_N=bn, QUADS=quads, num_warps=warps, num_stages=1,
+                    **pdl_args(x.device))
                 return out
             err = rel_err(launch(*sets[0]), ref)
             if not err < 1e-2:

@@ -22,7 +22,7 @@ from triton.testing import do_bench  # noqa: E402
 
 import kernels._w8a8 as w8a8  # noqa: E402
 from bench.timing import best_config, graph_us, rel_err, write_results  # noqa: E402
-from kernels._launch import split_k_locks  # noqa: E402
+from kernels._launch import pdl_args, split_k_locks  # noqa: E402
 from kernels.act_quant import act_quant  # noqa: E402
 
 SHAPES = [(8192, 8192, 8192), (2048, 4096, 4096), (2048, 14336, 4096), (2048, 8192, 8192)]
@@ -62,7 +62,8 @@ def run_config(cfg, fmt, xq, xs, wq, ws):
         kernel[(triton.cdiv(m, bm) * triton.cdiv(n, bn), 1)](
             xq, wq, xs, ws, ws, out, m, n, k, w8a8.m_bucket(m), xq.stride(0), wq.stride(0), out.stride(0),
             XS_PER_TOKEN=True, HAS_BIAS=False, IS_INT8=fmt == "int8", BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk,
-            GROUP_M=group_m, SPLIT_K=1, EVEN_K=k % bk == 0, num_warps=warps, num_stages=stages)
+            GROUP_M=group_m, SPLIT_K=1, EVEN_K=k % bk == 0, num_warps=warps, num_stages=stages,
+            **pdl_args(xq.device))
     launch()
     return launch, out
 
@@ -99,7 +100,7 @@ def decode_sweep() -> list[dict]:
                 w8a8._w8a8_swap_body[(triton.cdiv(n, meta["BLOCK_N"]), meta["SPLIT_K"])](
                     xq, wq, xs, ws, ws, out, parts, locks, 1, n, k, xq.stride(0), wq.stride(0), out.stride(0),
                     XS_PER_TOKEN=True, HAS_BIAS=False, IS_INT8=False, BLOCK_M=16, **meta,
-                    num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+                    num_warps=cfg.num_warps, num_stages=cfg.num_stages, **pdl_args(xq.device))
                 return out
             err = rel_err(launch(*sets[0]), ref)
             if not err < 1e-2:

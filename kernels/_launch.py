@@ -6,6 +6,8 @@ imported and passing ``backend="triton"``.
 import os
 
 import torch
+import triton
+import triton.language as tl
 
 BACKENDS = ("auto", "triton", "reference")
 # When True the autotuned kernels run the first config of their M bucket instead of timing all
@@ -22,6 +24,36 @@ def interpreting() -> bool:
 def first_config_only(configs, named_args, **kwargs):
     """Autotune pruning: the first config alone under the interpreter or with ONE_CONFIG set."""
     return configs[: 1 if interpreting() or ONE_CONFIG else None]
+
+
+# Programmatic dependent launch (sm_90+): a kernel launched with it may start while the kernel
+# before it in the stream still runs, so its launch latency and prologue overlap that kernel's
+# tail. A decode step is ~120 launches of a few µs each, where that latency is a large share.
+# Every kernel here waits for the prior grid (wait_prior_grid) before it touches memory that
+# another kernel writes, so it is safe after any kernel, with PDL or without. PRECISIONOPS_PDL=0
+# turns it off.
+_PDL_DEVICES: dict[int, bool] = {}
+
+
+def pdl_args(device: torch.device) -> dict:
+    """Launch arguments for a kernel with a ``PDL`` constexpr on ``device``: PDL on for CUDA
+    devices of compute capability 9.0 and up unless ``PRECISIONOPS_PDL=0``; off elsewhere."""
+    if device.type != "cuda" or interpreting() or os.environ.get("PRECISIONOPS_PDL", "1") == "0":
+        return {"PDL": False}
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    if index not in _PDL_DEVICES:
+        _PDL_DEVICES[index] = torch.cuda.get_device_capability(index)[0] >= 9
+    return {"PDL": True, "launch_pdl": True} if _PDL_DEVICES[index] else {"PDL": False}
+
+
+@triton.jit
+def wait_prior_grid(PDL: tl.constexpr):
+    """Under PDL: blocks until the previous kernel in the stream has finished and its writes are
+    visible, then lets the next kernel launch (it waits likewise before it reads what this one
+    writes). Loads of memory no kernel writes, such as weights, may come before it."""
+    if PDL:
+        tl.extra.cuda.gdc_wait()
+        tl.extra.cuda.gdc_launch_dependents()
 
 
 def zero_output(nargs):

@@ -5,7 +5,7 @@ import triton.language as tl
 
 from kernels import _launch
 from kernels._launch import (check_2d, check_dtype, check_shape, first_config_only, graph_bench, interpreting,
-                             m_bucket, split_k_locks, zero_output)
+                             m_bucket, pdl_args, split_k_locks, wait_prior_grid, zero_output)
 
 OUT_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 
@@ -113,8 +113,9 @@ def _w8a8_gemm_kernel(
     stride_xm, stride_wn, stride_om,
     XS_PER_TOKEN: tl.constexpr, HAS_BIAS: tl.constexpr, IS_INT8: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
-    SPLIT_K: tl.constexpr, EVEN_K: tl.constexpr,
+    SPLIT_K: tl.constexpr, EVEN_K: tl.constexpr, PDL: tl.constexpr,
 ):
+    wait_prior_grid(PDL)
     # Grouped tile order: GROUP_M row-tiles share each weight column-tile while it is in L2.
     pid = tl.program_id(0)
     num_pid_m = tl.cdiv(M, BLOCK_M)
@@ -209,7 +210,9 @@ def _w8a8_gemv_kernel(
     stride_xm, stride_wn, stride_om,
     XS_PER_TOKEN: tl.constexpr, HAS_BIAS: tl.constexpr, IS_INT8: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, EVEN_K: tl.constexpr,
+    PDL: tl.constexpr,
 ):
+    wait_prior_grid(PDL)
     # One program owns BLOCK_N weight rows over all of K: each row is read as contiguous
     # BLOCK_K-byte runs, multiplied with the BLOCK_M (<= 8) token rows and reduced in registers.
     pid_n = tl.program_id(0)
@@ -296,8 +299,10 @@ def _w8a8_swap_body(
     stride_xm, stride_wn, stride_om,
     XS_PER_TOKEN: tl.constexpr, HAS_BIAS: tl.constexpr, IS_INT8: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-    SPLIT_K: tl.constexpr, EVEN_K: tl.constexpr,
+    SPLIT_K: tl.constexpr, EVEN_K: tl.constexpr, PDL: tl.constexpr,
 ):
+    # The loop's software pipeline loads weights and activations together, so the wait comes first.
+    wait_prior_grid(PDL)
     # out^T [N, M] = W [N, K] x^T [K, M]: the weight tile is the MMA's wide left operand and all
     # BLOCK_M tokens its narrow right one, so one pass streams the weights and no MMA row is
     # padding. Both operands are read K-major, as they are stored (what fp8 wgmma wants).
@@ -404,7 +409,8 @@ def w8a8_gemm_triton(xq, xs, wq, ws, bias, out_dtype, qdtype: torch.dtype, *, pa
     wq = wq if wq.stride(1) == 1 else wq.contiguous()
     xs = xs.contiguous()
     ws = ws.contiguous()
-    flags = dict(XS_PER_TOKEN=xs.shape[0] != 1, HAS_BIAS=bias is not None, IS_INT8=qdtype == torch.int8)
+    flags = dict(XS_PER_TOKEN=xs.shape[0] != 1, HAS_BIAS=bias is not None, IS_INT8=qdtype == torch.int8,
+                 **pdl_args(xq.device))
     bias_arg = bias if bias is not None else ws
     if path == "gemv":
         out = torch.empty(m, n, dtype=out_dtype, device=xq.device)

@@ -3,7 +3,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels._launch import check_2d, check_dtype, interpreting, use_triton
+from kernels._launch import check_2d, check_dtype, interpreting, pdl_args, use_triton, wait_prior_grid
 
 FMAX = {"fp8_e4m3": 448.0, "int8": 127.0}
 QDTYPE = {"fp8_e4m3": torch.float8_e4m3fn, "int8": torch.int8}
@@ -104,7 +104,9 @@ def _act_quant_kernel(
     M, K, stride_xm, stride_qm,
     FMAX: tl.constexpr, IS_INT8: tl.constexpr, STATIC: tl.constexpr,
     BLOCK_K: tl.constexpr, SINGLE: tl.constexpr, ROWS: tl.constexpr, EXACT_EMULATION: tl.constexpr,
+    PDL: tl.constexpr,
 ):
+    wait_prior_grid(PDL)
     # ROWS tokens per program: amax, scale, quantized row and saturation count in one pass. Several
     # rows per program put more loads in flight before the amax has to wait for them.
     rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
@@ -188,7 +190,7 @@ def act_quant_triton(x: torch.Tensor, fmt: str, scale: torch.Tensor | None = Non
         x, q, scale, amax, row_sat, m, k, x.stride(0), q.stride(0),
         FMAX=FMAX[fmt], IS_INT8=fmt == "int8", STATIC=static, BLOCK_K=block_k, SINGLE=single, ROWS=rows,
         EXACT_EMULATION=interpreting(),
-        num_warps=num_warps or _num_warps(rows * block_k),
+        num_warps=num_warps or _num_warps(rows * block_k), **pdl_args(x.device),
     )
     n_saturated = row_sat.sum(dtype=torch.int64) if static else row_sat
     return q, scale, amax, n_saturated

@@ -12,7 +12,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels._launch import check_dtype, first_config_only, interpreting, use_triton
+from kernels._launch import check_dtype, first_config_only, interpreting, pdl_args, use_triton, wait_prior_grid
 
 Q_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 KV_DTYPES = (torch.bfloat16, torch.float16, torch.float8_e4m3fn)
@@ -150,8 +150,10 @@ def _decode_attention_kernel(
     stride_qb, stride_qh, stride_kb, stride_kh, stride_ks, stride_vb, stride_vh, stride_vs,
     stride_ob, stride_oh,
     GROUP: tl.constexpr, BLOCK_G: tl.constexpr, HEAD_DIM: tl.constexpr,
-    KV_FP8: tl.constexpr, Q_FP32: tl.constexpr, DIRECT: tl.constexpr, BLOCK_N: tl.constexpr,
+    KV_FP8: tl.constexpr, Q_FP32: tl.constexpr, DIRECT: tl.constexpr, BLOCK_N: tl.constexpr, PDL: tl.constexpr,
 ):
+    # The cache holds this step's keys and values, written by the kernel before.
+    wait_prior_grid(PDL)
     # Program (b, h, split): the GROUP query heads of KV head h over positions
     # [split * CHUNK, min((split + 1) * CHUNK, seq_len)) of sequence b.
     b = tl.program_id(0).to(tl.int64)
@@ -233,7 +235,8 @@ def _decode_attention_kernel(
 
 @triton.jit
 def _reduce_splits_kernel(m_ptr, l_ptr, acc_ptr, out_ptr, NUM_HEADS, NUM_SPLITS, stride_ob, stride_oh,
-                          HEAD_DIM: tl.constexpr, BLOCK_S: tl.constexpr):
+                          HEAD_DIM: tl.constexpr, BLOCK_S: tl.constexpr, PDL: tl.constexpr):
+    wait_prior_grid(PDL)
     # Program (b, head): rescales each split's partial to the global max and normalizes once.
     b = tl.program_id(0).to(tl.int64)
     head = tl.program_id(1)
@@ -320,12 +323,12 @@ def decode_attention_triton(q, k_cache, v_cache, seq_lens, *, k_scale=None, v_sc
         q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         v_cache.stride(0), v_cache.stride(1), v_cache.stride(2), out.stride(0), out.stride(1),
         GROUP=group, BLOCK_G=max(16, triton.next_power_of_2(group)), HEAD_DIM=d,
-        KV_FP8=fp8, Q_FP32=q.dtype == torch.float32, DIRECT=direct,
+        KV_FP8=fp8, Q_FP32=q.dtype == torch.float32, DIRECT=direct, **pdl_args(q.device),
     )
     if not direct:
         _reduce_splits_kernel[(b, hq)](
             m, l, acc, out, hq, num_splits, out.stride(0), out.stride(1),
-            HEAD_DIM=d, BLOCK_S=max(2, triton.next_power_of_2(num_splits)), num_warps=4,
+            HEAD_DIM=d, BLOCK_S=max(2, triton.next_power_of_2(num_splits)), num_warps=4, **pdl_args(q.device),
         )
     return out
 

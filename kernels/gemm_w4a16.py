@@ -9,7 +9,7 @@ import triton
 import triton.language as tl
 
 from kernels._launch import (check_2d, check_dtype, check_shape, first_config_only, graph_bench, interpreting,
-                             use_triton, zero_output)
+                             pdl_args, use_triton, wait_prior_grid, zero_output)
 from kernels.packing import pack_int4, unpack_int4
 
 X_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
@@ -323,7 +323,7 @@ def _w4a16_gemv_kernel(
     x_ptr, p_ptr, s_ptr, z_ptr, bias_ptr, out_ptr,
     N, K, stride_pn, stride_sn,
     GROUP: tl.constexpr, HAS_BIAS: tl.constexpr, X_BF16: tl.constexpr, PAIRED: tl.constexpr,
-    BLOCK_N: tl.constexpr, QUADS: tl.constexpr,
+    BLOCK_N: tl.constexpr, QUADS: tl.constexpr, PDL: tl.constexpr,
 ):
     # One token; a program owns four sets of BLOCK_N rows over all of K. A step reads, per row,
     # QUADS quads of 4 int32 words (32 codes, 16 bytes, one load per thread) and the matching 32
@@ -373,6 +373,8 @@ def _w4a16_gemv_kernel(
     words_b, s_b, z_b = _gemv_step_loads(ptr_b, s_b_rows, z_b_rows, 0, n_quads, QUADS, QPG)
     words_c, s_c, z_c = _gemv_step_loads(ptr_c, s_c_rows, z_c_rows, 0, n_quads, QUADS, QPG)
     words_d, s_d, z_d = _gemv_step_loads(ptr_d, s_d_rows, z_d_rows, 0, n_quads, QUADS, QPG)
+    # The first step's weights are read while the previous kernel finishes; x after it has.
+    wait_prior_grid(PDL)
     n_steps = tl.cdiv(n_quads, QUADS)
     for q0 in range(0, (n_steps // 2) * 2 * QUADS, 2 * QUADS):
         next_a, ns_a, nz_a = _gemv_step_loads(ptr_a, s_a_rows, z_a_rows, q0 + QUADS, n_quads, QUADS, QPG)
@@ -515,12 +517,14 @@ def _w4a16_tc_kernel(
     stride_xm, stride_pn, stride_sn, stride_sg, stride_om,
     GROUP: tl.constexpr, HAS_BIAS: tl.constexpr, X_FP32: tl.constexpr, BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr, SPLIT_K: tl.constexpr, GROUPS_PER_STEP: tl.constexpr, REG_PREFETCH: tl.constexpr,
+    PDL: tl.constexpr,
 ):
     # out^T [N, M] = W [N, K] x^T [K, M]: the weight tile is the MMA's left operand, read K-major
     # as it is stored, and all BLOCK_M tokens (16..128) are the right operand, so the weights are
     # streamed once. A step reads GROUPS_PER_STEP groups of int32 words per row (one contiguous
     # run) and dequantizes them into one MMA operand, at 5.2-6.4 SASS instructions per weight on
     # sm_90 (Triton 3.9) against ~9 for the byte-wise form it replaced.
+    wait_prior_grid(PDL)
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
     NG: tl.constexpr = GROUPS_PER_STEP
@@ -618,7 +622,7 @@ def gemm_w4a16_triton(x, packed, scales, zeros, group_size: int, bias=None, *, p
         _w4a16_gemv_kernel[lambda meta: (triton.cdiv(n, 4 * meta["BLOCK_N"]),)](
             x, packed, scales, zeros, bias if bias is not None else scales, out, n, k,
             packed.stride(0), scales.stride(0), GROUP=group_size, HAS_BIAS=bias is not None,
-            X_BF16=x.dtype == torch.bfloat16, PAIRED=x.dtype != torch.float32,
+            X_BF16=x.dtype == torch.bfloat16, PAIRED=x.dtype != torch.float32, **pdl_args(x.device),
         )
         return out
     # Split-K candidates accumulate in fp32; the cast afterwards is one small launch.
@@ -626,14 +630,14 @@ def gemm_w4a16_triton(x, packed, scales, zeros, group_size: int, bias=None, *, p
     _w4a16_tc_kernel[lambda meta: (triton.cdiv(n, meta["BLOCK_N"]), meta["SPLIT_K"])](
         x, packed, scales, zeros, bias if bias is not None else scales, out, *args, scales.stride(1), out.stride(0),
         GROUP=group_size, HAS_BIAS=bias is not None, X_FP32=x.dtype == torch.float32,
-        BLOCK_M=max(16, triton.next_power_of_2(m)),
+        BLOCK_M=max(16, triton.next_power_of_2(m)), **pdl_args(x.device),
     )
     return out.to(x.dtype)
 
 
 @triton.jit
 def _dequant_w4_kernel(p_ptr, s_ptr, z_ptr, w_ptr, K, stride_pn, stride_sn, stride_wn,
-                       GROUP: tl.constexpr, BLOCK_J: tl.constexpr):
+                       GROUP: tl.constexpr, BLOCK_J: tl.constexpr, PDL: tl.constexpr):
     # One program per (row, block of packed bytes); even and odd k are interleaved in registers
     # so the store is contiguous.
     row = tl.program_id(0).to(tl.int64)
@@ -646,6 +650,8 @@ def _dequant_w4_kernel(p_ptr, s_ptr, z_ptr, w_ptr, K, stride_pn, stride_sn, stri
     lo = (((p & 0xF).to(tl.float32) - z) * s).to(w_ptr.dtype.element_ty)
     hi = (((p >> 4).to(tl.float32) - z) * s).to(w_ptr.dtype.element_ty)
     offs_k = tl.program_id(1) * 2 * BLOCK_J + tl.arange(0, 2 * BLOCK_J)
+    # Only the store needs the previous kernel done: w's memory may be what it last read.
+    wait_prior_grid(PDL)
     tl.store(w_ptr + row * stride_wn + offs_k, tl.interleave(lo, hi), mask=offs_k < K)
 
 
@@ -657,7 +663,7 @@ def dequantize_w4_triton(packed, scales, zeros, group_size: int, dtype: torch.dt
     block_j = min(1024, triton.next_power_of_2(k // 2))
     _dequant_w4_kernel[(n, triton.cdiv(k // 2, block_j))](
         packed, scales, zeros, w, k, packed.stride(0), scales.stride(0), w.stride(0),
-        GROUP=group_size, BLOCK_J=block_j,
+        GROUP=group_size, BLOCK_J=block_j, **pdl_args(packed.device),
     )
     return w
 

@@ -9,8 +9,10 @@ import torch
 import kernels.act_quant as act_quant_mod
 import kernels.gemm_w4a16 as gemm_w4a16_mod
 import kernels._w8a8 as w8a8_mod
+from kernels import _launch
 from kernels._launch import SPLIT_K_LOCKS, split_k_locks
 from kernels.act_quant import act_quant, act_quant_reference
+from kernels.decode_attention import decode_attention, decode_attention_reference
 from kernels.gemm_fp8 import gemm_fp8, gemm_fp8_reference
 from kernels.gemm_int8 import gemm_int8, gemm_int8_reference
 from kernels.gemm_w4a16 import (
@@ -345,3 +347,52 @@ def test_w4a16_gemm_large_gpu(m):
     out = gemm_w4a16(x, packed, scales, zeros, 128)
     ref = gemm_w4a16_reference(x.float(), packed, scales, zeros, 128)
     assert rel_err(out, ref) < 1.5e-2
+
+
+# --- programmatic dependent launch -------------------------------------------------------
+
+
+def test_pdl_is_off_where_it_cannot_run(monkeypatch):
+    assert _launch.pdl_args(torch.device("cpu")) == {"PDL": False}
+    if torch.cuda.is_available():
+        monkeypatch.setenv("PRECISIONOPS_PDL", "0")
+        assert _launch.pdl_args(torch.device("cuda")) == {"PDL": False}
+
+
+def _pdl_chain(x, w1, cache, seq_lens, w2q, w2s, w3):
+    """x -> W4A16 GEMV -> decode attention (split, then reduced) -> fp8 act quant -> W8A8 fp8 ->
+    W4A16 GEMV: each kernel reads what the kernel before it wrote."""
+    q = gemm_w4a16(x, *w1, 128).view(1, 32, 128)
+    o = decode_attention(q, cache, cache, seq_lens).view(1, 4096)
+    oq, os_, _, _ = act_quant(o, "fp8_e4m3")
+    return gemm_w4a16(gemm_fp8(oq, os_, w2q, w2s), *w3, 128)
+
+
+@pytest.mark.gpu
+def test_pdl_chain_replayed_from_a_cuda_graph():
+    # Under PDL each kernel lets the next one launch right after its own wait, so the next one
+    # runs beside it and must wait before it reads. A graph replayed on fresh inputs would show
+    # the previous replay's intermediates (plausible values, not NaN) if any read came early.
+    if torch.cuda.get_device_capability()[0] < 9:
+        pytest.skip("programmatic dependent launch needs sm_90")
+    assert _launch.pdl_args(torch.device("cuda"))["PDL"]
+    k = 4096
+    w1 = quantize_w4_reference((torch.randn(k, k, device="cuda") * k**-0.5).bfloat16(), 128, True)
+    w3 = quantize_w4_reference((torch.randn(k, k, device="cuda") * k**-0.5).bfloat16(), 128, True)
+    w2q, w2s, _, _ = act_quant(torch.randn(k, k, device="cuda").bfloat16() * k**-0.5, "fp8_e4m3")
+    cache = torch.randn(1, 8, 2048, 128, device="cuda").bfloat16()
+    seq_lens = torch.tensor([2000], dtype=torch.int32, device="cuda")
+    x = torch.empty(1, k, device="cuda", dtype=torch.bfloat16)
+    x.copy_(torch.randn(1, k, device="cuda"))
+    _pdl_chain(x, w1, cache, seq_lens, w2q, w2s, w3)  # compiles and tunes outside the capture
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = _pdl_chain(x, w1, cache, seq_lens, w2q, w2s, w3)
+    for _ in range(3):
+        x.copy_(torch.randn(1, k, device="cuda"))
+        graph.replay()
+        q = gemm_w4a16_reference(x.float(), *w1, 128).view(1, 32, 128)
+        o = decode_attention_reference(q, cache.float(), cache.float(), seq_lens).view(1, k)
+        oq, os_, _, _ = act_quant_reference(o, "fp8_e4m3")
+        ref = gemm_w4a16_reference(gemm_fp8_reference(oq, os_, w2q, w2s, out_dtype=torch.float32), *w3, 128)
+        assert rel_err(out, ref) < 3e-2
