@@ -234,7 +234,7 @@ def main() -> None:
     import transformers
     import triton
 
-    import torch._inductor.config
+    from torch._inductor import config as inductor_config
 
     from kernels._launch import pdl_args
     from runtime.accelerators import get_profile
@@ -255,7 +255,7 @@ def main() -> None:
         # Programmatic dependent launch: the runtime's kernels (PRECISIONOPS_PDL, on by default on
         # sm_90) and torch.compile's generated ones (TORCHINDUCTOR_ENABLE_PDL, off by default).
         "pdl": {"kernels": pdl_args(torch.device("cuda"))["PDL"],
-                "inductor": bool(getattr(torch._inductor.config.triton, "enable_pdl", False))},
+                "inductor": bool(getattr(inductor_config.triton, "enable_pdl", False))},
         "engine_path": "runtime.engines.build(profile=h100) -> runtime.engines.load_engine(device=cuda)",
         "variants": {},
     }
