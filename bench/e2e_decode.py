@@ -228,7 +228,13 @@ def main() -> None:
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile measurement")
     parser.add_argument("--compare-unfused", action="store_true",
                         help="also measure each engine loaded with fuse=False (sibling ops as separate GEMMs)")
+    parser.add_argument("--recipes", default=",".join(RECIPES),
+                        help=f"comma-separated presets to measure; bf16, the baseline, always runs first ({RECIPES})")
     args = parser.parse_args()
+    recipes = ["bf16"] + [r for r in args.recipes.split(",") if r and r != "bf16"]
+    unknown = sorted(set(recipes) - set(RECIPES))
+    if unknown:
+        parser.error(f"--recipes: unknown {unknown}; choose from {RECIPES}")
     if not torch.cuda.is_available():
         sys.exit("bench/e2e_decode.py needs a CUDA GPU")
     import transformers
@@ -260,7 +266,7 @@ def main() -> None:
         "variants": {},
     }
     os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
-    for name in RECIPES:
+    for name in recipes:
         t0 = time.perf_counter()
         engine = build(model_dir, preset(name), get_profile("h100"), out_root=work / "engines")
         built_s = time.perf_counter() - t0
