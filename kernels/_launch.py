@@ -56,15 +56,6 @@ def wait_prior_grid(PDL: tl.constexpr):
         tl.extra.cuda.gdc_launch_dependents()
 
 
-@triton.jit
-def prefetch_l2(ptrs, mask):
-    """Asks L2 for the 128-byte lines at ``ptrs`` where ``mask`` holds, without waiting or using a
-    register for the data (PTX prefetch; compiled code only, not the interpreter)."""
-    tl.inline_asm_elementwise(
-        "{ .reg .pred p; setp.ne.b32 p, $1, 0; @p prefetch.global.L2 [$2]; mov.b32 $0, 0; }",
-        "=r,r,l", [mask.to(tl.int32), ptrs], dtype=tl.int32, is_pure=False, pack=1)
-
-
 def zero_output(nargs):
     """Autotune pre-hook of split-K configs, whose programs add partial sums into ``out_ptr``."""
     nargs["out_ptr"].zero_()

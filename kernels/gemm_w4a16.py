@@ -9,14 +9,11 @@ import triton
 import triton.language as tl
 
 from kernels._launch import (check_2d, check_dtype, check_shape, first_config_only, graph_bench, interpreting,
-                             pdl_args, prefetch_l2, use_triton, wait_prior_grid, zero_output)
+                             pdl_args, use_triton, wait_prior_grid, zero_output)
 from kernels.packing import pack_int4, unpack_int4
 
 X_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 SCALE_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
-# Lines (128 bytes) of each row after the first step that the GEMV asks L2 for before its
-# programmatic-dependent-launch wait, while the kernel before it finishes.
-GEMV_PREFETCH_LINES = 0
 # Symmetric int4 stores codes q = round(w / scale) + 8, so the zero point is always 8.
 SYMMETRIC_ZERO = 8
 
@@ -326,7 +323,7 @@ def _w4a16_gemv_kernel(
     x_ptr, p_ptr, s_ptr, z_ptr, bias_ptr, out_ptr,
     N, K, stride_pn, stride_sn,
     GROUP: tl.constexpr, HAS_BIAS: tl.constexpr, X_BF16: tl.constexpr, PAIRED: tl.constexpr,
-    BLOCK_N: tl.constexpr, QUADS: tl.constexpr, PDL: tl.constexpr, PREFETCH_LINES: tl.constexpr = 0,
+    BLOCK_N: tl.constexpr, QUADS: tl.constexpr, PDL: tl.constexpr,
 ):
     # One token; a program owns four sets of BLOCK_N rows over all of K. A step reads, per row,
     # QUADS quads of 4 int32 words (32 codes, 16 bytes, one load per thread) and the matching 32
@@ -377,15 +374,6 @@ def _w4a16_gemv_kernel(
     words_c, s_c, z_c = _gemv_step_loads(ptr_c, s_c_rows, z_c_rows, 0, n_quads, QUADS, QPG)
     words_d, s_d, z_d = _gemv_step_loads(ptr_d, s_d_rows, z_d_rows, 0, n_quads, QUADS, QPG)
     # The first step's weights are read while the previous kernel finishes; x after it has.
-    if PDL and PREFETCH_LINES > 0:
-        # So are the next PREFETCH_LINES 128-byte lines of each row, into L2: HBM idles while
-        # the kernel before (a norm, an activation) finishes.
-        lines = QUADS * 16 + tl.arange(0, PREFETCH_LINES) * 128
-        row_bytes = K // 2
-        _prefetch_rows(p_ptr, rows_a, offs_a < N, lines, row_bytes, stride_pn)
-        _prefetch_rows(p_ptr, rows_b, offs_b < N, lines, row_bytes, stride_pn)
-        _prefetch_rows(p_ptr, rows_c, offs_c < N, lines, row_bytes, stride_pn)
-        _prefetch_rows(p_ptr, rows_d, offs_d < N, lines, row_bytes, stride_pn)
     wait_prior_grid(PDL)
     n_steps = tl.cdiv(n_quads, QUADS)
     for q0 in range(0, (n_steps // 2) * 2 * QUADS, 2 * QUADS):
@@ -412,13 +400,6 @@ def _w4a16_gemv_kernel(
     _store_rows(out_ptr, bias_ptr, acc_b, offs_b, N, HAS_BIAS)
     _store_rows(out_ptr, bias_ptr, acc_c, offs_c, N, HAS_BIAS)
     _store_rows(out_ptr, bias_ptr, acc_d, offs_d, N, HAS_BIAS)
-
-
-@triton.jit
-def _prefetch_rows(p_ptr, rows, live, lines, row_bytes, stride_pn):
-    """L2 prefetch of byte offsets ``lines`` (one per 128-byte line) of each live row that fall in it."""
-    ptrs = p_ptr + rows[:, None] * stride_pn + lines[None, :]
-    prefetch_l2(ptrs, live[:, None] & (lines[None, :] < row_bytes))
 
 
 @triton.jit
@@ -641,8 +622,7 @@ def gemm_w4a16_triton(x, packed, scales, zeros, group_size: int, bias=None, *, p
         _w4a16_gemv_kernel[lambda meta: (triton.cdiv(n, 4 * meta["BLOCK_N"]),)](
             x, packed, scales, zeros, bias if bias is not None else scales, out, n, k,
             packed.stride(0), scales.stride(0), GROUP=group_size, HAS_BIAS=bias is not None,
-            X_BF16=x.dtype == torch.bfloat16, PAIRED=x.dtype != torch.float32, PREFETCH_LINES=GEMV_PREFETCH_LINES,
-            **pdl_args(x.device),
+            X_BF16=x.dtype == torch.bfloat16, PAIRED=x.dtype != torch.float32, **pdl_args(x.device),
         )
         return out
     # Split-K candidates accumulate in fp32; the cast afterwards is one small launch.
