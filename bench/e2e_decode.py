@@ -117,9 +117,10 @@ def print_stages(label: str, stages: dict) -> None:
         f"{k} {v['us']:.1f} ({v['kernels']:.0f} kernels)" for k, v in stages["stages"].items()), flush=True)
 
 
-def decode_rates(step, token, pos, prompt_len: int, new_tokens: int):
+def decode_rates(step, token, pos, prompt_len: int, new_tokens: int, prefill):
     """Greedy decode tokens/s of ``step``: eager, and replayed from a CUDA graph (None and the error
-    when capture fails)."""
+    when capture fails); and how far apart the logits of one step from one cache state are, replayed
+    twice and run once without the graph (``prefill`` resets the cache and fills it with the prompt)."""
     # Eager decode (also warms the M = 1 kernels up before graph capture).
     for _ in range(3):
         step()
@@ -153,9 +154,28 @@ def decode_rates(step, token, pos, prompt_len: int, new_tokens: int):
             torch.cuda.synchronize()
             rates.append(new_tokens / (time.perf_counter() - t0))
         graph_tps = statistics.median(rates)
+        # One step from one cache state (the prompt's), replayed twice and run once without the
+        # graph: the kernels are deterministic, so a difference between the replays is a read
+        # that raced a write (launches overlap under programmatic dependent launch).
+        runs = []
+        for replayed in (True, True, False):
+            prefill()
+            pos.fill_(prompt_len)
+            if replayed:
+                graph.replay()
+                runs.append(static_logits.float().clone())
+            else:
+                runs.append(step().float())
+        first, again, direct = runs
+        agreement = {"replay_vs_replay": _rel_diff(again, first), "replay_vs_no_graph": _rel_diff(direct, first)}
     except Exception as exc:  # recorded, not hidden: the eager number still stands
         graph_error = f"{type(exc).__name__}: {exc}"[:400]
-    return eager_tps, graph_tps, graph_error
+        agreement = None
+    return eager_tps, graph_tps, graph_error, agreement
+
+
+def _rel_diff(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).norm() / b.norm())
 
 
 def measure(loaded, prompt_len: int, new_tokens: int, vocab: int, compile_step: bool = True) -> dict:
@@ -193,7 +213,7 @@ def measure(loaded, prompt_len: int, new_tokens: int, vocab: int, compile_step: 
         def step():
             return model(input_ids=token, cache_position=pos, past_key_values=cache, use_cache=True).logits
 
-        eager_tps, graph_tps, graph_error = decode_rates(step, token, pos, prompt_len, new_tokens)
+        eager_tps, graph_tps, graph_error, agreement = decode_rates(step, token, pos, prompt_len, new_tokens, prefill)
         breakdown = kernel_breakdown(step, pos, prompt_len)
         compiled = None
         if compile_step:
@@ -205,14 +225,16 @@ def measure(loaded, prompt_len: int, new_tokens: int, vocab: int, compile_step: 
             compiled_step = torch.compile(step, dynamic=False)
             compiled_step()
             compile_s = time.perf_counter() - t0
-            c_eager, c_graph, c_error = decode_rates(compiled_step, token, pos, prompt_len, new_tokens)
+            c_eager, c_graph, c_error, c_agreement = decode_rates(compiled_step, token, pos, prompt_len, new_tokens,
+                                                                  prefill)
             compiled = {"compile_s": compile_s, "decode_tokens_per_s_graph": c_graph,
                         "decode_tokens_per_s_eager": c_eager, "graph_error": c_error,
+                        "graph_logits_rel_diff": c_agreement,
                         "device_us_per_step_by_stage": kernel_breakdown(compiled_step, pos, prompt_len)}
     return {
         "device_us_per_step_by_stage": breakdown,
         "ttft_ms": 1e3 * statistics.median(ttft), "decode_tokens_per_s_graph": graph_tps,
-        "decode_tokens_per_s_eager": eager_tps, "graph_error": graph_error,
+        "decode_tokens_per_s_eager": eager_tps, "graph_error": graph_error, "graph_logits_rel_diff": agreement,
         "peak_gpu_memory_gib": torch.cuda.max_memory_allocated() / 2**30, "compiled": compiled,
     }
 
@@ -228,6 +250,12 @@ def main() -> None:
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile measurement")
     parser.add_argument("--compare-unfused", action="store_true",
                         help="also measure each engine loaded with fuse=False (sibling ops as separate GEMMs)")
+    parser.add_argument("--inductor-pdl", action="store_true",
+                        help="torch.compile's generated kernels use programmatic dependent launch as well "
+                             "(torch._inductor.config.triton.enable_pdl; off by default in torch)")
+    parser.add_argument("--coordinate-descent", action="store_true",
+                        help="torch.compile tunes its generated kernels' block sizes "
+                             "(torch._inductor.config.coordinate_descent_tuning)")
     parser.add_argument("--recipes", default=",".join(RECIPES),
                         help=f"comma-separated presets to measure; bf16, the baseline, always runs first ({RECIPES})")
     args = parser.parse_args()
@@ -241,6 +269,11 @@ def main() -> None:
     import triton
 
     from torch._inductor import config as inductor_config
+
+    if args.inductor_pdl:
+        inductor_config.triton.enable_pdl = True
+    if args.coordinate_descent:
+        inductor_config.coordinate_descent_tuning = True
 
     from kernels._launch import pdl_args
     from runtime.accelerators import get_profile
@@ -262,6 +295,7 @@ def main() -> None:
         # sm_90) and torch.compile's generated ones (TORCHINDUCTOR_ENABLE_PDL, off by default).
         "pdl": {"kernels": pdl_args(torch.device("cuda"))["PDL"],
                 "inductor": bool(getattr(inductor_config.triton, "enable_pdl", False))},
+        "coordinate_descent_tuning": bool(inductor_config.coordinate_descent_tuning),
         "engine_path": "runtime.engines.build(profile=h100) -> runtime.engines.load_engine(device=cuda)",
         "variants": {},
     }
@@ -302,7 +336,8 @@ def main() -> None:
             c = row["compiled"]
             error = f", graph error {c['graph_error']}" if c["graph_error"] else ""
             print(f"  compiled ({c['compile_s']:.0f}s): decode {c['decode_tokens_per_s_graph']} tok/s graph, "
-                  f"{c['decode_tokens_per_s_eager']:.0f} eager{error}", flush=True)
+                  f"{c['decode_tokens_per_s_eager']:.0f} eager{error}; logits rel diff {c['graph_logits_rel_diff']}",
+                  flush=True)
             print_stages("compiled ", c["device_us_per_step_by_stage"])
         del loaded
         gc.collect()
