@@ -90,20 +90,17 @@ def main() -> None:
                kw["BLOCK_N"] * kw["GROUPS_PER_STEP"] * 128 / (cfg.num_warps * 32))
     attn_sig = {"q_ptr": "*bf16", "k_ptr": "*bf16", "v_ptr": "*bf16", "lens_ptr": "*i32", "ks_ptr": "*fp32",
                 "vs_ptr": "*fp32", "out_ptr": "*bf16", "m_ptr": "*fp32", "l_ptr": "*fp32", "acc_ptr": "*fp32",
-                "lock_ptr": "*i32",
                 "qk_scale": "fp32", **dict.fromkeys(("S_MAX", "CHUNK", "B_BUCKET", "NUM_KV_HEADS", "stride_qb",
                                                       "stride_qh", "stride_kb", "stride_kh", "stride_ks", "stride_vb",
                                                       "stride_vh", "stride_vs", "stride_ob", "stride_oh"), "i32"),
-                **dict.fromkeys(("GROUP", "BLOCK_G", "HEAD_DIM", "KV_FP8", "Q_FP32", "DIRECT", "BLOCK_N", "PDL",
-                                 "FUSED_REDUCE", "BLOCK_S"),
+                **dict.fromkeys(("GROUP", "BLOCK_G", "HEAD_DIM", "KV_FP8", "Q_FP32", "DIRECT", "BLOCK_N", "PDL"),
                                 "constexpr")}
     for kv in ("bf16", "fp8e4nv"):
         cfg = da._CONFIGS[0]
         bn = cfg.kwargs["BLOCK_N"]
         k = compile_sm90(da._decode_attention_kernel.fn, {**attn_sig, "k_ptr": f"*{kv}", "v_ptr": f"*{kv}"},
                          {"GROUP": 4, "BLOCK_G": 16, "HEAD_DIM": 128, "KV_FP8": kv != "bf16", "Q_FP32": False,
-                          "DIRECT": False, "BLOCK_N": bn, "PDL": True, "FUSED_REDUCE": True,
-                          "BLOCK_S": 8}, cfg.num_warps, cfg.num_stages)
+                          "DIRECT": False, "BLOCK_N": bn, "PDL": True}, cfg.num_warps, cfg.num_stages)
         # A BLOCK_N x 128 tile each of K and V a loop iteration, over warps x 32 threads.
         report(f"decode attention q bf16, {kv} cache, BLOCK_N={bn} warps={cfg.num_warps}", k,
                2 * bn * 128 / (cfg.num_warps * 32), unit="cached element")

@@ -142,14 +142,6 @@ def launches() -> list[tuple[object, dict]]:
                     da.decode_attention_triton(torch.randn(2, 8, 128, generator=g).to(q_dtype), k, k,
                                                torch.tensor([256, 100], dtype=torch.int32), k_scale=scale,
                                                v_scale=scale, num_splits=splits)
-        # The separate split reduction, for launches with more (sequence, KV head) pairs than count words.
-        fused_max, da.FUSED_REDUCE_MAX_PAIRS = da.FUSED_REDUCE_MAX_PAIRS, 0
-        try:
-            k = torch.randn(2, 2, 256, 128, generator=g).bfloat16()
-            da.decode_attention_triton(torch.randn(2, 8, 128, generator=g).bfloat16(), k, k,
-                                       torch.tensor([256, 100], dtype=torch.int32), num_splits=2)
-        finally:
-            da.FUSED_REDUCE_MAX_PAIRS = fused_max
     return rec.launches
 
 

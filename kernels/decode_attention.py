@@ -12,8 +12,8 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels._launch import (SPLIT_K_LOCKS, check_dtype, first_config_only, graph_bench, interpreting, pdl_args,
-                             split_k_locks, use_triton, wait_prior_grid)
+from kernels._launch import (check_dtype, first_config_only, graph_bench, interpreting, pdl_args, use_triton,
+                             wait_prior_grid)
 
 Q_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 KV_DTYPES = (torch.bfloat16, torch.float16, torch.float8_e4m3fn)
@@ -31,10 +31,6 @@ MIN_CHUNK = 128
 MAX_SPLITS = 128
 # Under the interpreter there is no SM count; 4 keeps the default heuristic splitting.
 INTERPRETER_SMS = 4
-# Launches of at most this many (sequence, KV head) pairs reduce their splits in the attention
-# kernel itself (the last split of a pair to finish does it), saving the reduction's launch; more
-# pairs than the shared count words take the separate reduction kernel.
-FUSED_REDUCE_MAX_PAIRS = SPLIT_K_LOCKS
 
 
 def _check(q, k_cache, v_cache, seq_lens, k_scale, v_scale, sm_scale) -> None:
@@ -152,13 +148,12 @@ _CONFIGS_INTERPRET = [_config(32, 4, 1)]
 )
 @triton.jit
 def _decode_attention_kernel(
-    q_ptr, k_ptr, v_ptr, lens_ptr, ks_ptr, vs_ptr, out_ptr, m_ptr, l_ptr, acc_ptr, lock_ptr,
+    q_ptr, k_ptr, v_ptr, lens_ptr, ks_ptr, vs_ptr, out_ptr, m_ptr, l_ptr, acc_ptr,
     qk_scale, S_MAX, CHUNK, B_BUCKET, NUM_KV_HEADS,
     stride_qb, stride_qh, stride_kb, stride_kh, stride_ks, stride_vb, stride_vh, stride_vs,
     stride_ob, stride_oh,
     GROUP: tl.constexpr, BLOCK_G: tl.constexpr, HEAD_DIM: tl.constexpr,
     KV_FP8: tl.constexpr, Q_FP32: tl.constexpr, DIRECT: tl.constexpr, BLOCK_N: tl.constexpr, PDL: tl.constexpr,
-    FUSED_REDUCE: tl.constexpr = False, BLOCK_S: tl.constexpr = 1,
 ):
     # The cache holds this step's keys and values, written by the kernel before.
     wait_prior_grid(PDL)
@@ -239,50 +234,31 @@ def _decode_attention_kernel(
         tl.store(m_ptr + row, m_i, mask=mask_g)
         tl.store(l_ptr + row, l_i, mask=mask_g)
         tl.store(acc_ptr + row[:, None] * HEAD_DIM + offs_d[None, :], acc, mask=mask_g[:, None])
-        if FUSED_REDUCE:
-            # Every thread's partials are stored before one thread counts the split in (release);
-            # the last split's loads of the others' partials come after its count (acquire).
-            tl.debug_barrier()
-            lock = lock_ptr + b * NUM_KV_HEADS + h
-            arrived = tl.atomic_add(lock, 1, sem="acq_rel", scope="gpu")
-            if arrived == num_splits - 1:
-                for g in tl.static_range(GROUP):
-                    _reduce_head(m_ptr, l_ptr, acc_ptr, out_ptr, b, h * GROUP + g, NUM_KV_HEADS * GROUP, num_splits,
-                                 stride_ob, stride_oh, HEAD_DIM, BLOCK_S)
-                tl.atomic_xchg(lock, 0)  # each launch leaves the count words at zero
-
-
-@triton.jit
-def _reduce_head(m_ptr, l_ptr, acc_ptr, out_ptr, b, head, NUM_HEADS, NUM_SPLITS, stride_ob, stride_oh,
-                 HEAD_DIM: tl.constexpr, BLOCK_S: tl.constexpr):
-    """Rescales each split's partial of query head ``head`` of sequence ``b`` to the global max
-    and normalizes once. The partials are read from L2 (.cg): other programs wrote them."""
-    offs_s = tl.arange(0, BLOCK_S)
-    offs_d = tl.arange(0, HEAD_DIM)
-    mask_s = offs_s < NUM_SPLITS
-    rows = (b * NUM_HEADS + head) * NUM_SPLITS + offs_s
-    m = tl.load(m_ptr + rows, mask=mask_s, other=float("-inf"), cache_modifier=".cg")
-    l = tl.load(l_ptr + rows, mask=mask_s, other=0.0, cache_modifier=".cg")
-    m_max = tl.max(m, axis=0)
-    # Empty splits (past the sequence's end) carry m = -inf, l = 0, acc = 0 and weigh nothing.
-    # If every split is empty (length 0) m_max is -inf too: 0 stands in for it so that no
-    # -inf - -inf = NaN arises, and the output is 0 / 1.
-    m_max = tl.where(m_max > float("-inf"), m_max, 0.0)
-    w = tl.math.exp2(m - m_max)
-    acc = tl.load(acc_ptr + rows[:, None] * HEAD_DIM + offs_d[None, :], mask=mask_s[:, None], other=0.0,
-                  cache_modifier=".cg")
-    total = tl.sum(w * l, axis=0)
-    o = tl.sum(acc * w[:, None], axis=0) / tl.where(total > 0, total, 1.0)
-    tl.store(out_ptr + b * stride_ob + head * stride_oh + offs_d, o.to(out_ptr.dtype.element_ty))
 
 
 @triton.jit
 def _reduce_splits_kernel(m_ptr, l_ptr, acc_ptr, out_ptr, NUM_HEADS, NUM_SPLITS, stride_ob, stride_oh,
                           HEAD_DIM: tl.constexpr, BLOCK_S: tl.constexpr, PDL: tl.constexpr):
     wait_prior_grid(PDL)
-    # Program (b, head), for launches with more (sequence, KV head) pairs than count words.
-    _reduce_head(m_ptr, l_ptr, acc_ptr, out_ptr, tl.program_id(0).to(tl.int64), tl.program_id(1), NUM_HEADS,
-                 NUM_SPLITS, stride_ob, stride_oh, HEAD_DIM, BLOCK_S)
+    # Program (b, head): rescales each split's partial to the global max and normalizes once.
+    b = tl.program_id(0).to(tl.int64)
+    head = tl.program_id(1)
+    offs_s = tl.arange(0, BLOCK_S)
+    offs_d = tl.arange(0, HEAD_DIM)
+    mask_s = offs_s < NUM_SPLITS
+    rows = (b * NUM_HEADS + head) * NUM_SPLITS + offs_s
+    m = tl.load(m_ptr + rows, mask=mask_s, other=float("-inf"))
+    l = tl.load(l_ptr + rows, mask=mask_s, other=0.0)
+    m_max = tl.max(m, axis=0)
+    # Empty splits (past the sequence's end) carry m = -inf, l = 0, acc = 0 and weigh nothing.
+    # If every split is empty (length 0) m_max is -inf too: 0 stands in for it so that no
+    # -inf - -inf = NaN arises, and the output is 0 / 1.
+    m_max = tl.where(m_max > float("-inf"), m_max, 0.0)
+    w = tl.math.exp2(m - m_max)
+    acc = tl.load(acc_ptr + rows[:, None] * HEAD_DIM + offs_d[None, :], mask=mask_s[:, None], other=0.0)
+    total = tl.sum(w * l, axis=0)
+    o = tl.sum(acc * w[:, None], axis=0) / tl.where(total > 0, total, 1.0)
+    tl.store(out_ptr + b * stride_ob + head * stride_oh + offs_d, o.to(out_ptr.dtype.element_ty))
 
 
 _SM_COUNT: dict = {}
@@ -344,22 +320,18 @@ def decode_attention_triton(q, k_cache, v_cache, seq_lens, *, k_scale=None, v_sc
     scale = (1.0 / math.sqrt(d) if sm_scale is None else float(sm_scale)) * LOG2E
     ks = k_scale.contiguous() if fp8 else seq_lens
     vs = v_scale.contiguous() if fp8 else seq_lens
-    fused = not direct and b * hkv <= FUSED_REDUCE_MAX_PAIRS
-    locks = split_k_locks(q.device, b * hkv) if fused else seq_lens
-    block_s = max(2, triton.next_power_of_2(num_splits))
     _decode_attention_kernel[(b, hkv, num_splits)](
-        q, k_cache, v_cache, seq_lens, ks, vs, out, m, l, acc, locks,
+        q, k_cache, v_cache, seq_lens, ks, vs, out, m, l, acc,
         scale, s_max, chunk, triton.next_power_of_2(b), hkv,
         q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         v_cache.stride(0), v_cache.stride(1), v_cache.stride(2), out.stride(0), out.stride(1),
         GROUP=group, BLOCK_G=max(16, triton.next_power_of_2(group)), HEAD_DIM=d,
-        KV_FP8=fp8, Q_FP32=q.dtype == torch.float32, DIRECT=direct, FUSED_REDUCE=fused, BLOCK_S=block_s,
-        **pdl_args(q.device),
+        KV_FP8=fp8, Q_FP32=q.dtype == torch.float32, DIRECT=direct, **pdl_args(q.device),
     )
-    if not direct and not fused:
+    if not direct:
         _reduce_splits_kernel[(b, hq)](
             m, l, acc, out, hq, num_splits, out.stride(0), out.stride(1),
-            HEAD_DIM=d, BLOCK_S=block_s, num_warps=4, **pdl_args(q.device),
+            HEAD_DIM=d, BLOCK_S=max(2, triton.next_power_of_2(num_splits)), num_warps=4, **pdl_args(q.device),
         )
     return out
 

@@ -11,7 +11,6 @@ import pytest
 import torch
 
 import kernels.decode_attention as da_mod
-from kernels._launch import SPLIT_K_LOCKS, split_k_locks
 from kernels.decode_attention import (
     decode_attention,
     decode_attention_reference,
@@ -123,27 +122,6 @@ def test_decode_attention_ragged_splits(device, monkeypatch, num_splits):
     monkeypatch.setattr(da_mod, "SPLIT_ALIGN", 1)
     for fmt in ("fp16", "fp8_e4m3"):
         _run_case(device, 8, 2, 57, [57, 1, 30, 0], fmt, D_CPU, num_splits=num_splits, k_outliers=False)
-
-
-@pytest.mark.parametrize("num_splits", [2, 7])
-def test_split_reduction_in_the_kernel_and_apart(device, monkeypatch, num_splits):
-    # The last split of each (sequence, KV head) to finish reduces the partials in the attention
-    # kernel; launches with more pairs than count words take the separate reduction kernel. Both
-    # give the same output, match the reference, and leave the count words at zero.
-    monkeypatch.setattr(da_mod, "SPLIT_ALIGN", 1)
-    b, hq, hkv, s_max = 3, 8, 2, 57
-    k = with_outliers((b, hkv, s_max, D_CPU), device, outliers=False)
-    v = with_outliers((b, hkv, s_max, D_CPU), device)
-    k_cache, v_cache, _, _ = make_cache(k, v, "fp16")
-    seq_lens = torch.tensor([57, 30, 1], dtype=torch.int32, device=device)
-    q = torch.randn(b, hq, D_CPU, device=device).half()
-    fused = decode_attention_triton(q, k_cache, v_cache, seq_lens, num_splits=num_splits)
-    assert (split_k_locks(torch.device(device), SPLIT_K_LOCKS) == 0).all()
-    monkeypatch.setattr(da_mod, "FUSED_REDUCE_MAX_PAIRS", b * hkv - 1)
-    apart = decode_attention_triton(q, k_cache, v_cache, seq_lens, num_splits=num_splits)
-    ref = decode_attention_reference(q, k_cache, v_cache, seq_lens)
-    assert rel_err(fused, ref) < BOUND[torch.float16]
-    assert torch.equal(fused, apart)
 
 
 def _fp8_cache(device, lens: list[int], hkv: int = 2, d: int = D_CPU):
