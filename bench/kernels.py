@@ -24,6 +24,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from bench.timing import CHECK_FAILURES, best_config, check, graph_us, median_us, rel_err  # noqa: E402
 import kernels.gemm_w4a16 as w4_mod  # noqa: E402
 import kernels._w8a8 as w8a8_mod  # noqa: E402
+from kernels._launch import pdl_args  # noqa: E402
 from kernels.act_quant import act_quant, act_quant_reference, act_quant_triton  # noqa: E402
 from kernels.gemm_fp8 import gemm_fp8  # noqa: E402
 from kernels.gemm_int8 import gemm_int8, gemm_int8_reference  # noqa: E402
@@ -436,7 +437,8 @@ def main() -> None:
     result = {
         "gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
         "cuda": torch.version.cuda, "python": platform.python_version(),
-        "date": time.strftime("%Y-%m-%d"), "w4a16_gemv_max_m": w4_mod.GEMV_MAX_M,
+        "date": time.strftime("%Y-%m-%d"), "pdl": pdl_args(torch.device("cuda"))["PDL"],
+        "w4a16_gemv_max_m": w4_mod.GEMV_MAX_M,
         "w4a16_tc_max_m": w4_mod.TC_MAX_M, "w8a8_gemv_max_m": {str(q): v for q, v in w8a8_mod.GEMV_MAX_M.items()}, "w8a8_swap_max_m": w8a8_mod.SWAP_MAX_M,
     }
     result["ceilings"] = ceil = measure_ceilings()
