@@ -31,6 +31,8 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from bench.timing import rel_err  # noqa: E402
+
 RECIPES = ["bf16", "fp8_w8a8", "int4_w4a16_g128"]
 TEXT = ["the quick brown fox jumps over the lazy dog", "precision is deployment state",
         "calibration records the range of every activation", "def add(a, b): return a + b"]
@@ -167,15 +169,11 @@ def decode_rates(step, token, pos, prompt_len: int, new_tokens: int, prefill):
             else:
                 runs.append(step().float())
         first, again, direct = runs
-        agreement = {"replay_vs_replay": _rel_diff(again, first), "replay_vs_no_graph": _rel_diff(direct, first)}
+        agreement = {"replay_vs_replay": rel_err(again, first), "replay_vs_no_graph": rel_err(direct, first)}
     except Exception as exc:  # recorded, not hidden: the eager number still stands
         graph_error = f"{type(exc).__name__}: {exc}"[:400]
         agreement = None
     return eager_tps, graph_tps, graph_error, agreement
-
-
-def _rel_diff(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float((a - b).norm() / b.norm())
 
 
 def measure(loaded, prompt_len: int, new_tokens: int, vocab: int, compile_step: bool = True) -> dict:

@@ -78,8 +78,9 @@ def main() -> None:
         report(f"gemv BLOCK_N={bn} QUADS={quads} warps={warps}", k, 2 * 4 * bn * quads * 32 / (warps * 32))
     tc_sig = {**POINTERS, "out_ptr": "*fp32", "M": "i32", "N": "i32", "K": "i32", "stride_xm": "i32",
               "stride_pn": "i32", "stride_sn": "i32", "stride_sg": "constexpr", "stride_om": "i32",
-              "GROUP": "constexpr", "HAS_BIAS": "constexpr", "X_FP32": "constexpr", "BLOCK_M": "constexpr", "BLOCK_N": "constexpr",
-              "SPLIT_K": "constexpr", "GROUPS_PER_STEP": "constexpr", "REG_PREFETCH": "constexpr", "PDL": "constexpr"}
+              "GROUP": "constexpr", "HAS_BIAS": "constexpr", "X_FP32": "constexpr", "BLOCK_M": "constexpr",
+              "BLOCK_N": "constexpr", "SPLIT_K": "constexpr", "GROUPS_PER_STEP": "constexpr",
+              "REG_PREFETCH": "constexpr", "PDL": "constexpr"}
     for cfg in w4._CONFIGS_TC:
         kw = cfg.kwargs
         # Row-major scales: Triton specializes stride_sg = 1 as a constant.
