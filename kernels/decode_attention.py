@@ -19,9 +19,10 @@ Q_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 KV_DTYPES = (torch.bfloat16, torch.float16, torch.float8_e4m3fn)
 FP8_MAX = 448.0
 LOG2E = 1.4426950408889634
-# Split boundaries fall on multiples of this many positions, so every split but the last holds
-# whole tiles of any BLOCK_N the autotuner may pick (tests lower it to reach ragged splits).
-SPLIT_ALIGN = 128
+# Split boundaries fall on multiples of this many positions, the smallest BLOCK_N, so every split
+# but the last holds whole tiles of the BLOCK_N the autotuner may pick for its chunk (_fit_chunk;
+# tests lower it to reach ragged splits).
+SPLIT_ALIGN = 32
 # Programs per SM the split count aims for: B * Hkv * num_splits >= WAVES * SMs keeps enough
 # loads in flight to stream HBM at batch 1 (8 KV heads alone would occupy 8 of 132 SMs).
 WAVES = 4
@@ -132,17 +133,24 @@ def _config(block_n, warps, stages):
     return triton.Config({"BLOCK_N": block_n}, num_warps=warps, num_stages=stages)
 
 
-# The first config is the one _launch.ONE_CONFIG keeps (GPU correctness tests).
+# The first config that fits a chunk is the one _launch.ONE_CONFIG keeps (GPU correctness tests).
 _CONFIGS = [_config(64, 4, 2)] + [
     _config(bn, w, s) for bn in (32, 64, 128) for w in (4, 8) for s in (2, 3) if (bn, w, s) != (64, 4, 2)
 ]
 _CONFIGS_INTERPRET = [_config(32, 4, 1)]
 
 
+def _fit_chunk(configs, named_args, **kwargs):
+    """Autotune pruning: no tile longer than a split's chunk (it would mask off most of each load)."""
+    chunk = named_args["CHUNK"]
+    fitting = [c for c in configs if c.kwargs["BLOCK_N"] <= max(chunk, 32)]
+    return first_config_only(fitting or configs[:1], named_args, **kwargs)
+
+
 @triton.autotune(
     configs=_CONFIGS_INTERPRET if interpreting() else _CONFIGS,
     key=["B_BUCKET", "NUM_KV_HEADS", "CHUNK", "HEAD_DIM", "GROUP", "KV_FP8", "Q_FP32", "DIRECT"],
-    prune_configs_by={"early_config_prune": first_config_only},
+    prune_configs_by={"early_config_prune": _fit_chunk},
     # A decode step's attention takes a few µs: timed from a CUDA graph, not the host's launch path.
     do_bench=graph_bench,
 )
@@ -229,29 +237,34 @@ def _decode_attention_kernel(
         o_ptrs = out_ptr + b * stride_ob + heads[:, None] * stride_oh + offs_d[None, :]
         tl.store(o_ptrs, o.to(out_ptr.dtype.element_ty), mask=mask_g[:, None])
     else:
-        # Partial (max, sum, unnormalized acc) per query head and split, [B, Hq, splits(, D)].
+        # Partial (max, sum, unnormalized acc) per query head and split, [B, Hq, splits(, D)]; a
+        # split past the sequence's end writes none (the reduction reads the live ones only).
         row = (b * NUM_KV_HEADS * GROUP + heads) * num_splits + split
-        tl.store(m_ptr + row, m_i, mask=mask_g)
-        tl.store(l_ptr + row, l_i, mask=mask_g)
-        tl.store(acc_ptr + row[:, None] * HEAD_DIM + offs_d[None, :], acc, mask=mask_g[:, None])
+        live = mask_g & (offs_g * 0 + start < seq_len)
+        tl.store(m_ptr + row, m_i, mask=live)
+        tl.store(l_ptr + row, l_i, mask=live)
+        tl.store(acc_ptr + row[:, None] * HEAD_DIM + offs_d[None, :], acc, mask=live[:, None])
 
 
 @triton.jit
-def _reduce_splits_kernel(m_ptr, l_ptr, acc_ptr, out_ptr, NUM_HEADS, NUM_SPLITS, stride_ob, stride_oh,
-                          HEAD_DIM: tl.constexpr, BLOCK_S: tl.constexpr, PDL: tl.constexpr):
+def _reduce_splits_kernel(m_ptr, l_ptr, acc_ptr, lens_ptr, out_ptr, NUM_HEADS, NUM_SPLITS, S_MAX, CHUNK,
+                          stride_ob, stride_oh, HEAD_DIM: tl.constexpr, BLOCK_S: tl.constexpr, PDL: tl.constexpr):
     wait_prior_grid(PDL)
-    # Program (b, head): rescales each split's partial to the global max and normalizes once.
+    # Program (b, head): rescales each live split's partial to the global max and normalizes once.
+    # The split count follows the cache's capacity; a decode step's sequence often fills a part of
+    # it, and the splits past its end are neither written nor read.
     b = tl.program_id(0).to(tl.int64)
     head = tl.program_id(1)
+    seq_len = tl.maximum(tl.minimum(tl.load(lens_ptr + b), S_MAX), 0)
     offs_s = tl.arange(0, BLOCK_S)
     offs_d = tl.arange(0, HEAD_DIM)
-    mask_s = offs_s < NUM_SPLITS
+    mask_s = (offs_s < NUM_SPLITS) & (offs_s * CHUNK < seq_len)
     rows = (b * NUM_HEADS + head) * NUM_SPLITS + offs_s
     m = tl.load(m_ptr + rows, mask=mask_s, other=float("-inf"))
     l = tl.load(l_ptr + rows, mask=mask_s, other=0.0)
     m_max = tl.max(m, axis=0)
-    # Empty splits (past the sequence's end) carry m = -inf, l = 0, acc = 0 and weigh nothing.
-    # If every split is empty (length 0) m_max is -inf too: 0 stands in for it so that no
+    # A live split whose positions were all masked would carry m = -inf, l = 0, acc = 0 and weigh
+    # nothing. If no split is live (length 0) m_max is -inf: 0 stands in for it so that no
     # -inf - -inf = NaN arises, and the output is 0 / 1.
     m_max = tl.where(m_max > float("-inf"), m_max, 0.0)
     w = tl.math.exp2(m - m_max)
@@ -330,7 +343,7 @@ def decode_attention_triton(q, k_cache, v_cache, seq_lens, *, k_scale=None, v_sc
     )
     if not direct:
         _reduce_splits_kernel[(b, hq)](
-            m, l, acc, out, hq, num_splits, out.stride(0), out.stride(1),
+            m, l, acc, seq_lens, out, hq, num_splits, s_max, chunk, out.stride(0), out.stride(1),
             HEAD_DIM=d, BLOCK_S=max(2, triton.next_power_of_2(num_splits)), num_warps=4, **pdl_args(q.device),
         )
     return out
