@@ -133,6 +133,8 @@ def launches() -> list[tuple[object, dict]]:
             s, z = scales.to(dtype), zeros.to(dtype)
             for m, path in ((1, "gemv"), (16, "tc")):
                 gemm_w4a16_triton(torch.randn(m, 256, generator=g).to(dtype), packed, s, z, 128, path=path)
+            # A gated MLP's fused gate and up: silu(gate) * up as the GEMV stores it.
+            gemm_w4a16_triton(torch.randn(1, 256, generator=g).to(dtype), packed, s, z, 128, path="gemv", gated=True)
             dequantize_w4_triton(packed, s, z, 128, dtype)
         for kv in (torch.bfloat16, torch.float16, torch.float8_e4m3fn):
             for q_dtype in (torch.float32, torch.float16 if kv == torch.float16 else torch.bfloat16):

@@ -127,7 +127,7 @@ def gemv_sweep() -> None:
             def launch(w, p, s, z, bn=bn, quads=quads, warps=warps, out=out):
                 w4._w4a16_gemv_kernel.fn[(triton.cdiv(n, 4 * bn),)](
                     x, p, s, z, s, out, n, k, p.stride(0), s.stride(0), GROUP=GROUP, HAS_BIAS=False,
-                    X_BF16=True, PAIRED=True, BLOCK_N=bn, QUADS=quads, num_warps=warps, num_stages=1,
+                    X_BF16=True, PAIRED=True, GATED=False, BLOCK_N=bn, QUADS=quads, num_warps=warps, num_stages=1,
                     **pdl_args(x.device))
                 return out
             err = rel_err(launch(*sets[0]), ref)

@@ -85,15 +85,28 @@ def _check_w4a16(x, packed, scales, zeros, group_size, bias) -> None:
         check_shape("bias", bias, (n,))
 
 
-def gemm_w4a16_reference(x, packed, scales, zeros, group_size: int, bias=None):
-    """Pure-torch :func:`gemm_w4a16`: dequantize to fp32, fp32 matmul, cast to x.dtype."""
+def silu_mul(y: torch.Tensor) -> torch.Tensor:
+    """A gated MLP's activation on its fused gate and up outputs: silu(y[:, :N/2]) * y[:, N/2:]."""
+    gate, up = y.chunk(2, dim=-1)
+    return torch.nn.functional.silu(gate) * up
+
+
+def _check_gated(n: int) -> None:
+    if n % 2:
+        raise ValueError(f"gated needs the gate and up rows stacked, an even N; packed has N={n}")
+
+
+def gemm_w4a16_reference(x, packed, scales, zeros, group_size: int, bias=None, gated: bool = False):
+    """Pure-torch :func:`gemm_w4a16`: dequantize to fp32, fp32 matmul (and silu_mul), cast to x.dtype."""
     _check_w4a16(x, packed, scales, zeros, group_size, bias)
+    if gated:
+        _check_gated(packed.shape[0])
     # read MK + NK/2 + 2 NK/g ; write MN (plus an NK fp32 temporary for the dequantized weight)
     w = dequantize_w4_reference(packed, scales, zeros, group_size)
     out = x.float() @ w.t()
     if bias is not None:
         out = out + bias.float()
-    return out.to(x.dtype)
+    return (silu_mul(out) if gated else out).to(x.dtype)
 
 
 # Paths by token count. One token takes a CUDA-core GEMV that reads the packed rows as int32
@@ -314,7 +327,7 @@ def _gemv_step_loads(words_ptr, s_rows, z_rows, q0, n_quads, QUADS: tl.constexpr
 
 @triton.autotune(
     configs=_CONFIGS_GEMV_INTERPRET if interpreting() else _CONFIGS_GEMV,
-    key=["N", "K", "GROUP"],
+    key=["N", "K", "GROUP", "GATED"],
     prune_configs_by={"early_config_prune": first_config_only},
     do_bench=graph_bench,
 )
@@ -323,7 +336,7 @@ def _w4a16_gemv_kernel(
     x_ptr, p_ptr, s_ptr, z_ptr, bias_ptr, out_ptr,
     N, K, stride_pn, stride_sn,
     GROUP: tl.constexpr, HAS_BIAS: tl.constexpr, X_BF16: tl.constexpr, PAIRED: tl.constexpr,
-    BLOCK_N: tl.constexpr, QUADS: tl.constexpr, PDL: tl.constexpr,
+    GATED: tl.constexpr, BLOCK_N: tl.constexpr, QUADS: tl.constexpr, PDL: tl.constexpr,
 ):
     # One token; a program owns four sets of BLOCK_N rows over all of K. A step reads, per row,
     # QUADS quads of 4 int32 words (32 codes, 16 bytes, one load per thread) and the matching 32
@@ -336,15 +349,28 @@ def _w4a16_gemv_kernel(
     # code-free part it subtracts, 16 sum_even x + sum_odd x, is larger, and the cancellation costs
     # ~4 bits of fp32 that a 16-bit output does not have (fp32 activations keep them);
     # the scale applies once per quad, since a quad never crosses a group (GROUP is a multiple of 32).
+    # GATED (a gated MLP's gate and up projections as one [2N, K] weight): N is the output's
+    # width, sets a and b are gate rows and c and d the up rows N further, and the program stores
+    # silu(gate) * up, computed from the fp32 sums.
     pid_n = tl.program_id(0)
-    offs_a = pid_n * 4 * BLOCK_N + tl.arange(0, BLOCK_N)
-    offs_b = offs_a + BLOCK_N
-    offs_c = offs_b + BLOCK_N
-    offs_d = offs_c + BLOCK_N
-    rows_a = tl.where(offs_a < N, offs_a, 0).to(tl.int64)
-    rows_b = tl.where(offs_b < N, offs_b, 0).to(tl.int64)
-    rows_c = tl.where(offs_c < N, offs_c, 0).to(tl.int64)
-    rows_d = tl.where(offs_d < N, offs_d, 0).to(tl.int64)
+    if GATED:
+        offs_a = pid_n * 2 * BLOCK_N + tl.arange(0, BLOCK_N)
+        offs_b = offs_a + BLOCK_N
+        offs_c = offs_a + N
+        offs_d = offs_b + N
+        rows_a = tl.where(offs_a < N, offs_a, 0).to(tl.int64)
+        rows_b = tl.where(offs_b < N, offs_b, 0).to(tl.int64)
+        rows_c = tl.where(offs_a < N, offs_c, 0).to(tl.int64)
+        rows_d = tl.where(offs_b < N, offs_d, 0).to(tl.int64)
+    else:
+        offs_a = pid_n * 4 * BLOCK_N + tl.arange(0, BLOCK_N)
+        offs_b = offs_a + BLOCK_N
+        offs_c = offs_b + BLOCK_N
+        offs_d = offs_c + BLOCK_N
+        rows_a = tl.where(offs_a < N, offs_a, 0).to(tl.int64)
+        rows_b = tl.where(offs_b < N, offs_b, 0).to(tl.int64)
+        rows_c = tl.where(offs_c < N, offs_c, 0).to(tl.int64)
+        rows_d = tl.where(offs_d < N, offs_d, 0).to(tl.int64)
     n_quads = K // 32
     QPG: tl.constexpr = GROUP // 32
     words = p_ptr.to(tl.pointer_type(tl.int32))
@@ -396,10 +422,18 @@ def _w4a16_gemv_kernel(
                                                 s_a, s_b, s_c, s_d, z_a, z_b, z_c, z_d, x_rows, (n_steps - 1) * QUADS,
                                                 n_quads, X_BF16, PAIRED, BLOCK_N, QUADS)
 
-    _store_rows(out_ptr, bias_ptr, acc_a, offs_a, N, HAS_BIAS)
-    _store_rows(out_ptr, bias_ptr, acc_b, offs_b, N, HAS_BIAS)
-    _store_rows(out_ptr, bias_ptr, acc_c, offs_c, N, HAS_BIAS)
-    _store_rows(out_ptr, bias_ptr, acc_d, offs_d, N, HAS_BIAS)
+    if GATED:
+        gate_a = _row_sums(bias_ptr, acc_a, offs_a, offs_a < N, HAS_BIAS)
+        gate_b = _row_sums(bias_ptr, acc_b, offs_b, offs_b < N, HAS_BIAS)
+        up_a = _row_sums(bias_ptr, acc_c, offs_c, offs_a < N, HAS_BIAS)
+        up_b = _row_sums(bias_ptr, acc_d, offs_d, offs_b < N, HAS_BIAS)
+        _store_out(out_ptr, gate_a * tl.sigmoid(gate_a) * up_a, offs_a, N)
+        _store_out(out_ptr, gate_b * tl.sigmoid(gate_b) * up_b, offs_b, N)
+    else:
+        _store_out(out_ptr, _row_sums(bias_ptr, acc_a, offs_a, offs_a < N, HAS_BIAS), offs_a, N)
+        _store_out(out_ptr, _row_sums(bias_ptr, acc_b, offs_b, offs_b < N, HAS_BIAS), offs_b, N)
+        _store_out(out_ptr, _row_sums(bias_ptr, acc_c, offs_c, offs_c < N, HAS_BIAS), offs_c, N)
+        _store_out(out_ptr, _row_sums(bias_ptr, acc_d, offs_d, offs_d < N, HAS_BIAS), offs_d, N)
 
 
 @triton.jit
@@ -420,12 +454,17 @@ def _gemv_step(acc_a, acc_b, acc_c, acc_d, words_a, words_b, words_c, words_d, s
 
 
 @triton.jit
-def _store_rows(out_ptr, bias_ptr, acc, offs_n, N, HAS_BIAS: tl.constexpr):
+def _row_sums(bias_ptr, acc, rows, live, HAS_BIAS: tl.constexpr):
+    """fp32 outputs of a row set: its [BN, QUADS] partial sums added up, plus the rows' bias."""
     out = tl.sum(acc, axis=1)
-    mask_n = offs_n < N
     if HAS_BIAS:
-        out += tl.load(bias_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)
-    tl.store(out_ptr + offs_n, out.to(out_ptr.dtype.element_ty), mask=mask_n)
+        out += tl.load(bias_ptr + rows, mask=live, other=0.0).to(tl.float32)
+    return out
+
+
+@triton.jit
+def _store_out(out_ptr, out, offs_n, N):
+    tl.store(out_ptr + offs_n, out.to(out_ptr.dtype.element_ty), mask=offs_n < N)
 
 
 def _tc_config(bn, split_k, warps, stages, groups_per_step=1, reg_prefetch=False):
@@ -588,15 +627,18 @@ def w4a16_path(m: int, group_size: int) -> str:
     return "tc" if m <= TC_MAX_M else "dequant"
 
 
-def gemm_w4a16_triton(x, packed, scales, zeros, group_size: int, bias=None, *, path: str = "auto"):
+def gemm_w4a16_triton(x, packed, scales, zeros, group_size: int, bias=None, *, gated: bool = False,
+                      path: str = "auto"):
     """Launches the W4A16 path for ``x``'s token count (``path`` forces one, for bench/kernels.py)."""
     _check_w4a16(x, packed, scales, zeros, group_size, bias)
+    if gated:
+        _check_gated(packed.shape[0])
     if path not in PATHS:
         raise ValueError(f"path must be one of {PATHS}, got {path!r}")
     m, k = x.shape
     n = packed.shape[0]
     if m == 0 or n == 0:
-        return x.new_empty(m, n)
+        return x.new_empty(m, n // 2 if gated else n)
     if path == "auto":
         path = w4a16_path(m, group_size)
     elif path != "dequant" and w4a16_path(1, group_size) == "dequant":
@@ -607,7 +649,8 @@ def gemm_w4a16_triton(x, packed, scales, zeros, group_size: int, bias=None, *, p
         raise ValueError(f"path='tc' serves at most 256 tokens, got M={m}")
     if path == "dequant":
         w = dequantize_w4_triton(packed, scales, zeros, group_size, x.dtype)
-        return torch.nn.functional.linear(x, w, bias.to(x.dtype) if bias is not None else None)
+        y = torch.nn.functional.linear(x, w, bias.to(x.dtype) if bias is not None else None)
+        return silu_mul(y.float()).to(x.dtype) if gated else y
     x = x.contiguous()
     packed = packed.contiguous()
     if path != "tc" or zeros.stride() != scales.stride():
@@ -618,11 +661,14 @@ def gemm_w4a16_triton(x, packed, scales, zeros, group_size: int, bias=None, *, p
         if packed.data_ptr() % 16:
             # The GEMV reads 16-byte runs of words; a view at an odd offset gets an aligned copy.
             packed = packed.clone()
-        out = torch.empty(m, n, dtype=x.dtype, device=x.device)
-        _w4a16_gemv_kernel[lambda meta: (triton.cdiv(n, 4 * meta["BLOCK_N"]),)](
-            x, packed, scales, zeros, bias if bias is not None else scales, out, n, k,
+        n_out = n // 2 if gated else n
+        out = torch.empty(m, n_out, dtype=x.dtype, device=x.device)
+        # Gated, a program's four row sets are two of gate rows and the two of up rows they pair with.
+        sets = 2 if gated else 4
+        _w4a16_gemv_kernel[lambda meta: (triton.cdiv(n_out, sets * meta["BLOCK_N"]),)](
+            x, packed, scales, zeros, bias if bias is not None else scales, out, n_out, k,
             packed.stride(0), scales.stride(0), GROUP=group_size, HAS_BIAS=bias is not None,
-            X_BF16=x.dtype == torch.bfloat16, PAIRED=x.dtype != torch.float32, **pdl_args(x.device),
+            X_BF16=x.dtype == torch.bfloat16, PAIRED=x.dtype != torch.float32, GATED=gated, **pdl_args(x.device),
         )
         return out
     # Split-K candidates accumulate in fp32; the cast afterwards is one small launch.
@@ -632,7 +678,7 @@ def gemm_w4a16_triton(x, packed, scales, zeros, group_size: int, bias=None, *, p
         GROUP=group_size, HAS_BIAS=bias is not None, X_FP32=x.dtype == torch.float32,
         BLOCK_M=max(16, triton.next_power_of_2(m)), **pdl_args(x.device),
     )
-    return out.to(x.dtype)
+    return (silu_mul(out) if gated else out).to(x.dtype)
 
 
 @triton.jit
@@ -668,7 +714,8 @@ def dequantize_w4_triton(packed, scales, zeros, group_size: int, dtype: torch.dt
     return w
 
 
-def gemm_w4a16(x, packed, scales, zeros, group_size: int = 128, bias=None, *, backend: str = "auto"):
+def gemm_w4a16(x, packed, scales, zeros, group_size: int = 128, bias=None, *, gated: bool = False,
+               backend: str = "auto"):
     """``x @ dequant(packed).T + bias`` with int4 weights dequantized per group.
 
     Args:
@@ -683,11 +730,14 @@ def gemm_w4a16(x, packed, scales, zeros, group_size: int = 128, bias=None, *, ba
             both are copied row-major); value = (q - zero) * scale.
         group_size: K elements per scale (128 in the default recipes).
         bias: [N] or None.
+        gated: the rows stack a gated MLP's gate projection over its up projection (N even);
+            returns :func:`silu_mul` of the fp32 product, [M, N / 2]. At one token the GEMV
+            applies it as it stores, so the MLP's activation costs no launch of its own.
         backend: ``auto``, ``triton`` or ``reference``.
 
     Returns:
-        [M, N] in x.dtype.
+        [M, N] (gated: [M, N / 2]) in x.dtype.
     """
     if use_triton(x, backend):
-        return gemm_w4a16_triton(x, packed, scales, zeros, group_size, bias)
-    return gemm_w4a16_reference(x, packed, scales, zeros, group_size, bias)
+        return gemm_w4a16_triton(x, packed, scales, zeros, group_size, bias, gated=gated)
+    return gemm_w4a16_reference(x, packed, scales, zeros, group_size, bias, gated=gated)

@@ -48,13 +48,16 @@ def _(xq, xs, wq, ws, bias, out_dtype):
 
 @torch.library.custom_op("precisionops::gemm_w4a16", mutates_args=())
 def gemm_w4a16_op(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor,
-                  group_size: int, bias: torch.Tensor | None) -> torch.Tensor:
-    return gemm_w4a16(x, packed, scales, zeros, group_size, bias)
+                  group_size: int, bias: torch.Tensor | None, gated: bool = False) -> torch.Tensor:
+    return gemm_w4a16(x, packed, scales, zeros, group_size, bias, gated=gated)
 
 
 @gemm_w4a16_op.register_fake
-def _(x, packed, scales, zeros, group_size, bias):
-    return x.new_empty(x.shape[0], packed.shape[0])
+def _(x, packed, scales, zeros, group_size, bias, gated=False):
+    n = packed.shape[0]
+    if gated and n % 2:
+        raise ValueError(f"gated needs the gate and up rows stacked, an even N; packed has N={n}")
+    return x.new_empty(x.shape[0], n // 2 if gated else n)
 
 
 @torch.library.custom_op("precisionops::decode_attention", mutates_args=())

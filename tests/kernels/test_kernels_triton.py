@@ -337,6 +337,49 @@ def test_w4_dequantize_kernel(device, group):
     assert torch.equal(got, dequantize_w4_reference(packed, scales, zeros, group))
 
 
+def _gated_reference(x, packed, scales, zeros, group, bias):
+    """silu(gate) * up from the two halves' own fp32 products: checks which rows each output pairs."""
+    half = packed.shape[0] // 2
+    gate, up = (gemm_w4a16_reference(x.float(), packed[rows], scales[rows], zeros[rows], group, bias[rows])
+                for rows in (slice(0, half), slice(half, None)))
+    return torch.nn.functional.silu(gate) * up
+
+
+@pytest.mark.parametrize("m, path", [(1, "gemv"), (1, "tc"), (20, "tc"), (3, "dequant")])
+def test_w4a16_gated_every_path_matches_reference(device, m, path):
+    # 37 outputs: no whole number of the GEMV's two row sets; 7 groups: ragged last steps. Weights
+    # of a trained layer's size, so that gate * up of the 100x outliers stays within fp16.
+    n, k, group = 2 * 37, 224, 32
+    packed, scales, zeros = quantize_w4_reference(torch.randn(n, k, device=device) * 0.05, group, False)
+    bias = torch.randn(n, device=device)
+    for dtype in x_dtypes(device):
+        x = with_outliers(m, k, device, dtype)
+        out = gemm_w4a16_mod.gemm_w4a16_triton(x, packed, scales, zeros, group, bias, gated=True, path=path)
+        ref = _gated_reference(x, packed, scales, zeros, group, bias)
+        assert out.dtype == dtype and out.shape == (m, n // 2)
+        bound = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1.5e-2}[dtype]
+        assert rel_err(out, ref) < bound, dtype
+        assert rel_err(gemm_w4a16_reference(x, packed, scales, zeros, group, bias, gated=True), ref) < bound
+
+
+def test_w4a16_gated_needs_stacked_rows():
+    packed, scales, zeros = quantize_w4_reference(torch.randn(5, 64), 32, False)
+    for fn in (gemm_w4a16_reference, gemm_w4a16_mod.gemm_w4a16_triton):
+        with pytest.raises(ValueError, match="even N"):
+            fn(torch.randn(1, 64), packed, scales, zeros, 32, gated=True)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("m", [1, 16, 300])
+def test_w4a16_gated_large_gpu(m):
+    n = 2 * 1000
+    packed, scales, zeros = quantize_w4_reference(torch.randn(n, 4096, device="cuda").bfloat16(), 128, True)
+    bias = torch.randn(n, device="cuda")
+    x = with_outliers(m, 4096, "cuda", torch.bfloat16)
+    out = gemm_w4a16(x, packed, scales, zeros, 128, bias, gated=True)
+    assert rel_err(out, _gated_reference(x, packed, scales, zeros, 128, bias)) < 1.5e-2
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("m", [1, 3, 16, 64, 128, 1024])
 def test_w4a16_gemm_large_gpu(m):
