@@ -17,6 +17,7 @@ from runtime.models import attention_layers, linear_ops
 from runtime.modules import KVCacheQuant, MixedLinear, QuantLinear, attach, kv_geometry
 from runtime.modules.attention import use_decode_kernel
 from runtime.modules.fused_linear import fuse_siblings
+from runtime.modules.gated_mlp import fuse_gated_mlps
 from runtime.modules.quant_linear import keep_group_major_scales
 from runtime.plans import Plan
 
@@ -45,7 +46,8 @@ def load_engine(path: str | os.PathLike, device: str | torch.device = "cpu",
     `fuse` runs sibling ops of the same numerics (q/k/v, gate/up) as one GEMM each (runtime.modules.fused_linear);
     by default on CUDA, where the ops run kernels whose narrow GEMMs and launches that saves. The CPU's reference
     paths widen a group's weights at once, and at Llama-3-8B shapes that ran slower fused, not faster
-    (bench/results/fused-siblings-cpu-llama8b.json). On CUDA int4 GEMMs also keep group-major copies of
+    (bench/results/fused-siblings-cpu-llama8b.json). A fused int4 gate and up also apply their MLP's SiLU and
+    product in the GEMM (runtime.modules.gated_mlp). On CUDA int4 GEMMs also keep group-major copies of
     their scales and zeros for the tensor-core kernel (QuantLinear.keep_group_major_scales)."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
@@ -95,6 +97,7 @@ def load_engine(path: str | os.PathLike, device: str | torch.device = "cpu",
     model.to(device).eval()
     if (fuse if fuse is not None else torch.device(device).type == "cuda"):
         fuse_siblings(model)
+        fuse_gated_mlps(model)
     if torch.device(device).type == "cuda":
         keep_group_major_scales(model)
     if torch.device(device).type == "cuda" and getattr(config, "_attn_implementation", None) in (None, "sdpa"):

@@ -72,6 +72,11 @@ class FusedSiblings:
             m.siblings, m.sibling_index = self, i
             start += m.out_features
 
+    def gated(self, x: torch.Tensor) -> torch.Tensor:
+        """silu(gate(x)) * up(x) for a [gate, up] group, in one GEMM (runtime.modules.gated_mlp)."""
+        self.fused.observe = any(m.observe for m in self.members)
+        return self.fused(x, gated=True)
+
     def output(self, member: QuantLinear, x: torch.Tensor) -> torch.Tensor:
         i = member.sibling_index
         pending = self._pending

@@ -8,7 +8,7 @@ from torch import nn
 from kernels.act_quant import act_quant, act_quant_reference
 from kernels.gemm_fp8 import gemm_fp8
 from kernels.gemm_int8 import gemm_int8
-from kernels.gemm_w4a16 import dequantize_w4_reference, gemm_w4a16, quantize_w4_reference, w4a16_path
+from kernels.gemm_w4a16 import dequantize_w4_reference, gemm_w4a16, quantize_w4_reference, silu_mul, w4a16_path
 from kernels.ops import gemm_w4a16_op, gemm_w8a8_op
 from runtime.formats import WIDE_FORMATS, get_format, quantize
 from runtime.plans import OpPlan
@@ -153,7 +153,9 @@ class QuantLinear(nn.Module):
             w = w * self.weight_scale
         return w.to(dtype)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, gated: bool = False) -> torch.Tensor:
+        """``gated``: the rows stack a gated MLP's gate over its up projection; returns silu(gate) * up
+        (runtime.modules.gated_mlp), in the int4 GEMM itself where it can."""
         if self.siblings is not None:
             return self.siblings.output(self, x)
         shape = x.shape
@@ -183,10 +185,13 @@ class QuantLinear(nn.Module):
                 self.activation_stats.update(float(x2.abs().amax()) if x2.numel() else 0.0, 0, x2.numel())
             if self.weight_format == "int4":
                 gemm = gemm_w4a16_op if compiling else gemm_w4a16
-                y = gemm(x2, self.weight_packed, *self._w4_scales(x2), self.group_size, bias)
+                y = gemm(x2, self.weight_packed, *self._w4_scales(x2), self.group_size, bias, gated=gated)
+                gated = False  # done in the GEMM
             else:
                 y = F.linear(x2, self.dequantized_weight(x.dtype), bias)
-        return y.reshape(*shape[:-1], self.out_features)
+        if gated:
+            y = silu_mul(y)
+        return y.reshape(*shape[:-1], y.shape[-1])
 
     def extra_repr(self) -> str:
         return (f"in={self.in_features}, out={self.out_features}, W={self.weight_format}"
