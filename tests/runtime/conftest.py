@@ -81,6 +81,36 @@ def tiny_llama_dir(tmp_path, tiny_llama, tiny_tokenizer):
     return path
 
 
+@pytest.fixture
+def tiny_engine(tmp_path, tiny_llama_dir):
+    """tiny_engine(recipe) -> the folder of `tiny_llama` built as an engine for the CPU profile."""
+    from runtime.accelerators import get_profile
+    from runtime.engines import build
+
+    return lambda recipe: build(tiny_llama_dir, recipe, get_profile("cpu"), out_root=tmp_path / "engines").path
+
+
+@pytest.fixture
+def compiled_calls():
+    """compiled_calls(model, ids, op) -> the calls of custom op `op` in torch.compile's graph of the model's
+    logits, which must trace without a graph break and give eager's logits."""
+    def run(model, ids, op):
+        calls = []
+
+        def backend(gm, example_inputs):
+            calls.extend(n for n in gm.graph.nodes if n.op == "call_function" and n.target is op._opoverload)
+            return gm
+
+        torch._dynamo.reset()
+        with torch.no_grad():
+            explained = torch._dynamo.explain(lambda x: model(input_ids=x, use_cache=False).logits)(ids)
+            assert explained.graph_break_count == 0
+            compiled = torch.compile(lambda x: model(input_ids=x, use_cache=False).logits, backend=backend)
+            assert torch.equal(compiled(ids), model(input_ids=ids, use_cache=False).logits)
+        return calls
+    return run
+
+
 CORPUS_LINES = [
     {"text": "The quick brown fox jumps over the lazy dog.", "slice": "english", "tags": ["prose"]},
     {"text": "Calibration records the range of every activation in the model.", "slice": "english"},

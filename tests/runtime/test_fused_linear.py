@@ -3,8 +3,7 @@ import pytest
 import torch
 
 from kernels.ops import gemm_w4a16_op, gemm_w8a8_op
-from runtime.accelerators import get_profile
-from runtime.engines import build, load_engine
+from runtime.engines import load_engine
 from runtime.modules import QuantLinear
 from runtime.modules.fused_linear import FusedSiblings, compatible, fuse_siblings
 from runtime.plans import OpPlan
@@ -26,14 +25,8 @@ GROUPS_PER_LAYER = [["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"]
 
 
 @pytest.fixture
-def engine_path(tmp_path, tiny_llama, tiny_tokenizer):
-    src = tmp_path / "tiny-llama"
-    tiny_llama.save_pretrained(src)
-    tiny_tokenizer.save_pretrained(src)
-
-    def make(recipe: str):
-        return build(src, RECIPES[recipe], get_profile("cpu"), out_root=tmp_path / "engines").path
-    return make
+def engine_path(tiny_engine):
+    return lambda recipe: tiny_engine(RECIPES[recipe])
 
 
 def _layers(model) -> int:
@@ -135,26 +128,11 @@ def test_a_model_with_incompatible_siblings_keeps_them_apart(tiny_llama):
 
 
 @pytest.mark.parametrize("recipe, op", [("fp8_w8a8", gemm_w8a8_op), ("int4_g32", gemm_w4a16_op)])
-def test_compiled_fused_engine_calls_fewer_gemms_and_matches_eager(engine_path, recipe, op):
+def test_compiled_fused_engine_calls_fewer_gemms_and_matches_eager(engine_path, compiled_calls, recipe, op):
     # torch.compile traces the group's hand-over without a graph break: 4 GEMMs a layer instead of 7.
     path = engine_path(recipe)
     ids = torch.randint(3, 300, (1, 5))
-    counts = []
-    for fuse in (False, True):
-        model = load_engine(path, fuse=fuse).model
-        gemms = []
-
-        def backend(gm, example_inputs):
-            gemms.extend(n for n in gm.graph.nodes if n.op == "call_function" and n.target is op._opoverload)
-            return gm
-
-        torch._dynamo.reset()
-        with torch.no_grad():
-            explained = torch._dynamo.explain(lambda x: model(input_ids=x, use_cache=False).logits)(ids)
-            assert explained.graph_break_count == 0
-            compiled = torch.compile(lambda x: model(input_ids=x, use_cache=False).logits, backend=backend)
-            assert torch.equal(compiled(ids), model(input_ids=ids, use_cache=False).logits)
-        counts.append(len(gemms))
+    counts = [len(compiled_calls(load_engine(path, fuse=fuse).model, ids, op)) for fuse in (False, True)]
     layers = 2
     assert counts[0] - counts[1] == 3 * layers and counts[1] >= 4 * layers
 

@@ -4,9 +4,9 @@ import torch
 from torch import nn
 
 from kernels.ops import gemm_w4a16_op
-from runtime.accelerators import get_profile
-from runtime.engines import build, load_engine
+from runtime.engines import load_engine
 from runtime.modules import QuantLinear
+from runtime.modules.fused_linear import fuse_siblings
 from runtime.modules.gated_mlp import fuse_gated_mlps
 from runtime.recipes import Recipe, preset
 
@@ -14,20 +14,12 @@ INT4_G32 = Recipe.from_dict({"name": "int4g32", "default": {"weights": {
     "format": "int4", "strategy": "group", "group_size": 32}}})
 
 
-@pytest.fixture
-def engine(tmp_path, tiny_llama, tiny_tokenizer):
-    src = tmp_path / "tiny-llama"
-    tiny_llama.save_pretrained(src)
-    tiny_tokenizer.save_pretrained(src)
-    return lambda recipe: build(src, recipe, get_profile("cpu"), out_root=tmp_path / "engines").path
-
-
 def _mlps(model):
     return [layer.mlp for layer in model.model.layers]
 
 
-def test_int4_mlps_take_one_gated_gemm_and_give_the_unfused_logits(engine):
-    path = engine(INT4_G32)
+def test_int4_mlps_take_one_gated_gemm_and_give_the_unfused_logits(tiny_engine):
+    path = tiny_engine(INT4_G32)
     alone, fused = load_engine(path, fuse=False).model, load_engine(path, fuse=True).model
     assert all("forward" in mlp.__dict__ for mlp in _mlps(fused))
     assert not any("forward" in mlp.__dict__ for mlp in _mlps(alone))
@@ -51,8 +43,8 @@ def test_int4_mlps_take_one_gated_gemm_and_give_the_unfused_logits(engine):
     assert len(member_calls) == 1 and torch.equal(member_calls[0], ref.up_proj(x))
 
 
-def test_gated_mlps_record_the_statistics_of_gate_and_up(engine):
-    path = engine(INT4_G32)
+def test_gated_mlps_record_the_statistics_of_gate_and_up(tiny_engine):
+    path = tiny_engine(INT4_G32)
     ids = torch.randint(3, 300, (1, 9))
     stats = []
     for fuse in (False, True):
@@ -67,12 +59,11 @@ def test_gated_mlps_record_the_statistics_of_gate_and_up(engine):
     assert stats[0] == stats[1]
 
 
-def test_only_int4_silu_mlps_whose_output_matches_are_rewired(engine, tiny_llama):
+def test_only_int4_silu_mlps_whose_output_matches_are_rewired(tiny_engine):
     # fp8 W8A8: its gate and up fuse, but no kernel applies silu; the compiler fuses it with the act quant.
-    assert not any("forward" in mlp.__dict__ for mlp in _mlps(load_engine(engine(preset("fp8_w8a8")), fuse=True).model))
-    model = load_engine(engine(INT4_G32), fuse=False).model
-    from runtime.modules.fused_linear import fuse_siblings
-
+    fp8 = load_engine(tiny_engine(preset("fp8_w8a8")), fuse=True).model
+    assert not any("forward" in mlp.__dict__ for mlp in _mlps(fp8))
+    model = load_engine(tiny_engine(INT4_G32), fuse=False).model
     fuse_siblings(model)
     first, second = _mlps(model)
     first.act_fn = nn.GELU()
@@ -88,27 +79,15 @@ def test_only_int4_silu_mlps_whose_output_matches_are_rewired(engine, tiny_llama
     assert fuse_gated_mlps(model) == []  # once
 
 
-def test_compiled_gated_mlp_is_one_graph_with_eager_numerics(engine):
-    model = load_engine(engine(INT4_G32), fuse=True).model
-    ops = []
-
-    def backend(gm, example_inputs):
-        ops.extend(n for n in gm.graph.nodes if n.op == "call_function" and n.target is gemm_w4a16_op._opoverload)
-        return gm
-
-    ids = torch.randint(3, 300, (1, 6))
-    torch._dynamo.reset()
-    with torch.no_grad():
-        explained = torch._dynamo.explain(lambda x: model(input_ids=x, use_cache=False).logits)(ids)
-        assert explained.graph_break_count == 0
-        compiled = torch.compile(lambda x: model(input_ids=x, use_cache=False).logits, backend=backend)
-        assert torch.equal(compiled(ids), model(input_ids=ids, use_cache=False).logits)
-    assert [n.kwargs.get("gated", False) for n in ops].count(True) == 2  # one per layer
+def test_compiled_gated_mlp_is_one_graph_with_eager_numerics(tiny_engine, compiled_calls):
+    model = load_engine(tiny_engine(INT4_G32), fuse=True).model
+    calls = compiled_calls(model, torch.randint(3, 300, (1, 6)), gemm_w4a16_op)
+    assert [n.kwargs.get("gated", False) for n in calls].count(True) == 2  # one per layer
 
 
 @pytest.mark.gpu
-def test_cuda_gated_mlps_match_the_unfused_kernels(engine):
-    path = engine(INT4_G32)
+def test_cuda_gated_mlps_match_the_unfused_kernels(tiny_engine):
+    path = tiny_engine(INT4_G32)
     alone, fused = load_engine(path, device="cuda", fuse=False).model, load_engine(path, device="cuda").model
     assert all("forward" in mlp.__dict__ for mlp in _mlps(fused))
     for shape in ((1, 1), (2, 19)):  # the gated GEMV at a decode step, the tensor-core path at a prefill

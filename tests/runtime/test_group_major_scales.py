@@ -2,8 +2,7 @@
 import pytest
 import torch
 
-from runtime.accelerators import get_profile
-from runtime.engines import build, load_engine
+from runtime.engines import load_engine
 from runtime.modules import QuantLinear
 from runtime.modules.quant_linear import keep_group_major_scales
 from runtime.recipes import Recipe
@@ -13,11 +12,8 @@ INT4 = Recipe.from_dict({"name": "int4g32", "default": {"weights": {
 
 
 @pytest.fixture
-def int4_engine(tmp_path, tiny_llama, tiny_tokenizer):
-    src = tmp_path / "tiny-llama"
-    tiny_llama.save_pretrained(src)
-    tiny_tokenizer.save_pretrained(src)
-    return build(src, INT4, get_profile("cpu"), out_root=tmp_path / "engines").path
+def int4_engine(tiny_engine):
+    return tiny_engine(INT4)
 
 
 def _int4_ops(model) -> list[QuantLinear]:
