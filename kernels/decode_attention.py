@@ -240,7 +240,7 @@ def _decode_attention_kernel(
         # Partial (max, sum, unnormalized acc) per query head and split, [B, Hq, splits(, D)]; a
         # split past the sequence's end writes none (the reduction reads the live ones only).
         row = (b * NUM_KV_HEADS * GROUP + heads) * num_splits + split
-        live = mask_g & (offs_g * 0 + start < seq_len)
+        live = mask_g & (offs_g * 0 + start < seq_len)  # compared as a vector: the interpreter masks no scalar
         tl.store(m_ptr + row, m_i, mask=live)
         tl.store(l_ptr + row, l_i, mask=live)
         tl.store(acc_ptr + row[:, None] * HEAD_DIM + offs_d[None, :], acc, mask=live[:, None])

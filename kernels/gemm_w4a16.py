@@ -91,16 +91,19 @@ def silu_mul(y: torch.Tensor) -> torch.Tensor:
     return torch.nn.functional.silu(gate) * up
 
 
-def _check_gated(n: int) -> None:
+def output_width(n: int, gated: bool) -> int:
+    """Output features of an N-row weight: N, or gated (gate over up rows) N / 2, for an even N."""
+    if not gated:
+        return n
     if n % 2:
         raise ValueError(f"gated needs the gate and up rows stacked, an even N; packed has N={n}")
+    return n // 2
 
 
 def gemm_w4a16_reference(x, packed, scales, zeros, group_size: int, bias=None, gated: bool = False):
     """Pure-torch :func:`gemm_w4a16`: dequantize to fp32, fp32 matmul (and silu_mul), cast to x.dtype."""
     _check_w4a16(x, packed, scales, zeros, group_size, bias)
-    if gated:
-        _check_gated(packed.shape[0])
+    output_width(packed.shape[0], gated)
     # read MK + NK/2 + 2 NK/g ; write MN (plus an NK fp32 temporary for the dequantized weight)
     w = dequantize_w4_reference(packed, scales, zeros, group_size)
     out = x.float() @ w.t()
@@ -353,24 +356,25 @@ def _w4a16_gemv_kernel(
     # width, sets a and b are gate rows and c and d the up rows N further, and the program stores
     # silu(gate) * up, computed from the fp32 sums.
     pid_n = tl.program_id(0)
+    OUTPUT_ROWS: tl.constexpr = (2 if GATED else 4) * BLOCK_N
+    offs_a = pid_n * OUTPUT_ROWS + tl.arange(0, BLOCK_N)
+    offs_b = offs_a + BLOCK_N
+    live_a = offs_a < N
+    live_b = offs_b < N
     if GATED:
-        offs_a = pid_n * 2 * BLOCK_N + tl.arange(0, BLOCK_N)
-        offs_b = offs_a + BLOCK_N
         offs_c = offs_a + N
         offs_d = offs_b + N
-        rows_a = tl.where(offs_a < N, offs_a, 0).to(tl.int64)
-        rows_b = tl.where(offs_b < N, offs_b, 0).to(tl.int64)
-        rows_c = tl.where(offs_a < N, offs_c, 0).to(tl.int64)
-        rows_d = tl.where(offs_b < N, offs_d, 0).to(tl.int64)
+        live_c = live_a
+        live_d = live_b
     else:
-        offs_a = pid_n * 4 * BLOCK_N + tl.arange(0, BLOCK_N)
-        offs_b = offs_a + BLOCK_N
         offs_c = offs_b + BLOCK_N
         offs_d = offs_c + BLOCK_N
-        rows_a = tl.where(offs_a < N, offs_a, 0).to(tl.int64)
-        rows_b = tl.where(offs_b < N, offs_b, 0).to(tl.int64)
-        rows_c = tl.where(offs_c < N, offs_c, 0).to(tl.int64)
-        rows_d = tl.where(offs_d < N, offs_d, 0).to(tl.int64)
+        live_c = offs_c < N
+        live_d = offs_d < N
+    rows_a = tl.where(live_a, offs_a, 0).to(tl.int64)
+    rows_b = tl.where(live_b, offs_b, 0).to(tl.int64)
+    rows_c = tl.where(live_c, offs_c, 0).to(tl.int64)
+    rows_d = tl.where(live_d, offs_d, 0).to(tl.int64)
     n_quads = K // 32
     QPG: tl.constexpr = GROUP // 32
     words = p_ptr.to(tl.pointer_type(tl.int32))
@@ -422,18 +426,18 @@ def _w4a16_gemv_kernel(
                                                 s_a, s_b, s_c, s_d, z_a, z_b, z_c, z_d, x_rows, (n_steps - 1) * QUADS,
                                                 n_quads, X_BF16, PAIRED, BLOCK_N, QUADS)
 
+    out_a = _row_sums(bias_ptr, acc_a, offs_a, live_a, HAS_BIAS)
+    out_b = _row_sums(bias_ptr, acc_b, offs_b, live_b, HAS_BIAS)
+    out_c = _row_sums(bias_ptr, acc_c, offs_c, live_c, HAS_BIAS)
+    out_d = _row_sums(bias_ptr, acc_d, offs_d, live_d, HAS_BIAS)
     if GATED:
-        gate_a = _row_sums(bias_ptr, acc_a, offs_a, offs_a < N, HAS_BIAS)
-        gate_b = _row_sums(bias_ptr, acc_b, offs_b, offs_b < N, HAS_BIAS)
-        up_a = _row_sums(bias_ptr, acc_c, offs_c, offs_a < N, HAS_BIAS)
-        up_b = _row_sums(bias_ptr, acc_d, offs_d, offs_b < N, HAS_BIAS)
-        _store_out(out_ptr, gate_a * tl.sigmoid(gate_a) * up_a, offs_a, N)
-        _store_out(out_ptr, gate_b * tl.sigmoid(gate_b) * up_b, offs_b, N)
+        _store_out(out_ptr, out_a * tl.sigmoid(out_a) * out_c, offs_a, live_a)
+        _store_out(out_ptr, out_b * tl.sigmoid(out_b) * out_d, offs_b, live_b)
     else:
-        _store_out(out_ptr, _row_sums(bias_ptr, acc_a, offs_a, offs_a < N, HAS_BIAS), offs_a, N)
-        _store_out(out_ptr, _row_sums(bias_ptr, acc_b, offs_b, offs_b < N, HAS_BIAS), offs_b, N)
-        _store_out(out_ptr, _row_sums(bias_ptr, acc_c, offs_c, offs_c < N, HAS_BIAS), offs_c, N)
-        _store_out(out_ptr, _row_sums(bias_ptr, acc_d, offs_d, offs_d < N, HAS_BIAS), offs_d, N)
+        _store_out(out_ptr, out_a, offs_a, live_a)
+        _store_out(out_ptr, out_b, offs_b, live_b)
+        _store_out(out_ptr, out_c, offs_c, live_c)
+        _store_out(out_ptr, out_d, offs_d, live_d)
 
 
 @triton.jit
@@ -463,8 +467,8 @@ def _row_sums(bias_ptr, acc, rows, live, HAS_BIAS: tl.constexpr):
 
 
 @triton.jit
-def _store_out(out_ptr, out, offs_n, N):
-    tl.store(out_ptr + offs_n, out.to(out_ptr.dtype.element_ty), mask=offs_n < N)
+def _store_out(out_ptr, out, offs_n, live):
+    tl.store(out_ptr + offs_n, out.to(out_ptr.dtype.element_ty), mask=live)
 
 
 def _tc_config(bn, split_k, warps, stages, groups_per_step=1, reg_prefetch=False):
@@ -631,14 +635,13 @@ def gemm_w4a16_triton(x, packed, scales, zeros, group_size: int, bias=None, *, g
                       path: str = "auto"):
     """Launches the W4A16 path for ``x``'s token count (``path`` forces one, for bench/kernels.py)."""
     _check_w4a16(x, packed, scales, zeros, group_size, bias)
-    if gated:
-        _check_gated(packed.shape[0])
+    n_out = output_width(packed.shape[0], gated)
     if path not in PATHS:
         raise ValueError(f"path must be one of {PATHS}, got {path!r}")
     m, k = x.shape
     n = packed.shape[0]
     if m == 0 or n == 0:
-        return x.new_empty(m, n // 2 if gated else n)
+        return x.new_empty(m, n_out)
     if path == "auto":
         path = w4a16_path(m, group_size)
     elif path != "dequant" and w4a16_path(1, group_size) == "dequant":
@@ -661,11 +664,10 @@ def gemm_w4a16_triton(x, packed, scales, zeros, group_size: int, bias=None, *, g
         if packed.data_ptr() % 16:
             # The GEMV reads 16-byte runs of words; a view at an odd offset gets an aligned copy.
             packed = packed.clone()
-        n_out = n // 2 if gated else n
         out = torch.empty(m, n_out, dtype=x.dtype, device=x.device)
         # Gated, a program's four row sets are two of gate rows and the two of up rows they pair with.
-        sets = 2 if gated else 4
-        _w4a16_gemv_kernel[lambda meta: (triton.cdiv(n_out, sets * meta["BLOCK_N"]),)](
+        outputs_per_program = 2 if gated else 4
+        _w4a16_gemv_kernel[lambda meta: (triton.cdiv(n_out, outputs_per_program * meta["BLOCK_N"]),)](
             x, packed, scales, zeros, bias if bias is not None else scales, out, n_out, k,
             packed.stride(0), scales.stride(0), GROUP=group_size, HAS_BIAS=bias is not None,
             X_BF16=x.dtype == torch.bfloat16, PAIRED=x.dtype != torch.float32, GATED=gated, **pdl_args(x.device),

@@ -11,7 +11,7 @@ from kernels.act_quant import act_quant
 from kernels.decode_attention import decode_attention
 from kernels.gemm_fp8 import gemm_fp8
 from kernels.gemm_int8 import gemm_int8
-from kernels.gemm_w4a16 import gemm_w4a16
+from kernels.gemm_w4a16 import gemm_w4a16, output_width
 
 _QDTYPES = {"fp8_e4m3": torch.float8_e4m3fn, "int8": torch.int8}
 
@@ -54,10 +54,7 @@ def gemm_w4a16_op(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor, z
 
 @gemm_w4a16_op.register_fake
 def _(x, packed, scales, zeros, group_size, bias, gated=False):
-    n = packed.shape[0]
-    if gated and n % 2:
-        raise ValueError(f"gated needs the gate and up rows stacked, an even N; packed has N={n}")
-    return x.new_empty(x.shape[0], n // 2 if gated else n)
+    return x.new_empty(x.shape[0], output_width(packed.shape[0], gated))
 
 
 @torch.library.custom_op("precisionops::decode_attention", mutates_args=())
