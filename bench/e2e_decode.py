@@ -6,7 +6,8 @@ The stack has Llama-3-8B layer shapes (hidden 4096, MLP 14336, 32 query / 8 KV h
 with random weights, a few layers and a small byte-level vocabulary (so the lm_head, which the
 plan keeps wide, does not dominate a few-layer stack). Each variant is a real engine: built by
 ``runtime.engines.build`` from a saved model folder under the ``h100`` profile, loaded with
-``runtime.engines.load_engine`` onto the GPU, and decoded at batch 1 through a static KV cache.
+``runtime.engines.load_engine`` onto the GPU, and decoded at batch 1 (``--batch B``: B sequences a
+step, whose linear layers then take the W4A16 tensor-core and swapped W8A8 paths) through a static KV cache.
 Decode steps replay a CUDA graph (as a serving stack would; eager launches would time Python),
 and the eager time is recorded beside it. Time to first token is the prefill forward plus the
 first argmax, after a warm-up prefill of the same length.
@@ -25,6 +26,7 @@ import statistics
 import sys
 import tempfile
 import time
+from inspect import signature
 from pathlib import Path
 
 import torch
@@ -120,7 +122,7 @@ def print_stages(label: str, stages: dict) -> None:
 
 
 def decode_rates(step, token, pos, prompt_len: int, new_tokens: int, prefill):
-    """Greedy decode tokens/s of ``step``: eager, and replayed from a CUDA graph (None and the error
+    """Greedy decode tokens/s (over all of ``token``'s sequences) of ``step``: eager, and replayed from a CUDA graph (None and the error
     when capture fails); and how far apart the logits of one step from one cache state are, replayed
     twice and run once without the graph (``prefill`` resets the cache and fills it with the prompt)."""
     # Eager decode (also warms the M = 1 kernels up before graph capture).
@@ -130,9 +132,10 @@ def decode_rates(step, token, pos, prompt_len: int, new_tokens: int, prefill):
     t0 = time.perf_counter()
     for i in range(new_tokens):
         pos.fill_(prompt_len + i)
-        token.copy_(step()[:, -1].argmax(-1).view(1, 1))
+        token.copy_(step()[:, -1].argmax(-1).view(-1, 1))
     torch.cuda.synchronize()
-    eager_tps = new_tokens / (time.perf_counter() - t0)
+    batch = token.shape[0]
+    eager_tps = batch * new_tokens / (time.perf_counter() - t0)
 
     graph_tps, graph_error = None, None
     try:
@@ -152,9 +155,9 @@ def decode_rates(step, token, pos, prompt_len: int, new_tokens: int, prefill):
             for i in range(new_tokens):
                 pos.fill_(prompt_len + i)
                 graph.replay()
-                token.copy_(static_logits[:, -1].argmax(-1).view(1, 1))
+                token.copy_(static_logits[:, -1].argmax(-1).view(-1, 1))
             torch.cuda.synchronize()
-            rates.append(new_tokens / (time.perf_counter() - t0))
+            rates.append(batch * new_tokens / (time.perf_counter() - t0))
         graph_tps = statistics.median(rates)
         # One step from one cache state (the prompt's), replayed twice and run once without the
         # graph: the kernels are deterministic, so a difference between the replays is a read
@@ -176,7 +179,7 @@ def decode_rates(step, token, pos, prompt_len: int, new_tokens: int, prefill):
     return eager_tps, graph_tps, graph_error, agreement
 
 
-def measure(loaded, prompt_len: int, new_tokens: int, vocab: int, compile_step: bool = True) -> dict:
+def measure(loaded, prompt_len: int, new_tokens: int, vocab: int, compile_step: bool = True, batch: int = 1) -> dict:
     """TTFT, decode tokens/s (graph-replayed and eager, plain and through torch.compile) and peak
     memory of one loaded engine."""
     from transformers import StaticCache
@@ -186,8 +189,9 @@ def measure(loaded, prompt_len: int, new_tokens: int, vocab: int, compile_step: 
     # cache_position (seen with 5.17), so every step of every phase below (5 + 4 x new_tokens)
     # gets its own slot (the cache is reset before the compiled phase); attention over a static
     # cache costs the same at any fill level.
-    cache = StaticCache(config=model.config, max_cache_len=prompt_len + 4 * new_tokens + 32)
-    prompt = torch.randint(3, vocab, (1, prompt_len), device="cuda")
+    cache = StaticCache(config=model.config, max_cache_len=prompt_len + 4 * new_tokens + 32,
+                        **({"max_batch_size": batch} if "max_batch_size" in signature(StaticCache).parameters else {}))
+    prompt = torch.randint(3, vocab, (batch, prompt_len), device="cuda")
     positions = torch.arange(prompt_len, device="cuda")
 
     def prefill():
@@ -205,7 +209,7 @@ def measure(loaded, prompt_len: int, new_tokens: int, vocab: int, compile_step: 
             torch.cuda.synchronize()
             ttft.append(time.perf_counter() - t0)
 
-        token = first.view(1, 1).clone()
+        token = first.view(batch, 1).clone()
         pos = torch.tensor([prompt_len], device="cuda")
 
         def step():
@@ -243,6 +247,7 @@ def main() -> None:
     parser.add_argument("--vocab", type=int, default=512)
     parser.add_argument("--prompt-len", type=int, default=512)
     parser.add_argument("--new-tokens", type=int, default=128)
+    parser.add_argument("--batch", type=int, default=1, help="sequences decoded together (tokens/s counts all)")
     parser.add_argument("--workdir", default=None)
     parser.add_argument("--out", default="bench/results/e2e-h100.json")
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile measurement")
@@ -288,7 +293,7 @@ def main() -> None:
         "transformers": transformers.__version__, "date": time.strftime("%Y-%m-%d"),
         "model": {"layers": args.layers, "hidden": 4096, "intermediate": 14336, "heads": 32, "kv_heads": 8,
                   "vocab_requested": args.vocab, "weights": "random (normal, std 0.02)"},
-        "prompt_len": args.prompt_len, "new_tokens": args.new_tokens, "batch": 1,
+        "prompt_len": args.prompt_len, "new_tokens": args.new_tokens, "batch": args.batch,
         # Programmatic dependent launch: the runtime's kernels (PRECISIONOPS_PDL, on by default on
         # sm_90) and torch.compile's generated ones (TORCHINDUCTOR_ENABLE_PDL, off by default).
         "pdl": {"kernels": pdl_args(torch.device("cuda"))["PDL"],
@@ -306,7 +311,7 @@ def main() -> None:
         loaded = load_engine(engine.path, device="cuda")
         kernels = sorted({o.kernel for o in loaded.plan.linear_ops()})
         row = measure(loaded, args.prompt_len, args.new_tokens, loaded.model.config.vocab_size,
-                      compile_step=not args.no_compile)
+                      compile_step=not args.no_compile, batch=args.batch)
         row.update({"engine_id": engine.engine_id, "build_s": built_s, "linear_kernels": kernels,
                     "linear_weight_bytes": engine.manifest["bytes"].get("linear_ops")})
         if args.compare_unfused:
@@ -316,7 +321,8 @@ def main() -> None:
             torch.cuda.reset_peak_memory_stats()
             loaded = load_engine(engine.path, device="cuda", fuse=False)
             unfused = row["unfused"] = measure(loaded, args.prompt_len, args.new_tokens,
-                                               loaded.model.config.vocab_size, compile_step=not args.no_compile)
+                                               loaded.model.config.vocab_size, compile_step=not args.no_compile,
+                                               batch=args.batch)
             row["fusion_speedup_graph"] = _ratio(row, unfused)
             if row["compiled"] and unfused["compiled"]:
                 row["compiled"]["fusion_speedup_graph"] = _ratio(row["compiled"], unfused["compiled"])

@@ -76,16 +76,18 @@ def main() -> None:
         # Four row sets of BLOCK_N rows, QUADS x 32 codes each per step, two steps per loop
         # iteration, over warps x 32 threads.
         report(f"gemv BLOCK_N={bn} QUADS={quads} warps={warps}", k, 2 * 4 * bn * quads * 32 / (warps * 32))
-    tc_sig = {**POINTERS, "out_ptr": "*fp32", "M": "i32", "N": "i32", "K": "i32", "stride_xm": "i32",
-              "stride_pn": "i32", "stride_sn": "i32", "stride_sg": "constexpr", "stride_om": "i32",
-              "GROUP": "constexpr", "HAS_BIAS": "constexpr", "X_FP32": "constexpr", "BLOCK_M": "constexpr",
+    tc_sig = {**POINTERS, "out_ptr": "*bf16", "part_ptr": "*fp32", "lock_ptr": "*i32", "M": "i32", "N": "i32",
+              "K": "i32", "stride_xm": "i32", "stride_pn": "i32", "stride_sn": "i32", "stride_sg": "constexpr",
+              "stride_om": "i32", "GROUP": "constexpr", "HAS_BIAS": "constexpr", "X_FP32": "constexpr",
+              "GATED": "constexpr", "BLOCK_M": "constexpr",
               "BLOCK_N": "constexpr", "SPLIT_K": "constexpr", "GROUPS_PER_STEP": "constexpr",
-              "REG_PREFETCH": "constexpr", "PDL": "constexpr"}
+              "REG_PREFETCH": "constexpr", "SERIAL": "constexpr", "PDL": "constexpr"}
     for cfg in w4._CONFIGS_TC:
         kw = cfg.kwargs
         # Row-major scales: Triton specializes stride_sg = 1 as a constant.
         k = compile_sm90(w4._w4a16_tc_kernel.fn, tc_sig, {"GROUP": 128, "HAS_BIAS": False, "X_FP32": False,
-                                                          "stride_sg": 1, "BLOCK_M": 16, "PDL": True, **kw},
+                                                          "GATED": False, "stride_sg": 1, "BLOCK_M": 16, "PDL": True,
+                                                          "SERIAL": True, **kw},
                          cfg.num_warps, cfg.num_stages)
         report(f"tc M=16 {kw} warps={cfg.num_warps}", k,
                kw["BLOCK_N"] * kw["GROUPS_PER_STEP"] * 128 / (cfg.num_warps * 32))

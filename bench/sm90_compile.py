@@ -131,10 +131,12 @@ def launches() -> list[tuple[object, dict]]:
         packed, scales, zeros = quantize_w4_reference(torch.randn(512, 256, generator=g), 128, False)
         for dtype in (torch.bfloat16, torch.float16, torch.float32):
             s, z = scales.to(dtype), zeros.to(dtype)
-            for m, path in ((1, "gemv"), (16, "tc")):
+            # 16 tokens: the tensor-core kernel's serial split-K; 64: its atomic split-K.
+            for m, path in ((1, "gemv"), (16, "tc"), (64, "tc")):
                 gemm_w4a16_triton(torch.randn(m, 256, generator=g).to(dtype), packed, s, z, 128, path=path)
-            # A gated MLP's fused gate and up: silu(gate) * up as the GEMV stores it.
-            gemm_w4a16_triton(torch.randn(1, 256, generator=g).to(dtype), packed, s, z, 128, path="gemv", gated=True)
+            # A gated MLP's fused gate and up: silu(gate) * up as the GEMV and tensor-core kernels store it.
+            for m, path in ((1, "gemv"), (16, "tc")):
+                gemm_w4a16_triton(torch.randn(m, 256, generator=g).to(dtype), packed, s, z, 128, path=path, gated=True)
             dequantize_w4_triton(packed, s, z, 128, dtype)
         for kv in (torch.bfloat16, torch.float16, torch.float8_e4m3fn):
             for q_dtype in (torch.float32, torch.float16 if kv == torch.float16 else torch.bfloat16):

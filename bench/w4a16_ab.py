@@ -25,9 +25,8 @@ import torch  # noqa: E402
 import triton  # noqa: E402
 
 import kernels.gemm_w4a16 as w4  # noqa: E402
-from kernels._launch import pdl_args  # noqa: E402
 from bench.timing import graph_us, rel_err, write_results  # noqa: E402
-from bench.w4a16_sweep import GROUP, weight_sets  # noqa: E402
+from bench.w4a16_sweep import GROUP, tc_with_config, weight_sets  # noqa: E402
 
 GEMV_SHAPES = [(8192, 8192), (6144, 4096), (4096, 4096), (28672, 4096), (4096, 14336), (28672, 8192), (1024, 4096)]
 TC_SHAPES = [(8192, 8192), (4096, 14336), (28672, 4096), (6144, 4096), (4096, 4096)]
@@ -71,7 +70,7 @@ def maxnreg() -> None:
 
 
 def scale_layout() -> None:
-    rows = []
+    rows, configs = [], list(w4._w4a16_tc_kernel.configs)
     for n, k in TC_SHAPES:
         sets = with_group_major(weight_sets(n, k))
         for m in (16, 64):
@@ -79,20 +78,10 @@ def scale_layout() -> None:
             ref = x.float() @ w4.dequantize_w4_reference(*sets[0][1:4], GROUP).t()
             bf16_us = graph_us(lambda w, *r: x @ w.t(), sets)
             for bn, split_k, warps, stages, prefetch in TC_CONFIGS:
-                out = torch.empty(m, n, dtype=torch.float32, device="cuda")
+                tc = tc_with_config(w4._tc_config(bn, split_k, warps, stages, reg_prefetch=prefetch))
                 for layout in ("ng", "gn"):
-                    def launch(w, p, s, z, s_gm, z_gm, layout=layout, bn=bn, split_k=split_k, warps=warps,
-                               stages=stages, prefetch=prefetch, out=out):
-                        s, z = (s, z) if layout == "ng" else (s_gm, z_gm)
-                        if split_k > 1:
-                            out.zero_()
-                        w4._w4a16_tc_kernel.fn[(triton.cdiv(n, bn), split_k)](
-                            x, p, s, z, s, out, m, n, k, x.stride(0), p.stride(0), s.stride(0), s.stride(1),
-                            out.stride(0), GROUP=GROUP, HAS_BIAS=False, X_FP32=False,
-                            BLOCK_M=max(16, triton.next_power_of_2(m)), BLOCK_N=bn, SPLIT_K=split_k,
-                            GROUPS_PER_STEP=1, REG_PREFETCH=prefetch, num_warps=warps, num_stages=stages,
-                            **pdl_args(x.device))
-                        return out
+                    def launch(w, p, s, z, s_gm, z_gm, layout=layout, tc=tc):
+                        return tc(x, p, *((s, z) if layout == "ng" else (s_gm, z_gm)))
                     err = rel_err(launch(*sets[0]), ref)
                     if not err < 1e-2:
                         raise SystemExit(f"{n}x{k} M={m} {bn}/{split_k} {layout}: rel err {err:.2e}")
@@ -102,6 +91,7 @@ def scale_layout() -> None:
                              key=lambda r: r["us"]) for lay in ("ng", "gn")}
             print(f"{n}x{k} M={m} bf16 {bf16_us:.1f}: " + " | ".join(
                 f"{lay} best {r['us']:.1f} {r['cfg']}" for lay, r in best.items()), flush=True)
+    w4._w4a16_tc_kernel.configs, w4._w4a16_tc_kernel.cache = configs, {}
     write_results("w4a16-tc-scale-layout-h100.json", group_size=GROUP, rows=rows)
 
 

@@ -61,6 +61,17 @@ TC_EXTRA = [w4._tc_config(64, 8, 4, 3), w4._tc_config(128, 8, 8, 3), w4._tc_conf
             w4._tc_config(128, 4, 8, 2, reg_prefetch=True)]
 
 
+def tc_with_config(cfg):
+    """The W4A16 tensor-core path as the launcher runs it (serial or atomic split-K by token count),
+    with one config: ``launch(x, packed, scales, zeros)``. The autotuner is given only ``cfg``."""
+    kernel = w4._w4a16_tc_kernel
+
+    def launch(x, p, s, z):
+        kernel.configs, kernel.cache = [cfg], {}
+        return w4.gemm_w4a16_triton(x, p, s, z, GROUP, path="tc")
+    return launch
+
+
 def _config_name(cfg) -> str:
     return f"{cfg.kwargs} warps={cfg.num_warps} stages={cfg.num_stages}"
 
@@ -88,22 +99,17 @@ def tc_sweep() -> None:
             auto_us = graph_us(lambda w, p, s, z: w4.gemm_w4a16(x, p, s, z, GROUP), sets)
             auto_cfg = best_config(w4._w4a16_tc_kernel)
             timed = []
+            configs = list(w4._w4a16_tc_kernel.configs)
             for cfg in w4._CONFIGS_TC + TC_EXTRA:
-                kw = cfg.kwargs
-                out = torch.empty(m, n, dtype=torch.float32, device="cuda")
+                tc = tc_with_config(cfg)
 
-                def launch(w, p, s, z, kw=kw, cfg=cfg, out=out):
-                    if kw["SPLIT_K"] > 1:
-                        out.zero_()
-                    w4._w4a16_tc_kernel.fn[(triton.cdiv(n, kw["BLOCK_N"]), kw["SPLIT_K"])](
-                        x, p, s, z, s, out, m, n, k, x.stride(0), p.stride(0), s.stride(0), s.stride(1), out.stride(0),
-                        GROUP=GROUP, HAS_BIAS=False, X_FP32=False, BLOCK_M=max(16, triton.next_power_of_2(m)),
-                        num_warps=cfg.num_warps, num_stages=cfg.num_stages, **kw, **pdl_args(x.device))
-                    return out.to(torch.bfloat16)
+                def launch(w, p, s, z, tc=tc):
+                    return tc(x, p, s, z)
                 err = rel_err(launch(*sets[0]), ref)
                 if not err < 1e-2:
                     raise SystemExit(f"{n}x{k} M={m} {_config_name(cfg)}: rel err {err:.2e}")
                 timed.append((graph_us(launch, sets), _config_name(cfg)))
+            w4._w4a16_tc_kernel.configs, w4._w4a16_tc_kernel.cache = configs, {}
             rows.append(_row(f"{n}x{k} M={m}", timed, bf16_us, auto_us, auto_cfg, n=n, k=k, m=m))
     write_results("w4a16-tc-sweep-h100.json", group_size=GROUP, rows=rows)
 

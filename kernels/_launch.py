@@ -65,7 +65,7 @@ def zero_output(nargs):
 # them at zero (the last program of a tile resets its word), so they are zeroed once, when first
 # asked for, as CUTLASS's serial split-K and Marlin's locks are. Launches on one device share
 # them: two split-K launches must not run at once on different streams.
-SPLIT_K_LOCKS = 4096
+SPLIT_K_LOCKS = 1 << 16
 _locks: dict[torch.device, torch.Tensor] = {}
 
 
@@ -80,6 +80,31 @@ def split_k_locks(device: torch.device, tiles: int) -> torch.Tensor:
     if locks is None:
         locks = _locks[device] = torch.zeros(SPLIT_K_LOCKS, dtype=torch.int32, device=device)
     return locks
+
+
+@triton.jit
+def count_in_split(partial, part_ptrs, mask, slice_size, lock_ptr, pid_k):
+    """Serial split-K, every split: stores this split's fp32 partial tile in its own slice of
+    ``part_ptrs`` and counts the program in at ``lock_ptr``. Returns how many splits of the tile
+    had counted in before it: SPLIT_K - 1 makes this program the last, which then sums them
+    (:func:`sum_splits`). One launch, where atomics into an output zeroed first need a fill
+    before and a cast after."""
+    tl.store(part_ptrs + pid_k * slice_size, partial, mask=mask)
+    # Every thread's partial is stored before one thread counts the program in (release), and
+    # the last program's loads come after its count (acquire).
+    tl.debug_barrier()
+    return tl.atomic_add(lock_ptr, 1, sem="acq_rel", scope="gpu")
+
+
+@triton.jit
+def sum_splits(part_ptrs, mask, slice_size, lock_ptr, SPLIT_K: tl.constexpr):
+    """Serial split-K, the last program of a tile: the splits' partials summed in split order
+    (the same sum whatever order they finished in). Resets the tile's count word to zero."""
+    total = tl.load(part_ptrs, mask=mask, other=0.0, cache_modifier=".cg")
+    for s in tl.static_range(1, SPLIT_K):
+        total += tl.load(part_ptrs + s * slice_size, mask=mask, other=0.0, cache_modifier=".cg")
+    tl.atomic_xchg(lock_ptr, 0)
+    return total
 
 
 def use_triton(x: torch.Tensor, backend: str = "auto") -> bool:

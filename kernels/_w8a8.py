@@ -4,8 +4,8 @@ import triton
 import triton.language as tl
 
 from kernels import _launch
-from kernels._launch import (check_2d, check_dtype, check_shape, first_config_only, graph_bench, interpreting,
-                             m_bucket, pdl_args, split_k_locks, wait_prior_grid, zero_output)
+from kernels._launch import (check_2d, check_dtype, check_shape, count_in_split, first_config_only, graph_bench,
+                             interpreting, m_bucket, pdl_args, split_k_locks, sum_splits, wait_prior_grid, zero_output)
 
 OUT_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 
@@ -257,8 +257,8 @@ def _swap_config(bn, bk, warps, stages, split_k=1):
 
 
 # Where the output has fewer 64-row tiles than the GPU has SMs, the autotuner also tries split-K
-# (split programs reduce serially, in the same launch: _reduce_last); otherwise one program per
-# output tile stores out_dtype directly.
+# (split programs reduce serially, in the same launch: kernels._launch.count_in_split); otherwise
+# one program per output tile stores out_dtype directly.
 _CONFIGS_SWAP_SPLIT = [
     _swap_config(64, 256, 4, 4, split_k=4),
     _swap_config(64, 256, 4, 4, split_k=2),
@@ -347,27 +347,10 @@ def _w8a8_swap_body(
     if SPLIT_K == 1:
         tl.store(out_ptrs, out.to(out_ptr.dtype.element_ty), mask=mask)
     else:
-        _reduce_last(out, out_ptrs, mask, part_ptr + offs_m[None, :] * N + offs_n[:, None], M * N,
-                     lock_ptr + pid_n, pid_k, SPLIT_K)
-
-
-@triton.jit
-def _reduce_last(out, out_ptrs, mask, part_ptrs, slice_size, lock_ptr, pid_k, SPLIT_K: tl.constexpr):
-    """Serial split-K: each split stores its fp32 partial tile in its own slice of ``part_ptrs``
-    and counts itself in at ``lock_ptr``; the last to arrive sums the slices in split order (the
-    same sum whatever order they finished in), writes the output and resets the count to zero.
-    One launch, where atomics into an output zeroed first needed a fill and a cast around it."""
-    tl.store(part_ptrs + pid_k * slice_size, out, mask=mask)
-    # Every thread's partial is stored before one thread counts the program in (release), and
-    # the last program's loads come after its count (acquire).
-    tl.debug_barrier()
-    arrived = tl.atomic_add(lock_ptr, 1, sem="acq_rel", scope="gpu")
-    if arrived == SPLIT_K - 1:
-        total = tl.load(part_ptrs, mask=mask, other=0.0, cache_modifier=".cg")
-        for s in tl.static_range(1, SPLIT_K):
-            total += tl.load(part_ptrs + s * slice_size, mask=mask, other=0.0, cache_modifier=".cg")
-        tl.store(out_ptrs, total.to(out_ptrs.dtype.element_ty), mask=mask)
-        tl.atomic_xchg(lock_ptr, 0)
+        parts = part_ptr + offs_m[None, :] * N + offs_n[:, None]
+        if count_in_split(out, parts, mask, M * N, lock_ptr + pid_n, pid_k) == SPLIT_K - 1:
+            total = sum_splits(parts, mask, M * N, lock_ptr + pid_n, SPLIT_K)
+            tl.store(out_ptrs, total.to(out_ptr.dtype.element_ty), mask=mask)
 
 
 # Decode-sized launches take a few µs: timed from a CUDA graph (graph_bench), not the host.

@@ -8,8 +8,8 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels._launch import (check_2d, check_dtype, check_shape, first_config_only, graph_bench, interpreting,
-                             pdl_args, use_triton, wait_prior_grid, zero_output)
+from kernels._launch import (check_2d, check_dtype, check_shape, count_in_split, first_config_only, graph_bench,
+                             interpreting, pdl_args, split_k_locks, sum_splits, use_triton, wait_prior_grid)
 from kernels.packing import pack_int4, unpack_int4
 
 X_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
@@ -472,10 +472,15 @@ def _store_out(out_ptr, out, offs_n, live):
 
 
 def _tc_config(bn, split_k, warps, stages, groups_per_step=1, reg_prefetch=False):
-    # Split-K programs add fp32 partial sums with atomics into an output zeroed first.
     return triton.Config({"BLOCK_N": bn, "SPLIT_K": split_k, "GROUPS_PER_STEP": groups_per_step,
-                          "REG_PREFETCH": reg_prefetch},
-                         num_warps=warps, num_stages=stages, pre_hook=zero_output if split_k > 1 else None)
+                          "REG_PREFETCH": reg_prefetch}, num_warps=warps, num_stages=stages,
+                         pre_hook=_zero_atomic_output if split_k > 1 else None)
+
+
+def _zero_atomic_output(nargs):
+    # Atomic split-K programs add fp32 partial sums into an output zeroed first.
+    if not nargs["SERIAL"]:
+        nargs["out_ptr"].zero_()
 
 
 # The fastest in a CUDA-graph sweep on the H100 (8192 x 8192 and 28672 x 8192 at M = 16, 8192 x
@@ -549,31 +554,44 @@ def _tc_step_loads(words_ptr, s_rows, z_rows, stride_sg, g0, g_end, NG: tl.const
 
 @triton.autotune(
     configs=_CONFIGS_TC_INTERPRET if interpreting() else _CONFIGS_TC,
-    key=["BLOCK_M", "N", "K", "GROUP"],
+    key=["BLOCK_M", "N", "K", "GROUP", "GATED", "SERIAL"],
     prune_configs_by={"early_config_prune": first_config_only},
     do_bench=graph_bench,
 )
 @triton.jit
 def _w4a16_tc_kernel(
-    x_ptr, p_ptr, s_ptr, z_ptr, bias_ptr, out_ptr,
+    x_ptr, p_ptr, s_ptr, z_ptr, bias_ptr, out_ptr, part_ptr, lock_ptr,
     M, N, K,
     stride_xm, stride_pn, stride_sn, stride_sg, stride_om,
-    GROUP: tl.constexpr, HAS_BIAS: tl.constexpr, X_FP32: tl.constexpr, BLOCK_M: tl.constexpr,
+    GROUP: tl.constexpr, HAS_BIAS: tl.constexpr, X_FP32: tl.constexpr, GATED: tl.constexpr, BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr, SPLIT_K: tl.constexpr, GROUPS_PER_STEP: tl.constexpr, REG_PREFETCH: tl.constexpr,
-    PDL: tl.constexpr,
+    SERIAL: tl.constexpr, PDL: tl.constexpr,
 ):
     # out^T [N, M] = W [N, K] x^T [K, M]: the weight tile is the MMA's left operand, read K-major
     # as it is stored, and all BLOCK_M tokens (16..128) are the right operand, so the weights are
     # streamed once. A step reads GROUPS_PER_STEP groups of int32 words per row (one contiguous
     # run) and dequantizes them into one MMA operand, at 5.2-6.4 SASS instructions per weight on
     # sm_90 (Triton 3.9) against ~9 for the byte-wise form it replaced.
+    # SERIAL: the output is x.dtype and split-K programs reduce in the launch, the last of a tile
+    # summing the splits' fp32 partials (kernels._launch.count_in_split); otherwise the output is
+    # fp32 and split programs add into it with atomics, zeroed before and cast after the launch.
+    # GATED (SERIAL only; N weight rows, gate over up): a tile's first half is gate rows and its
+    # second half the up rows N / 2 further, and the program stores silu(gate) * up.
     wait_prior_grid(PDL)
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
     NG: tl.constexpr = GROUPS_PER_STEP
     WORDS_PER_GROUP: tl.constexpr = GROUP // 8
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    rows = tl.where(offs_n < N, offs_n, 0).to(tl.int64)
+    if GATED:
+        HALF: tl.constexpr = BLOCK_N // 2
+        tile = tl.arange(0, BLOCK_N)
+        offs_out = pid_n * HALF + tile % HALF
+        mask_n = offs_out < N // 2
+        offs_n = offs_out + (tile // HALF) * (N // 2)
+    else:
+        offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+        mask_n = offs_n < N
+    rows = tl.where(mask_n, offs_n, 0).to(tl.int64)
     offs_m = tl.arange(0, BLOCK_M)
     mask_m = offs_m < M
     rows_x = tl.where(mask_m, offs_m, 0).to(tl.int64)
@@ -608,16 +626,43 @@ def _w4a16_tc_kernel(
         if REG_PREFETCH:
             words, s, z = next_words, next_s, next_z
 
-    mask_n = offs_n < N
     if HAS_BIAS:
         if pid_k == 0:
-            acc += tl.load(bias_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[:, None]
-    out_ptrs = out_ptr + offs_m.to(tl.int64)[None, :] * stride_om + offs_n[:, None]
+            acc += tl.load(bias_ptr + rows, mask=mask_n, other=0.0).to(tl.float32)[:, None]
     mask = mask_n[:, None] & mask_m[None, :]
     if SPLIT_K == 1:
-        tl.store(out_ptrs, acc.to(out_ptr.dtype.element_ty), mask=mask)
+        _store_tc_tile(out_ptr, acc, offs_n, offs_m, mask_n, mask_m, stride_om, GATED, BLOCK_N, BLOCK_M)
+    elif SERIAL:
+        parts = part_ptr + offs_m[None, :] * N + rows[:, None]
+        if count_in_split(acc, parts, mask, M * N, lock_ptr + pid_n, pid_k) == SPLIT_K - 1:
+            total = sum_splits(parts, mask, M * N, lock_ptr + pid_n, SPLIT_K)
+            _store_tc_tile(out_ptr, total, offs_n, offs_m, mask_n, mask_m, stride_om, GATED, BLOCK_N, BLOCK_M)
     else:
-        tl.atomic_add(out_ptrs, acc, mask=mask)
+        tl.atomic_add(out_ptr + offs_m.to(tl.int64)[None, :] * stride_om + offs_n[:, None], acc, mask=mask)
+
+
+@triton.jit
+def _store_tc_tile(out_ptr, acc, offs_n, offs_m, mask_n, mask_m, stride_om, GATED: tl.constexpr, BN: tl.constexpr,
+                   BM: tl.constexpr):
+    """Stores an fp32 [BN, BM] tile of out^T in the output's dtype; GATED, silu(gate) * up of its
+    two halves, [BN / 2, BM]."""
+    if GATED:
+        gate, up = tl.split(tl.permute(tl.reshape(acc, [2, BN // 2, BM]), [1, 2, 0]))
+        acc = gate * tl.sigmoid(gate) * up
+        offs_n = tl.split(tl.permute(tl.reshape(offs_n, [2, BN // 2]), [1, 0]))[0]
+        mask_n = tl.split(tl.permute(tl.reshape(mask_n, [2, BN // 2]), [1, 0]))[0]
+    out_ptrs = out_ptr + offs_m.to(tl.int64)[None, :] * stride_om + offs_n[:, None]
+    tl.store(out_ptrs, acc.to(out_ptr.dtype.element_ty), mask=mask_n[:, None] & mask_m[None, :])
+
+
+# Up to this many tokens the tensor-core kernel writes x.dtype in one launch and reduces split-K
+# in it (serially: the last split of a tile sums the partials); above, its splits add into an fp32
+# output with atomics, between a fill and a cast. CUDA-graph µs on the H100 over three runs, atomic
+# -> serial (bench/results/w4a16-tc-serial-split-h100.json): M = 16, 8192 x 8192 32.4-32.5 ->
+# 30.2-30.6, 4096 x 14336 28.0-28.2 -> 26.0-26.1, 14336 x 4096 gated (silu * mul in the store, not
+# a launch after) 39.7-40.2 -> 25.8-27.1. At M = 64, 4096 x 14336 43.8-43.9 -> 56.6-56.8: eight
+# splits' partials, written and read back, cost more than the two launches saved.
+SERIAL_MAX_M = 16
 
 
 def w4a16_path(m: int, group_size: int) -> str:
@@ -673,13 +718,22 @@ def gemm_w4a16_triton(x, packed, scales, zeros, group_size: int, bias=None, *, g
             X_BF16=x.dtype == torch.bfloat16, PAIRED=x.dtype != torch.float32, GATED=gated, **pdl_args(x.device),
         )
         return out
-    # Split-K candidates accumulate in fp32; the cast afterwards is one small launch.
-    out = torch.empty(m, n, dtype=torch.float32, device=x.device)
+    serial = m <= SERIAL_MAX_M
+    if serial:
+        out = torch.empty(m, n_out, dtype=x.dtype, device=x.device)
+        # Each split's fp32 partials get a slice; the count words are shared (see split_k_locks).
+        max_split = max(c.kwargs["SPLIT_K"] for c in _w4a16_tc_kernel.configs)
+        parts = torch.empty(max_split, m, n, dtype=torch.float32, device=x.device)
+        locks = split_k_locks(x.device, triton.cdiv(n, min(c.kwargs["BLOCK_N"] for c in _w4a16_tc_kernel.configs)))
+    else:
+        out = parts = locks = torch.empty(m, n, dtype=torch.float32, device=x.device)
     _w4a16_tc_kernel[lambda meta: (triton.cdiv(n, meta["BLOCK_N"]), meta["SPLIT_K"])](
-        x, packed, scales, zeros, bias if bias is not None else scales, out, *args, scales.stride(1), out.stride(0),
-        GROUP=group_size, HAS_BIAS=bias is not None, X_FP32=x.dtype == torch.float32,
-        BLOCK_M=max(16, triton.next_power_of_2(m)), **pdl_args(x.device),
+        x, packed, scales, zeros, bias if bias is not None else scales, out, parts, locks, *args, scales.stride(1),
+        out.stride(0), GROUP=group_size, HAS_BIAS=bias is not None, X_FP32=x.dtype == torch.float32,
+        GATED=gated and serial, BLOCK_M=max(16, triton.next_power_of_2(m)), SERIAL=serial, **pdl_args(x.device),
     )
+    if serial:
+        return out
     return (silu_mul(out) if gated else out).to(x.dtype)
 
 

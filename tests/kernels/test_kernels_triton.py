@@ -274,6 +274,30 @@ def test_w4a16_tc_with_and_without_register_prefetch(device, monkeypatch, reg_pr
     assert rel_err(out, gemm_w4a16_reference(x.float(), packed, scales, zeros, group)) < 2e-3
 
 
+@pytest.mark.parametrize("gated", [False, True])
+@pytest.mark.parametrize("split_k", [1, 3])
+@pytest.mark.parametrize("m", [5, 20])
+def test_w4a16_tc_split_k_both_ways(device, monkeypatch, m, split_k, gated):
+    # Up to SERIAL_MAX_M tokens split programs store fp32 partials and the last of a tile sums them
+    # and stores x.dtype (and, gated, silu(gate) * up), leaving the count words at zero for the
+    # next launch; above, they add into an fp32 output zeroed first. Unsplit programs store directly.
+    assert 5 <= gemm_w4a16_mod.SERIAL_MAX_M < 20
+    kernel = gemm_w4a16_mod._w4a16_tc_kernel
+    monkeypatch.setattr(kernel, "configs", [gemm_w4a16_mod._tc_config(16, split_k, 4, 1)])
+    monkeypatch.setattr(kernel, "cache", {})
+    n, k, group = 2 * 40, 224, 32
+    packed, scales, zeros = quantize_w4_reference(torch.randn(n, k, device=device) * 0.05, group, False)
+    bias = torch.randn(n, device=device)
+    for _ in range(2):
+        x = with_outliers(m, k, device, torch.float16)
+        out = gemm_w4a16_mod.gemm_w4a16_triton(x, packed, scales, zeros, group, bias, gated=gated, path="tc")
+        ref = (_gated_reference(x, packed, scales, zeros, group, bias) if gated
+               else gemm_w4a16_reference(x.float(), packed, scales, zeros, group, bias))
+        assert out.dtype == torch.float16 and out.shape == (m, n // 2 if gated else n)
+        assert rel_err(out, ref) < 2e-3
+        assert not split_k_locks(torch.device(device), 1).any()
+
+
 @pytest.mark.parametrize("path,m", [("gemv", 1), ("tc", 5), ("tc", 20), ("dequant", 3)])
 def test_w4a16_reads_group_major_scales(device, path, m):
     # The tensor-core kernel reads scales and zeros by their strides (a group-major view puts one
