@@ -657,12 +657,13 @@ def _store_tc_tile(out_ptr, acc, offs_n, offs_m, mask_n, mask_m, stride_om, GATE
 
 # Up to this many tokens the tensor-core kernel writes x.dtype in one launch and reduces split-K
 # in it (serially: the last split of a tile sums the partials); above, its splits add into an fp32
-# output with atomics, between a fill and a cast. CUDA-graph µs on the H100 over three runs, atomic
-# -> serial (bench/results/w4a16-tc-serial-split-h100.json): M = 16, 8192 x 8192 32.4-32.5 ->
-# 30.2-30.6, 4096 x 14336 28.0-28.2 -> 26.0-26.1, 14336 x 4096 gated (silu * mul in the store, not
-# a launch after) 39.7-40.2 -> 25.8-27.1. At M = 64, 4096 x 14336 43.8-43.9 -> 56.6-56.8: eight
-# splits' partials, written and read back, cost more than the two launches saved.
-SERIAL_MAX_M = 16
+# output with atomics, between a fill and a cast. CUDA-graph µs on the H100, atomic -> serial
+# (bench/results/w4a16-tc-serial-split-h100.json): M = 16, 8192 x 8192 32.4-32.5 -> 30.2-30.6,
+# 4096 x 14336 28.0-28.2 -> 26.0-26.1, 14336 x 4096 gated (silu * mul in the store, not a launch
+# after) 39.7-40.2 -> 25.8-27.1; M = 32, 14336 x 4096 34.7 -> 30.9, gated 38.9 -> 29.1, 4096 x 4096
+# 16.7 -> 15.0, 8192 x 8192 and 4096 x 14336 even. At M = 64, 4096 x 14336 43.8-43.9 -> 56.6-56.8:
+# eight splits' partials, written and read back, cost more than the two launches saved.
+SERIAL_MAX_M = 32
 
 
 def w4a16_path(m: int, group_size: int) -> str:

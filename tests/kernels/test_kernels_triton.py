@@ -276,12 +276,12 @@ def test_w4a16_tc_with_and_without_register_prefetch(device, monkeypatch, reg_pr
 
 @pytest.mark.parametrize("gated", [False, True])
 @pytest.mark.parametrize("split_k", [1, 3])
-@pytest.mark.parametrize("m", [5, 20])
+@pytest.mark.parametrize("m", [5, 40])
 def test_w4a16_tc_split_k_both_ways(device, monkeypatch, m, split_k, gated):
     # Up to SERIAL_MAX_M tokens split programs store fp32 partials and the last of a tile sums them
     # and stores x.dtype (and, gated, silu(gate) * up), leaving the count words at zero for the
     # next launch; above, they add into an fp32 output zeroed first. Unsplit programs store directly.
-    assert 5 <= gemm_w4a16_mod.SERIAL_MAX_M < 20
+    assert 5 <= gemm_w4a16_mod.SERIAL_MAX_M < 40
     kernel = gemm_w4a16_mod._w4a16_tc_kernel
     monkeypatch.setattr(kernel, "configs", [gemm_w4a16_mod._tc_config(16, split_k, 4, 1)])
     monkeypatch.setattr(kernel, "cache", {})
