@@ -258,7 +258,8 @@ def summarize(result: dict) -> str:
         lines += ["", "Time against the split count (CUDA graph, µs):", "",
                   "| B | ctx | splits | bf16 | fp8 |", "| --- | --- | --- | --- | --- |"]
         for r in result["split_sweep"]:
-            lines.append(f"| {r['b']} | {r['ctx']} | {r['num_splits']} | {r['bf16_graph_us']:.1f} | {r['fp8_graph_us']:.1f} |")
+            lines.append(f"| {r['b']} | {r['ctx']} | {r['num_splits']} | {r['bf16_graph_us']:.1f} | "
+                         f"{r['fp8_graph_us']:.1f} |")
     lines += ["", "| target | measured | met |", "| --- | --- | --- |"]
     for t in result["targets"]:
         lines.append(f"| {t['target']} | {t['measured']} | {'yes' if t['met'] else 'no'} |")

@@ -7,7 +7,8 @@ with random weights, a few layers and a small byte-level vocabulary (so the lm_h
 plan keeps wide, does not dominate a few-layer stack). Each variant is a real engine: built by
 ``runtime.engines.build`` from a saved model folder under the ``h100`` profile, loaded with
 ``runtime.engines.load_engine`` onto the GPU, and decoded at batch 1 (``--batch B``: B sequences a
-step, whose linear layers then take the W4A16 tensor-core and swapped W8A8 paths) through a static KV cache.
+step, whose linear layers then take the W4A16 tensor-core and swapped W8A8 paths) through a static
+KV cache.
 Decode steps replay a CUDA graph (as a serving stack would; eager launches would time Python),
 and the eager time is recorded beside it. Time to first token is the prefill forward plus the
 first argmax, after a warm-up prefill of the same length.
@@ -122,9 +123,10 @@ def print_stages(label: str, stages: dict) -> None:
 
 
 def decode_rates(step, token, pos, prompt_len: int, new_tokens: int, prefill):
-    """Greedy decode tokens/s (over all of ``token``'s sequences) of ``step``: eager, and replayed from a CUDA graph (None and the error
-    when capture fails); and how far apart the logits of one step from one cache state are, replayed
-    twice and run once without the graph (``prefill`` resets the cache and fills it with the prompt)."""
+    """Greedy decode tokens/s (over all of ``token``'s sequences) of ``step``: eager, and replayed
+    from a CUDA graph (None and the error when capture fails); and how far apart the logits of one
+    step from one cache state are, replayed twice and run once without the graph (``prefill``
+    resets the cache and fills it with the prompt)."""
     # Eager decode (also warms the M = 1 kernels up before graph capture).
     for _ in range(3):
         step()

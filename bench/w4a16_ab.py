@@ -70,7 +70,7 @@ def maxnreg() -> None:
 
 
 def scale_layout() -> None:
-    rows, configs = [], list(w4._w4a16_tc_kernel.configs)
+    rows = []
     for n, k in TC_SHAPES:
         sets = with_group_major(weight_sets(n, k))
         for m in (16, 64):
@@ -91,7 +91,6 @@ def scale_layout() -> None:
                              key=lambda r: r["us"]) for lay in ("ng", "gn")}
             print(f"{n}x{k} M={m} bf16 {bf16_us:.1f}: " + " | ".join(
                 f"{lay} best {r['us']:.1f} {r['cfg']}" for lay, r in best.items()), flush=True)
-    w4._w4a16_tc_kernel.configs, w4._w4a16_tc_kernel.cache = configs, {}
     write_results("w4a16-tc-scale-layout-h100.json", group_size=GROUP, rows=rows)
 
 

@@ -63,12 +63,17 @@ TC_EXTRA = [w4._tc_config(64, 8, 4, 3), w4._tc_config(128, 8, 8, 3), w4._tc_conf
 
 def tc_with_config(cfg):
     """The W4A16 tensor-core path as the launcher runs it (serial or atomic split-K by token count),
-    with one config: ``launch(x, packed, scales, zeros)``. The autotuner is given only ``cfg``."""
+    with one config: ``launch(x, packed, scales, zeros)``. The autotuner is given only ``cfg`` for
+    the call, and its own configs and tuned picks back after it."""
     kernel = w4._w4a16_tc_kernel
 
     def launch(x, p, s, z):
+        saved = kernel.configs, kernel.cache
         kernel.configs, kernel.cache = [cfg], {}
-        return w4.gemm_w4a16_triton(x, p, s, z, GROUP, path="tc")
+        try:
+            return w4.gemm_w4a16_triton(x, p, s, z, GROUP, path="tc")
+        finally:
+            kernel.configs, kernel.cache = saved
     return launch
 
 
@@ -99,7 +104,6 @@ def tc_sweep() -> None:
             auto_us = graph_us(lambda w, p, s, z: w4.gemm_w4a16(x, p, s, z, GROUP), sets)
             auto_cfg = best_config(w4._w4a16_tc_kernel)
             timed = []
-            configs = list(w4._w4a16_tc_kernel.configs)
             for cfg in w4._CONFIGS_TC + TC_EXTRA:
                 tc = tc_with_config(cfg)
 
@@ -109,7 +113,6 @@ def tc_sweep() -> None:
                 if not err < 1e-2:
                     raise SystemExit(f"{n}x{k} M={m} {_config_name(cfg)}: rel err {err:.2e}")
                 timed.append((graph_us(launch, sets), _config_name(cfg)))
-            w4._w4a16_tc_kernel.configs, w4._w4a16_tc_kernel.cache = configs, {}
             rows.append(_row(f"{n}x{k} M={m}", timed, bf16_us, auto_us, auto_cfg, n=n, k=k, m=m))
     write_results("w4a16-tc-sweep-h100.json", group_size=GROUP, rows=rows)
 

@@ -57,8 +57,10 @@ def wait_prior_grid(PDL: tl.constexpr):
 
 
 def zero_output(nargs):
-    """Autotune pre-hook of split-K configs, whose programs add partial sums into ``out_ptr``."""
-    nargs["out_ptr"].zero_()
+    """Autotune pre-hook of split-K configs, whose programs add partial sums into ``out_ptr``;
+    none for a launch whose splits reduce serially (``SERIAL``: see :func:`count_in_split`)."""
+    if not nargs.get("SERIAL", False):
+        nargs["out_ptr"].zero_()
 
 
 # Count words of serial split-K reductions, one per output tile, by device. Each launch leaves

@@ -9,7 +9,8 @@ import triton
 import triton.language as tl
 
 from kernels._launch import (check_2d, check_dtype, check_shape, count_in_split, first_config_only, graph_bench,
-                             interpreting, pdl_args, split_k_locks, sum_splits, use_triton, wait_prior_grid)
+                             interpreting, pdl_args, split_k_locks, sum_splits, use_triton, wait_prior_grid,
+                             zero_output)
 from kernels.packing import pack_int4, unpack_int4
 
 X_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
@@ -474,13 +475,7 @@ def _store_out(out_ptr, out, offs_n, live):
 def _tc_config(bn, split_k, warps, stages, groups_per_step=1, reg_prefetch=False):
     return triton.Config({"BLOCK_N": bn, "SPLIT_K": split_k, "GROUPS_PER_STEP": groups_per_step,
                           "REG_PREFETCH": reg_prefetch}, num_warps=warps, num_stages=stages,
-                         pre_hook=_zero_atomic_output if split_k > 1 else None)
-
-
-def _zero_atomic_output(nargs):
-    # Atomic split-K programs add fp32 partial sums into an output zeroed first.
-    if not nargs["SERIAL"]:
-        nargs["out_ptr"].zero_()
+                         pre_hook=zero_output if split_k > 1 else None)
 
 
 # The fastest in a CUDA-graph sweep on the H100 (8192 x 8192 and 28672 x 8192 at M = 16, 8192 x
