@@ -3,6 +3,10 @@
     python bench/w4a16_sweep.py            # on the GPU; writes bench/results/w4a16-gemv-sweep-h100.json
     python bench/w4a16_sweep.py --tc       # the tensor-core kernel's configs at M = 16, 64 and 128
                                            # (writes bench/results/w4a16-tc-sweep-h100.json)
+    python bench/w4a16_sweep.py --tc --mma-v2 --tokens 16 32 64 --shapes 8192x8192 4096x14336 14336x4096
+                                           # the autotune configs against one- and two-warp configs,
+                                           # which Triton lowers to mma.sync
+                                           # (writes bench/results/w4a16-tc-mma-v2-sweep-h100.json)
 
 For each Llama-3 linear shape a decode step runs (8B: q/o 4096x4096, k/v 1024x4096, gate/up
 14336x4096, down 4096x14336; 70B-sized 8192x8192 and 28672x8192) and each candidate
@@ -12,6 +16,11 @@ graph rows and a decode step see it), next to bf16 ``x @ w.t()`` timed the same 
 config the autotuner picks. Every candidate's output is checked against the fp32 reference.
 With --tc, the candidates are the tensor-core kernel's autotune configs and, beside them, configs
 that put more programs on each SM (more split-K, fewer stages), at 16 and 64 tokens.
+With --mma-v2, in place of the extra configs, configs of one or two warps: Triton lowers their dot
+to Ampere's mma.sync rather than Hopper's wgmma, which takes a dequantized register operand only
+by waiting on each MMA. On sm_90 SASS (Triton 3.9) they take 4.3-4.6 instructions per weight at
+M = 16 against 6.0, yet on the H100 they ran 25-60% slower than the autotune list's best
+(bench/results/w4a16-tc-mma-v2-sweep-h100.json).
 """
 import argparse
 import os
@@ -59,6 +68,13 @@ TC_TOKENS = [16, 64]
 TC_EXTRA = [w4._tc_config(64, 8, 4, 3), w4._tc_config(128, 8, 8, 3), w4._tc_config(64, 16, 4, 2),
             w4._tc_config(32, 8, 4, 3), w4._tc_config(32, 16, 4, 2), w4._tc_config(64, 4, 4, 2),
             w4._tc_config(128, 4, 8, 2, reg_prefetch=True)]
+# Fewer than four warps: mma.sync instead of wgmma (see the module docstring).
+TC_MMA_V2 = [w4._tc_config(bn, split, warps, stages, groups_per_step=gps, reg_prefetch=rp)
+             for bn, split, warps, stages, gps, rp in [
+                 (64, 8, 2, 3, 1, True), (64, 4, 2, 3, 1, True), (64, 8, 2, 3, 1, False), (64, 16, 2, 3, 1, True),
+                 (64, 4, 2, 2, 2, False), (32, 8, 1, 3, 1, True), (32, 4, 1, 3, 1, True), (32, 16, 1, 3, 1, True),
+                 (32, 8, 2, 3, 1, True), (128, 4, 2, 3, 1, True), (128, 8, 2, 3, 1, False), (64, 8, 1, 3, 1, True),
+                 (64, 2, 2, 3, 1, True), (64, 1, 2, 3, 1, True)]]
 
 
 def tc_with_config(cfg):
@@ -92,11 +108,11 @@ def _row(label: str, timed: list, bf16_us: float, auto_us: float, auto_cfg, **sh
             "auto_vs_bf16": bf16_us / auto_us, "all": [{"config": c, "us": t} for t, c in timed]}
 
 
-def tc_sweep() -> None:
+def tc_sweep(tokens=TC_TOKENS, mma_v2: bool = False, shapes=TC_SHAPES) -> None:
     rows = []
-    for n, k in TC_SHAPES:
+    for n, k in shapes:
         sets = weight_sets(n, k)
-        for m in TC_TOKENS:
+        for m in tokens:
             x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
             w0, p0, s0, z0 = sets[0]
             ref = x.float() @ w4.dequantize_w4_reference(p0, s0, z0, GROUP).t()
@@ -104,7 +120,7 @@ def tc_sweep() -> None:
             auto_us = graph_us(lambda w, p, s, z: w4.gemm_w4a16(x, p, s, z, GROUP), sets)
             auto_cfg = best_config(w4._w4a16_tc_kernel)
             timed = []
-            for cfg in w4._CONFIGS_TC + TC_EXTRA:
+            for cfg in w4._CONFIGS_TC + (TC_MMA_V2 if mma_v2 else TC_EXTRA):
                 tc = tc_with_config(cfg)
 
                 def launch(w, p, s, z, tc=tc):
@@ -114,7 +130,8 @@ def tc_sweep() -> None:
                     raise SystemExit(f"{n}x{k} M={m} {_config_name(cfg)}: rel err {err:.2e}")
                 timed.append((graph_us(launch, sets), _config_name(cfg)))
             rows.append(_row(f"{n}x{k} M={m}", timed, bf16_us, auto_us, auto_cfg, n=n, k=k, m=m))
-    write_results("w4a16-tc-sweep-h100.json", group_size=GROUP, rows=rows)
+    name = "w4a16-tc-mma-v2-sweep-h100.json" if mma_v2 else "w4a16-tc-sweep-h100.json"
+    write_results(name, group_size=GROUP, tokens=list(tokens), rows=rows)
 
 
 def gemv_sweep() -> None:
@@ -153,8 +170,13 @@ def gemv_sweep() -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--tc", action="store_true", help="sweep the tensor-core kernel instead of the GEMV")
+    ap.add_argument("--mma-v2", action="store_true", help="with --tc, also one- and two-warp (mma.sync) configs")
+    ap.add_argument("--tokens", type=int, nargs="+", default=TC_TOKENS, help="with --tc, the token counts")
+    ap.add_argument("--shapes", nargs="+", default=[f"{n}x{k}" for n, k in TC_SHAPES],
+                    help="with --tc, the weight shapes as NxK")
     args = ap.parse_args()
-    tc_sweep() if args.tc else gemv_sweep()
+    shapes = [tuple(int(d) for d in s.split("x")) for s in args.shapes]
+    tc_sweep(args.tokens, args.mma_v2, shapes) if args.tc else gemv_sweep()
 
 
 if __name__ == "__main__":
