@@ -123,7 +123,7 @@ def launches() -> list[tuple[object, dict]]:
         for qdtype in (torch.float8_e4m3fn, torch.int8):
             wq = torch.zeros(512, 256, dtype=qdtype)
             ws = torch.rand(512, 1, generator=g) + 0.5
-            for m, path in ((1, "gemv"), (4, "swap"), (256, "tiled")):
+            for m, path in ((1, "gemv"), (4, "swap"), (256, "tiled"), (256, "persistent")):
                 xq = torch.zeros(m, 256, dtype=qdtype)
                 xs = torch.rand(m, 1, generator=g) + 0.5
                 for bias in (None, torch.randn(512, generator=g)):

@@ -2,6 +2,8 @@
 
     python bench/w8a8_sweep.py            # on the GPU; writes bench/results/w8a8-sweep-h100.json
     python bench/w8a8_sweep.py --decode   # one token, the swapped kernel: w8a8-decode-sweep-h100.json
+    python bench/w8a8_sweep.py --persistent   # the persistent TMA kernel against the tiled one:
+                                              # w8a8-persistent-sweep-h100.json
 
 For each large shape and each candidate (BLOCK_M, BLOCK_N, BLOCK_K, warps, stages, GROUP_M) of
 kernels/_w8a8.py's tiled kernel, the do_bench median against torch._scaled_mm (fp8, rowwise,
@@ -118,7 +120,73 @@ def decode_sweep() -> list[dict]:
     return rows
 
 
+PERSISTENT_SHAPES = [(8192, 8192, 8192), (2048, 4096, 4096), (2048, 14336, 4096), (2048, 4096, 14336),
+                     (2048, 8192, 8192), (2048, 28672, 8192)]
+# (BLOCK_M, BLOCK_N, BLOCK_K, warps, stages, GROUP_M, FLATTEN)
+PERSISTENT_CONFIGS = [(128, 256, 128, 8, 3, 8, True), (128, 256, 128, 8, 3, 8, False), (128, 256, 128, 8, 4, 8, True),
+                      (128, 256, 128, 8, 3, 16, True), (128, 128, 128, 8, 4, 8, True), (128, 128, 128, 4, 4, 8, True),
+                      (256, 128, 128, 8, 3, 8, True), (128, 256, 64, 8, 5, 8, True), (128, 128, 128, 8, 5, 8, True)]
+TILED_BEST = [(128, 256, 128, 8, 3, 16), (128, 256, 128, 8, 3, 8), (256, 128, 128, 8, 3, 16), (256, 128, 128, 8, 4, 8)]
+
+
+def persistent_with_config(cfg, qdtype):
+    """The persistent path as the launcher runs it, with the autotuner given only ``cfg``:
+    ``launch(xq, xs, wq, ws)``; its own configs and tuned picks come back after each call."""
+    kernel = w8a8._w8a8_persistent_kernel
+
+    def launch(xq, xs, wq, ws):
+        saved = kernel.configs, kernel.cache
+        kernel.configs, kernel.cache = [cfg], {}
+        try:
+            return w8a8.w8a8_gemm_triton(xq, xs, wq, ws, None, torch.bfloat16, qdtype, path="persistent")
+        finally:
+            kernel.configs, kernel.cache = saved
+    return launch
+
+
+def persistent_sweep() -> list[dict]:
+    """The persistent TMA kernel's candidates against the tiled kernel's best configs and cuBLAS,
+    on quantized operands, by do_bench median."""
+    rows = []
+    for m, n, k in PERSISTENT_SHAPES:
+        a = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
+        b = torch.randn(n, k, device="cuda", dtype=torch.bfloat16) * 0.02
+        t_bf16 = do_bench(lambda: a @ b.t(), return_mode="median") * 1e3
+        for fmt, qdtype in QDTYPES.items():
+            xq, xs, wq, ws = operands(m, n, k, fmt, "quantized")
+            t_base = do_bench(baseline(fmt, xq, xs, wq, ws), return_mode="median") * 1e3
+            ref = (xq.float() * xs) @ (wq.float() * ws).t()
+            timed = []
+            for cfg in TILED_BEST:
+                launch, out = run_config(cfg, fmt, xq, xs, wq, ws)
+                err = rel_err(out, ref)
+                if not err < 1e-2:
+                    raise SystemExit(f"{fmt} {m}x{n}x{k} tiled {cfg}: rel err {err:.2e}")
+                timed.append((do_bench(launch, return_mode="median") * 1e3, ("tiled",) + cfg))
+            for bm, bn, bk, warps, stages, group_m, flatten in PERSISTENT_CONFIGS:
+                launch = persistent_with_config(w8a8._persistent_config(bm, bn, bk, warps, stages, group_m, flatten),
+                                                qdtype)
+                err = rel_err(launch(xq, xs, wq, ws), ref)
+                if not err < 1e-2:
+                    raise SystemExit(f"{fmt} {m}x{n}x{k} persistent {bm}/{bn}/{bk}: rel err {err:.2e}")
+                us = do_bench(lambda launch=launch: launch(xq, xs, wq, ws), return_mode="median") * 1e3
+                timed.append((us, ("persistent", bm, bn, bk, warps, stages, group_m, flatten)))
+            timed.sort()
+            tiled = min(t for t in timed if t[1][0] == "tiled")
+            pers = min((t for t in timed if t[1][0] == "persistent"), default=(float("nan"), None))
+            rows.append({"m": m, "n": n, "k": k, "fmt": fmt, "bf16_us": t_bf16, "baseline_us": t_base,
+                         "tiled_us": tiled[0], "tiled_config": tiled[1], "persistent_us": pers[0],
+                         "persistent_config": pers[1], "all": [{"config": c, "us": t} for t, c in timed]})
+            print(f"{m}x{n}x{k} {fmt:8s}: bf16 {t_bf16:7.1f} base {t_base:7.1f} tiled {tiled[0]:7.1f} "
+                  f"({t_bf16 / tiled[0]:.3f}x bf16) persistent {pers[0]:7.1f} ({t_bf16 / pers[0]:.3f}x bf16, "
+                  f"{t_base / pers[0]:.3f}x base) {pers[1]}", flush=True)
+    return rows
+
+
 def main() -> None:
+    if "--persistent" in sys.argv:
+        write_results("w8a8-persistent-sweep-h100.json", rows=persistent_sweep())
+        return
     if "--decode" in sys.argv:
         write_results("w8a8-decode-sweep-h100.json", rows=decode_sweep())
         return

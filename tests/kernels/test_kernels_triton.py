@@ -176,6 +176,24 @@ def test_w8a8_every_path_matches_reference(device, m, path, fmt):
     assert rel_err(out, ref) < _w8a8_bound(fmt, torch.float16, device)
 
 
+@pytest.mark.parametrize("m", [1, 140])
+@pytest.mark.parametrize("fmt", ["fp8_e4m3", "int8"])
+def test_w8a8_persistent_matches_reference(device, m, fmt):
+    # TMA needs 16-byte row strides: K = 144 takes the persistent kernel (and its zero-filled tail
+    # of a K block); K = 130 cannot, and falls back to the tiled kernel with the same result.
+    n = 70
+    _, reference = GEMMS[fmt]
+    qdtype = torch.float8_e4m3fn if fmt == "fp8_e4m3" else torch.int8
+    for k in (144, 130):
+        x, w, xq, xs, wq, ws = _w8a8_inputs(m, n, k, fmt, device)
+        assert w8a8_mod.tma_ready(xq, wq) == (k == 144)
+        bias = torch.randn(n, device=device)
+        out = w8a8_mod.w8a8_gemm_triton(xq, xs, wq, ws, bias, torch.float16, qdtype, path="persistent")
+        ref = reference(xq.cpu(), xs.cpu(), wq.cpu(), ws.cpu(), bias.cpu(), torch.float32)
+        assert out.dtype == torch.float16 and out.shape == (m, n)
+        assert rel_err(out, ref) < _w8a8_bound(fmt, torch.float16, device)
+
+
 @pytest.mark.parametrize("fmt", ["fp8_e4m3", "int8"])
 def test_w8a8_split_k_reduces_serially(device, fmt):
     # Few output tiles and a long K: the swapped kernel splits K, and the last program of each
