@@ -4,6 +4,8 @@
     python bench/w8a8_sweep.py --decode   # one token, the swapped kernel: w8a8-decode-sweep-h100.json
     python bench/w8a8_sweep.py --persistent   # the persistent TMA kernel against the tiled one:
                                               # w8a8-persistent-sweep-h100.json
+    python bench/w8a8_sweep.py --persistent --more   # also warp-specialized and TMA-store variants:
+                                                     # w8a8-persistent-more-sweep-h100.json
 
 For each large shape and each candidate (BLOCK_M, BLOCK_N, BLOCK_K, warps, stages, GROUP_M) of
 kernels/_w8a8.py's tiled kernel, the do_bench median against torch._scaled_mm (fp8, rowwise,
@@ -126,6 +128,9 @@ PERSISTENT_SHAPES = [(8192, 8192, 8192), (2048, 4096, 4096), (2048, 14336, 4096)
 PERSISTENT_CONFIGS = [(128, 256, 128, 8, 3, 8, True), (128, 256, 128, 8, 3, 8, False), (128, 256, 128, 8, 4, 8, True),
                       (128, 256, 128, 8, 3, 16, True), (128, 128, 128, 8, 4, 8, True), (128, 128, 128, 4, 4, 8, True),
                       (256, 128, 128, 8, 3, 8, True), (128, 256, 64, 8, 5, 8, True), (128, 128, 128, 8, 5, 8, True)]
+# With --more: warp-specialized loops (not flattened, as Triton asks on Hopper) and TMA stores of the output.
+PERSISTENT_MORE = [dict(warp_specialize=True, flatten=False), dict(tma_store=True),
+                   dict(warp_specialize=True, flatten=False, tma_store=True)]
 TILED_BEST = [(128, 256, 128, 8, 3, 16), (128, 256, 128, 8, 3, 8), (256, 128, 128, 8, 3, 16), (256, 128, 128, 8, 4, 8)]
 
 
@@ -144,7 +149,7 @@ def persistent_with_config(cfg, qdtype):
     return launch
 
 
-def persistent_sweep() -> list[dict]:
+def persistent_sweep(more: bool = False) -> list[dict]:
     """The persistent TMA kernel's candidates against the tiled kernel's best configs and cuBLAS,
     on quantized operands, by do_bench median."""
     rows = []
@@ -163,14 +168,24 @@ def persistent_sweep() -> list[dict]:
                 if not err < 1e-2:
                     raise SystemExit(f"{fmt} {m}x{n}x{k} tiled {cfg}: rel err {err:.2e}")
                 timed.append((do_bench(launch, return_mode="median") * 1e3, ("tiled",) + cfg))
-            for bm, bn, bk, warps, stages, group_m, flatten in PERSISTENT_CONFIGS:
-                launch = persistent_with_config(w8a8._persistent_config(bm, bn, bk, warps, stages, group_m, flatten),
-                                                qdtype)
-                err = rel_err(launch(xq, xs, wq, ws), ref)
+            candidates = [(c, {}) for c in PERSISTENT_CONFIGS]
+            if more:
+                candidates += [(c[:6] + (opts.get("flatten", c[6]),), opts) for c in PERSISTENT_CONFIGS[:4]
+                               for opts in PERSISTENT_MORE]
+            for (bm, bn, bk, warps, stages, group_m, flatten), opts in candidates:
+                cfg = w8a8._persistent_config(bm, bn, bk, warps, stages, group_m, flatten,
+                                              opts.get("warp_specialize", False), opts.get("tma_store", False))
+                launch = persistent_with_config(cfg, qdtype)
+                name = ("persistent", bm, bn, bk, warps, stages, group_m, flatten) + tuple(sorted(opts))
+                try:
+                    err = rel_err(launch(xq, xs, wq, ws), ref)
+                except Exception as e:  # a variant this Triton cannot compile is reported, not fatal
+                    print(f"{fmt} {m}x{n}x{k} {name}: {type(e).__name__}: {str(e)[:160]}", flush=True)
+                    continue
                 if not err < 1e-2:
-                    raise SystemExit(f"{fmt} {m}x{n}x{k} persistent {bm}/{bn}/{bk}: rel err {err:.2e}")
+                    raise SystemExit(f"{fmt} {m}x{n}x{k} {name}: rel err {err:.2e}")
                 us = do_bench(lambda launch=launch: launch(xq, xs, wq, ws), return_mode="median") * 1e3
-                timed.append((us, ("persistent", bm, bn, bk, warps, stages, group_m, flatten)))
+                timed.append((us, name))
             timed.sort()
             tiled = min(t for t in timed if t[1][0] == "tiled")
             pers = min((t for t in timed if t[1][0] == "persistent"), default=(float("nan"), None))
@@ -185,7 +200,9 @@ def persistent_sweep() -> list[dict]:
 
 def main() -> None:
     if "--persistent" in sys.argv:
-        write_results("w8a8-persistent-sweep-h100.json", rows=persistent_sweep())
+        more = "--more" in sys.argv
+        name = "w8a8-persistent-more-sweep-h100.json" if more else "w8a8-persistent-sweep-h100.json"
+        write_results(name, rows=persistent_sweep(more))
         return
     if "--decode" in sys.argv:
         write_results("w8a8-decode-sweep-h100.json", rows=decode_sweep())

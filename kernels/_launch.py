@@ -32,7 +32,16 @@ def first_config_only(configs, named_args, **kwargs):
 # Every kernel here waits for the prior grid (wait_prior_grid) before it touches memory that
 # another kernel writes, so it is safe after any kernel, with PDL or without. PRECISIONOPS_PDL=0
 # turns it off.
-_PDL_DEVICES: dict[int, bool] = {}
+_DEVICE_PROPERTIES: dict[int, object] = {}
+
+
+def device_properties(device: torch.device | None = None):
+    """``torch.cuda.get_device_properties`` of a CUDA device (the current one by default), looked
+    up once per device: launchers ask on every call."""
+    index = device.index if device is not None and device.index is not None else torch.cuda.current_device()
+    if index not in _DEVICE_PROPERTIES:
+        _DEVICE_PROPERTIES[index] = torch.cuda.get_device_properties(index)
+    return _DEVICE_PROPERTIES[index]
 
 
 def pdl_args(device: torch.device) -> dict:
@@ -40,10 +49,7 @@ def pdl_args(device: torch.device) -> dict:
     devices of compute capability 9.0 and up unless ``PRECISIONOPS_PDL=0``; off elsewhere."""
     if device.type != "cuda" or interpreting() or os.environ.get("PRECISIONOPS_PDL", "1") == "0":
         return {"PDL": False}
-    index = device.index if device.index is not None else torch.cuda.current_device()
-    if index not in _PDL_DEVICES:
-        _PDL_DEVICES[index] = torch.cuda.get_device_capability(index)[0] >= 9
-    return {"PDL": True, "launch_pdl": True} if _PDL_DEVICES[index] else {"PDL": False}
+    return {"PDL": True, "launch_pdl": True} if device_properties(device).major >= 9 else {"PDL": False}
 
 
 @triton.jit

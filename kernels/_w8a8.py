@@ -2,10 +2,12 @@
 import torch
 import triton
 import triton.language as tl
+from triton.runtime import _allocation
 
 from kernels import _launch
-from kernels._launch import (check_2d, check_dtype, check_shape, count_in_split, first_config_only, graph_bench,
-                             interpreting, m_bucket, pdl_args, split_k_locks, sum_splits, wait_prior_grid, zero_output)
+from kernels._launch import (check_2d, check_dtype, check_shape, count_in_split, device_properties, first_config_only,
+                             graph_bench, interpreting, m_bucket, pdl_args, split_k_locks, sum_splits, wait_prior_grid,
+                             zero_output)
 
 OUT_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 
@@ -170,8 +172,9 @@ def _w8a8_gemm_kernel(
     _store_or_add(out_ptrs, out, mask, SPLIT_K)
 
 
-def _persistent_config(bm, bn, bk, warps, stages, group_m=8, flatten=True):
-    return triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": group_m, "FLATTEN": flatten},
+def _persistent_config(bm, bn, bk, warps, stages, group_m=8, flatten=True, warp_specialize=False, tma_store=False):
+    return triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": group_m, "FLATTEN": flatten,
+                          "WARP_SPECIALIZE": warp_specialize, "TMA_STORE": tma_store},
                          num_warps=warps, num_stages=stages)
 
 
@@ -179,13 +182,17 @@ def _persistent_config(bm, bn, bk, warps, stages, group_m=8, flatten=True):
 # best configs (do_bench µs on the H100, python bench/w8a8_sweep.py --persistent,
 # bench/results/w8a8-persistent-sweep-h100.json), fp8: 8192^3 820 -> 769 (cuBLAS 820), 2048 x
 # 4096 x 4096 55.1 -> 52.9 (53.6), 2048 x 14336 x 4096 193.8 -> 183.0 (176.1), within 1% of it
-# on three more shapes; int8 7-11% faster on all six. These five configs won or came within 2%
-# on most shapes.
+# on three more shapes; int8 7-11% faster on all six. Storing the output tile by TMA and
+# warp-specialized loops (--persistent --more, w8a8-persistent-more-sweep-h100.json) each won some
+# shapes: the configs below came within 4% of each shape's best on average. Under eager timing the
+# host's launch cost (~100 µs, Triton's autotuner and launcher most of it) can exceed the L2 flush
+# before each call and show as kernel time at ~50 µs shapes (bench/launch_overhead.py).
 _CONFIGS_PERSISTENT = [
     _persistent_config(128, 256, 128, 8, 4),
-    _persistent_config(128, 256, 128, 8, 3, group_m=16),
+    _persistent_config(128, 256, 128, 8, 3, group_m=16, tma_store=True),
+    _persistent_config(128, 256, 128, 8, 3, tma_store=True),
     _persistent_config(256, 128, 128, 8, 3),
-    _persistent_config(128, 256, 128, 8, 3, flatten=False),
+    _persistent_config(128, 256, 128, 8, 3, group_m=16, flatten=False, warp_specialize=True, tma_store=True),
     _persistent_config(128, 256, 64, 8, 5),
 ]
 _CONFIGS_PERSISTENT_INTERPRET = [_persistent_config(32, 32, 32, 4, 1, group_m=2)]
@@ -202,13 +209,16 @@ def _w8a8_persistent_kernel(
     M, N, K, M_BUCKET, stride_xm, stride_wn, stride_om,
     XS_PER_TOKEN: tl.constexpr, HAS_BIAS: tl.constexpr, IS_INT8: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
-    NUM_SMS: tl.constexpr, FLATTEN: tl.constexpr, PDL: tl.constexpr,
+    NUM_SMS: tl.constexpr, FLATTEN: tl.constexpr, WARP_SPECIALIZE: tl.constexpr, TMA_STORE: tl.constexpr,
+    OUT_ALIGNED: tl.constexpr, PDL: tl.constexpr,
 ):
     # One program per SM walks the output tiles NUM_SMS apart, in the grouped order, reading both
     # operands by TMA (rows and K past the end read as zeros). Flattened, the tile and K loops are
     # one software-pipelined loop, so a tile's epilogue overlaps the next tile's first loads, and
-    # no wave of tiles ends with SMs idle. The descriptors are made here, on the device: made on
-    # the host, each launch encoded them in Python, ~100 µs of host time a call, which eager
+    # no wave of tiles ends with SMs idle; warp-specialized (not flattened, as Triton asks on
+    # Hopper), load and MMA warps run apart. TMA_STORE writes the tile by TMA where the output's
+    # rows are 16-byte aligned (OUT_ALIGNED). The descriptors are made here, on the device: made
+    # on the host, each launch encoded them in Python, ~100 µs of host time a call, which eager
     # timing (do_bench) measured as GPU idle.
     x_desc = tl.make_tensor_descriptor(x_ptr, shape=[M, K], strides=[stride_xm, 1], block_shape=[BLOCK_M, BLOCK_K])
     w_desc = tl.make_tensor_descriptor(w_ptr, shape=[N, K], strides=[stride_wn, 1], block_shape=[BLOCK_N, BLOCK_K])
@@ -217,7 +227,11 @@ def _w8a8_persistent_kernel(
     num_pid_n = tl.cdiv(N, BLOCK_N)
     k_tiles = tl.cdiv(K, BLOCK_K)
     num_pid_in_group = GROUP_M * num_pid_n
-    for tile in tl.range(tl.program_id(0), num_pid_m * num_pid_n, NUM_SMS, flatten=FLATTEN):
+    if TMA_STORE and OUT_ALIGNED:
+        out_desc = tl.make_tensor_descriptor(out_ptr, shape=[M, N], strides=[stride_om, 1],
+                                             block_shape=[BLOCK_M, BLOCK_N])
+    for tile in tl.range(tl.program_id(0), num_pid_m * num_pid_n, NUM_SMS, flatten=FLATTEN,
+                         warp_specialize=WARP_SPECIALIZE):
         group_id = tile // num_pid_in_group
         first_pid_m = group_id * GROUP_M
         group_size_m = tl.minimum(num_pid_m - first_pid_m, GROUP_M)
@@ -240,8 +254,11 @@ def _w8a8_persistent_kernel(
         out = acc.to(tl.float32) * xs[:, None] * ws[None, :]
         if HAS_BIAS:
             out += tl.load(bias_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
-        out_ptrs = out_ptr + offs_m.to(tl.int64)[:, None] * stride_om + offs_n[None, :]
-        tl.store(out_ptrs, out.to(out_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_n[None, :])
+        if TMA_STORE and OUT_ALIGNED:
+            out_desc.store([pid_m * BLOCK_M, pid_n * BLOCK_N], out.to(out_ptr.dtype.element_ty))
+        else:
+            out_ptrs = out_ptr + offs_m.to(tl.int64)[:, None] * stride_om + offs_n[None, :]
+            tl.store(out_ptrs, out.to(out_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_n[None, :])
 
 
 def tma_ready(xq: torch.Tensor, wq: torch.Tensor) -> bool:
@@ -258,8 +275,6 @@ def _ensure_allocator() -> None:
     """Device-made TMA descriptors live in a scratch buffer that Triton asks an allocator for at
     launch; this sets one (torch's caching allocator, so CUDA graphs capture it) unless the
     application has set its own."""
-    from triton.runtime import _allocation
-
     current = getattr(_allocation, "_allocator", None)
     if current is None or current.get() is getattr(_allocation, "_NULL_ALLOCATOR", None):
         triton.set_allocator(_descriptor_scratch)
@@ -382,7 +397,7 @@ def swap_split_k(n: int) -> bool:
 
 def _sm_count() -> int:
     if torch.cuda.is_available():
-        return torch.cuda.get_device_properties(torch.cuda.current_device()).multi_processor_count
+        return device_properties().multi_processor_count
     return 132  # the H100's, so the interpreter takes the same branch as the GPU would
 
 
@@ -476,7 +491,7 @@ def _tma_device() -> bool:
     # TMA is sm_90's; the CPU interpreter runs the descriptor loads too.
     if interpreting():
         return True
-    return torch.cuda.is_available() and torch.cuda.get_device_capability()[0] >= 9
+    return torch.cuda.is_available() and device_properties().major >= 9
 
 
 def w8a8_gemm_triton(xq, xs, wq, ws, bias, out_dtype, qdtype: torch.dtype, *, path: str = "auto"):
@@ -536,7 +551,7 @@ def w8a8_gemm_triton(xq, xs, wq, ws, bias, out_dtype, qdtype: torch.dtype, *, pa
             _ensure_allocator()
         _w8a8_persistent_kernel[grid](
             xq, wq, xs, ws, bias_arg, out, m, n, k, bucket, xq.stride(0), wq.stride(0), out.stride(0), NUM_SMS=sms,
-            **flags,
+            OUT_ALIGNED=(n * out.element_size()) % 16 == 0, **flags,
         )
         return out
     # Split-K candidates accumulate in fp32; the cast afterwards is one small launch.

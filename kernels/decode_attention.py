@@ -12,8 +12,8 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels._launch import (check_dtype, first_config_only, graph_bench, interpreting, pdl_args, use_triton,
-                             wait_prior_grid)
+from kernels._launch import (check_dtype, device_properties, first_config_only, graph_bench, interpreting, pdl_args,
+                             use_triton, wait_prior_grid)
 
 Q_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 KV_DTYPES = (torch.bfloat16, torch.float16, torch.float8_e4m3fn)
@@ -274,16 +274,8 @@ def _reduce_splits_kernel(m_ptr, l_ptr, acc_ptr, lens_ptr, out_ptr, NUM_HEADS, N
     tl.store(out_ptr + b * stride_ob + head * stride_oh + offs_d, o.to(out_ptr.dtype.element_ty))
 
 
-_SM_COUNT: dict = {}
-
-
 def _sm_count(device: torch.device) -> int:
-    if device.type != "cuda":
-        return INTERPRETER_SMS
-    index = device.index if device.index is not None else torch.cuda.current_device()
-    if index not in _SM_COUNT:
-        _SM_COUNT[index] = torch.cuda.get_device_properties(index).multi_processor_count
-    return _SM_COUNT[index]
+    return device_properties(device).multi_processor_count if device.type == "cuda" else INTERPRETER_SMS
 
 
 def num_splits_for(b: int, hkv: int, s_max: int, device: torch.device) -> int:

@@ -1,0 +1,74 @@
+"""Host time per call of the W8A8 launcher against torch's GEMMs, and what it does to eager timing.
+
+    python bench/launch_overhead.py     # on the GPU; writes bench/results/w8a8-launch-overhead-h100.json
+
+For the prefill shapes where a GEMM takes ~50-250 µs, each path (the tiled and the persistent
+Triton kernels, ``torch._scaled_mm`` or ``torch._int_mm``, bf16 ``x @ w.t()``) is timed three ways,
+three times each: ``triton.testing.do_bench`` (an L2 flush, then the call, timed by CUDA events),
+CUDA-graph replay (device time only), and enqueue time (50 calls without a sync, per call: the
+host's cost where it exceeds the kernel's). Where the enqueue time exceeds the flush that precedes
+each do_bench call, the GPU waits on the host and do_bench reports that wait as kernel time.
+"""
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import torch  # noqa: E402
+from triton.testing import do_bench  # noqa: E402
+
+import kernels._w8a8 as w8a8  # noqa: E402
+from bench.timing import graph_us, rel_err, write_results  # noqa: E402
+from kernels.act_quant import act_quant  # noqa: E402
+
+SHAPES = [(2048, 4096, 4096), (2048, 14336, 4096), (8192, 8192, 8192)]
+REPEATS = 3
+
+
+def enqueue_us(fn, calls: int = 50) -> float:
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(calls):
+        fn()
+    per_call = (time.perf_counter() - start) / calls * 1e6
+    torch.cuda.synchronize()
+    return per_call
+
+
+def main() -> None:
+    rows = []
+    for m, n, k in SHAPES:
+        x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
+        w = torch.randn(n, k, device="cuda", dtype=torch.bfloat16) * 0.02
+        for fmt, qdtype in (("fp8_e4m3", torch.float8_e4m3fn), ("int8", torch.int8)):
+            xq, xs, _, _ = act_quant(x, fmt)
+            wq, ws, _, _ = act_quant(w, fmt)
+            fns = {path: (lambda p=path: w8a8.w8a8_gemm_triton(xq, xs, wq, ws, None, torch.bfloat16, qdtype, path=p))
+                   for path in ("tiled", "persistent")}
+            if fmt == "int8":
+                fns["torch"] = lambda: torch._int_mm(xq, wq.t())
+            else:
+                fns["torch"] = lambda: torch._scaled_mm(xq, wq.t(), scale_a=xs, scale_b=ws.t(),
+                                                        out_dtype=torch.bfloat16, use_fast_accum=True)
+            fns["bf16"] = lambda: x @ w.t()
+            ref = (xq.float() * xs) @ (wq.float() * ws).t()
+            for path in ("tiled", "persistent"):
+                err = rel_err(fns[path](), ref)
+                if not err < 1e-2:
+                    raise SystemExit(f"{fmt} {m}x{n}x{k} {path}: rel err {err:.2e}")
+            for name, fn in fns.items():
+                fn()
+                row = dict(m=m, n=n, k=k, fmt=fmt, path=name,
+                           do_bench_us=[do_bench(fn, return_mode="median") * 1e3 for _ in range(REPEATS)],
+                           graph_us=[graph_us(lambda *r, fn=fn: fn(), [()]) for _ in range(REPEATS)],
+                           enqueue_us=[enqueue_us(fn) for _ in range(REPEATS)])
+                rows.append(row)
+                print(f"{m}x{n}x{k} {fmt:8s} {name:10s}: do_bench {min(row['do_bench_us']):7.1f}-"
+                      f"{max(row['do_bench_us']):7.1f}  graph {min(row['graph_us']):7.1f}-{max(row['graph_us']):7.1f}"
+                      f"  enqueue {min(row['enqueue_us']):6.1f}-{max(row['enqueue_us']):6.1f}", flush=True)
+    write_results("w8a8-launch-overhead-h100.json", command="python bench/launch_overhead.py", rows=rows)
+
+
+if __name__ == "__main__":
+    main()
