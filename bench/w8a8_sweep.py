@@ -72,6 +72,18 @@ def run_config(cfg, fmt, xq, xs, wq, ws):
     return launch, out
 
 
+def time_tiled(configs, fmt, xq, xs, wq, ws, ref) -> list[tuple[float, tuple]]:
+    """(do_bench µs, config) of the tiled kernel for each config, each output checked against ``ref``."""
+    timed = []
+    for cfg in configs:
+        launch, out = run_config(cfg, fmt, xq, xs, wq, ws)
+        err = rel_err(out, ref)
+        if not err < 1e-2:
+            raise SystemExit(f"{fmt} {xq.shape[0]}x{wq.shape[0]}x{xq.shape[1]} tiled {cfg}: rel err {err:.2e}")
+        timed.append((do_bench(launch, return_mode="median") * 1e3, cfg))
+    return timed
+
+
 DECODE_SHAPES = [(1024, 4096), (4096, 4096), (14336, 4096), (4096, 14336), (8192, 8192)]
 
 
@@ -161,13 +173,7 @@ def persistent_sweep(more: bool = False) -> list[dict]:
             xq, xs, wq, ws = operands(m, n, k, fmt, "quantized")
             t_base = do_bench(baseline(fmt, xq, xs, wq, ws), return_mode="median") * 1e3
             ref = (xq.float() * xs) @ (wq.float() * ws).t()
-            timed = []
-            for cfg in TILED_BEST:
-                launch, out = run_config(cfg, fmt, xq, xs, wq, ws)
-                err = rel_err(out, ref)
-                if not err < 1e-2:
-                    raise SystemExit(f"{fmt} {m}x{n}x{k} tiled {cfg}: rel err {err:.2e}")
-                timed.append((do_bench(launch, return_mode="median") * 1e3, ("tiled",) + cfg))
+            timed = [(us, ("tiled",) + cfg) for us, cfg in time_tiled(TILED_BEST, fmt, xq, xs, wq, ws, ref)]
             candidates = [(c, {}) for c in PERSISTENT_CONFIGS]
             if more:
                 candidates += [(c[:6] + (opts.get("flatten", c[6]),), opts) for c in PERSISTENT_CONFIGS[:4]
@@ -217,13 +223,7 @@ def main() -> None:
                 xq, xs, wq, ws = operands(m, n, k, fmt, data)
                 t_base = do_bench(baseline(fmt, xq, xs, wq, ws), return_mode="median") * 1e3
                 ref = (xq.float() * xs) @ (wq.float() * ws).t()
-                timed = []
-                for cfg in CONFIGS:
-                    launch, out = run_config(cfg, fmt, xq, xs, wq, ws)
-                    err = rel_err(out, ref)
-                    if not err < 1e-2:
-                        raise SystemExit(f"{fmt} {m}x{n}x{k} {cfg}: rel err {err:.2e}")
-                    timed.append((do_bench(launch, return_mode="median") * 1e3, cfg))
+                timed = time_tiled(CONFIGS, fmt, xq, xs, wq, ws, ref)
                 timed.sort()
                 best_us, best = timed[0]
                 row = {"m": m, "n": n, "k": k, "fmt": fmt, "data": data, "bf16_us": t_bf16, "baseline_us": t_base,

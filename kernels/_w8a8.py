@@ -43,6 +43,20 @@ def _token_scales(xs_ptr, offs_m, mask_m, XS_PER_TOKEN: tl.constexpr, BLOCK_M: t
 
 
 @triton.jit
+def _scaled_tile(acc, xs_ptr, ws_ptr, bias_ptr, offs_m, offs_n, mask_m, mask_n, add_bias,
+                 XS_PER_TOKEN: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK_M: tl.constexpr):
+    """Epilogue of an [M, N] tile: per-token x per-channel scales on the fp32 (or exact int32) sum,
+    then the bias where ``add_bias`` (one split of a split-K tile adds it)."""
+    xs = _token_scales(xs_ptr, offs_m, mask_m, XS_PER_TOKEN, BLOCK_M)
+    ws = tl.load(ws_ptr + offs_n, mask=mask_n, other=0.0)
+    out = acc.to(tl.float32) * xs[:, None] * ws[None, :]
+    if HAS_BIAS:
+        if add_bias:
+            out += tl.load(bias_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
+    return out
+
+
+@triton.jit
 def _store_or_add(out_ptrs, out, mask, SPLIT_K: tl.constexpr):
     """Writes the scaled tile; split-K programs add theirs (the scales are linear) into the zeroed fp32 output."""
     if SPLIT_K == 1:
@@ -158,15 +172,10 @@ def _w8a8_gemm_kernel(
         x_ptrs += BLOCK_K
         w_ptrs += BLOCK_K
 
-    # Epilogue: per-token x per-channel scales on the fp32 (or exact int32) sum, then bias.
     mask_m = offs_m < M
     mask_n = offs_n < N
-    xs = _token_scales(xs_ptr, offs_m, mask_m, XS_PER_TOKEN, BLOCK_M)
-    ws = tl.load(ws_ptr + offs_n, mask=mask_n, other=0.0)
-    out = acc.to(tl.float32) * xs[:, None] * ws[None, :]
-    if HAS_BIAS:
-        if pid_k == 0:
-            out += tl.load(bias_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
+    out = _scaled_tile(acc, xs_ptr, ws_ptr, bias_ptr, offs_m, offs_n, mask_m, mask_n, pid_k == 0, XS_PER_TOKEN,
+                       HAS_BIAS, BLOCK_M)
     out_ptrs = out_ptr + offs_m.to(tl.int64)[:, None] * stride_om + offs_n[None, :]
     mask = mask_m[:, None] & mask_n[None, :]
     _store_or_add(out_ptrs, out, mask, SPLIT_K)
@@ -249,11 +258,8 @@ def _w8a8_persistent_kernel(
         offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
         mask_m = offs_m < M
         mask_n = offs_n < N
-        xs = _token_scales(xs_ptr, offs_m, mask_m, XS_PER_TOKEN, BLOCK_M)
-        ws = tl.load(ws_ptr + offs_n, mask=mask_n, other=0.0)
-        out = acc.to(tl.float32) * xs[:, None] * ws[None, :]
-        if HAS_BIAS:
-            out += tl.load(bias_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
+        out = _scaled_tile(acc, xs_ptr, ws_ptr, bias_ptr, offs_m, offs_n, mask_m, mask_n, True, XS_PER_TOKEN,
+                           HAS_BIAS, BLOCK_M)
         if TMA_STORE and OUT_ALIGNED:
             out_desc.store([pid_m * BLOCK_M, pid_n * BLOCK_N], out.to(out_ptr.dtype.element_ty))
         else:
@@ -352,11 +358,8 @@ def _w8a8_gemv_kernel(
         x_ptrs += BLOCK_K
 
     mask_n = offs_n < N
-    xs = _token_scales(xs_ptr, offs_m, mask_m, XS_PER_TOKEN, BLOCK_M)
-    ws = tl.load(ws_ptr + offs_n, mask=mask_n, other=0.0)
-    out = acc.to(tl.float32) * xs[:, None] * ws[None, :]
-    if HAS_BIAS:
-        out += tl.load(bias_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
+    out = _scaled_tile(acc, xs_ptr, ws_ptr, bias_ptr, offs_m, offs_n, mask_m, mask_n, True, XS_PER_TOKEN, HAS_BIAS,
+                       BLOCK_M)
     out_ptrs = out_ptr + offs_m.to(tl.int64)[:, None] * stride_om + offs_n[None, :]
     tl.store(out_ptrs, out.to(out_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_n[None, :])
 
