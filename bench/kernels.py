@@ -147,7 +147,8 @@ def bench_w8a8(ceil: dict) -> list[dict]:
         t_fp8 = median_us(lambda x, w, xq, xs, wq, ws, *r: gemm_fp8(xq, xs, wq, ws), sets)
         kernel_for = {"gemv": w8a8_mod._w8a8_gemv_kernel,
                       "swap": w8a8_mod._w8a8_swap_kernel if w8a8_mod.swap_split_k(n) else w8a8_mod._w8a8_swap_direct_kernel,
-                      "tiled": w8a8_mod._w8a8_gemm_kernel, "persistent": w8a8_mod._w8a8_persistent_kernel}
+                      "tiled": w8a8_mod._w8a8_gemm_kernel,
+                      "persistent": w8a8_mod._w8a8_persistent_kernel}
         cfg_fp8 = best_config(kernel_for[w8a8_mod.w8a8_path(m, torch.float8_e4m3fn)])
         t_scaled = median_us(
             lambda x, w, xq, xs, wq, ws, *r: torch._scaled_mm(

@@ -26,12 +26,6 @@ def first_config_only(configs, named_args, **kwargs):
     return configs[: 1 if interpreting() or ONE_CONFIG else None]
 
 
-# Programmatic dependent launch (sm_90+): a kernel launched with it may start while the kernel
-# before it in the stream still runs, so its launch latency and prologue overlap that kernel's
-# tail. A decode step is ~120 launches of a few µs each, where that latency is a large share.
-# Every kernel here waits for the prior grid (wait_prior_grid) before it touches memory that
-# another kernel writes, so it is safe after any kernel, with PDL or without. PRECISIONOPS_PDL=0
-# turns it off.
 _DEVICE_PROPERTIES: dict[int, object] = {}
 
 
@@ -44,6 +38,12 @@ def device_properties(device: torch.device | None = None):
     return _DEVICE_PROPERTIES[index]
 
 
+# Programmatic dependent launch (sm_90+): a kernel launched with it may start while the kernel
+# before it in the stream still runs, so its launch latency and prologue overlap that kernel's
+# tail. A decode step is ~120 launches of a few µs each, where that latency is a large share.
+# Every kernel here waits for the prior grid (wait_prior_grid) before it touches memory that
+# another kernel writes, so it is safe after any kernel, with PDL or without. PRECISIONOPS_PDL=0
+# turns it off.
 def pdl_args(device: torch.device) -> dict:
     """Launch arguments for a kernel with a ``PDL`` constexpr on ``device``: PDL on for CUDA
     devices of compute capability 9.0 and up unless ``PRECISIONOPS_PDL=0``; off elsewhere."""
