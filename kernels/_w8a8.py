@@ -228,10 +228,11 @@ def _w8a8_persistent_kernel(
     # Hopper), load and MMA warps run apart. TMA_STORE writes the tile by TMA where the output's
     # rows are 16-byte aligned (OUT_ALIGNED). The descriptors are made here, on the device: made
     # on the host, each launch encoded them in Python, ~100 µs of host time a call, which eager
-    # timing (do_bench) measured as GPU idle.
+    # timing (do_bench) measured as GPU idle. They are written to a scratch buffer from torch's
+    # allocator, which may be memory the kernel before this one still uses: made after the wait.
+    wait_prior_grid(PDL)
     x_desc = tl.make_tensor_descriptor(x_ptr, shape=[M, K], strides=[stride_xm, 1], block_shape=[BLOCK_M, BLOCK_K])
     w_desc = tl.make_tensor_descriptor(w_ptr, shape=[N, K], strides=[stride_wn, 1], block_shape=[BLOCK_N, BLOCK_K])
-    wait_prior_grid(PDL)
     num_pid_m = tl.cdiv(M, BLOCK_M)
     num_pid_n = tl.cdiv(N, BLOCK_N)
     k_tiles = tl.cdiv(K, BLOCK_K)
