@@ -27,6 +27,7 @@ import triton  # noqa: E402
 import kernels.gemm_w4a16 as w4  # noqa: E402
 from bench.timing import graph_us, rel_err, write_results  # noqa: E402
 from bench.w4a16_sweep import GROUP, tc_with_config, weight_sets  # noqa: E402
+from kernels._launch import only_config  # noqa: E402
 
 GEMV_SHAPES = [(8192, 8192), (6144, 4096), (4096, 4096), (28672, 4096), (4096, 14336), (28672, 8192), (1024, 4096)]
 TC_SHAPES = [(8192, 8192), (4096, 14336), (28672, 4096), (6144, 4096), (4096, 4096)]
@@ -41,31 +42,28 @@ def with_group_major(sets):
 
 def maxnreg() -> None:
     kernel = w4._w4a16_gemv_kernel
-    configs, rows = list(kernel.configs), []
-    try:
-        for n, k in GEMV_SHAPES:
-            sets = weight_sets(n, k)
-            x = torch.randn(1, k, device="cuda", dtype=torch.bfloat16)
-            ref = x.float() @ w4.dequantize_w4_reference(*sets[0][1:], GROUP).t()
-            bf16_us = graph_us(lambda w, *r: x @ w.t(), sets)
-            for cfg in (c for c in configs if c.maxnreg is None):
-                for reg in (None, 64, 72):
-                    kernel.configs = [triton.Config(dict(cfg.kwargs), num_warps=cfg.num_warps,
-                                                    num_stages=cfg.num_stages, maxnreg=reg)]
-                    kernel.cache = {}
+    rows = []
+    for n, k in GEMV_SHAPES:
+        sets = weight_sets(n, k)
+        x = torch.randn(1, k, device="cuda", dtype=torch.bfloat16)
+        ref = x.float() @ w4.dequantize_w4_reference(*sets[0][1:], GROUP).t()
+        bf16_us = graph_us(lambda w, *r: x @ w.t(), sets)
+        for cfg in [c for c in kernel.configs if c.maxnreg is None]:
+            for reg in (None, 64, 72):
+                capped = triton.Config(dict(cfg.kwargs), num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+                                       maxnreg=reg)
+                with only_config(kernel, capped):
                     err = rel_err(w4.gemm_w4a16(x, *sets[0][1:], GROUP), ref)
                     if not err < 1e-2:
                         raise SystemExit(f"{n}x{k} {cfg.kwargs} maxnreg={reg}: rel err {err:.2e}")
                     us = graph_us(lambda w, p, s, z: w4.gemm_w4a16(x, p, s, z, GROUP), sets)
-                    rows.append(dict(n=n, k=k, bn=cfg.kwargs["BLOCK_N"], quads=cfg.kwargs["QUADS"],
-                                     warps=cfg.num_warps, maxnreg=reg, us=us, bf16_us=bf16_us))
-            mine = [r for r in rows if (r["n"], r["k"]) == (n, k)]
-            best = min(mine, key=lambda r: r["us"])
-            uncapped = min((r for r in mine if r["maxnreg"] is None), key=lambda r: r["us"])
-            print(f"{n}x{k} bf16 {bf16_us:.1f}: best {best['us']:.1f} (maxnreg {best['maxnreg']}) against best "
-                  f"uncapped {uncapped['us']:.1f}", flush=True)
-    finally:
-        kernel.configs, kernel.cache = configs, {}
+                rows.append(dict(n=n, k=k, bn=cfg.kwargs["BLOCK_N"], quads=cfg.kwargs["QUADS"],
+                                 warps=cfg.num_warps, maxnreg=reg, us=us, bf16_us=bf16_us))
+        mine = [r for r in rows if (r["n"], r["k"]) == (n, k)]
+        best = min(mine, key=lambda r: r["us"])
+        uncapped = min((r for r in mine if r["maxnreg"] is None), key=lambda r: r["us"])
+        print(f"{n}x{k} bf16 {bf16_us:.1f}: best {best['us']:.1f} (maxnreg {best['maxnreg']}) against best "
+              f"uncapped {uncapped['us']:.1f}", flush=True)
     write_results("w4a16-gemv-maxnreg-h100.json", group_size=GROUP, rows=rows)
 
 

@@ -32,7 +32,7 @@ import torch  # noqa: E402
 import triton  # noqa: E402
 
 import kernels.gemm_w4a16 as w4  # noqa: E402
-from kernels._launch import pdl_args  # noqa: E402
+from kernels._launch import only_config, pdl_args  # noqa: E402
 from bench.timing import best_config, graph_us, rel_err, write_results  # noqa: E402
 
 GROUP = 128
@@ -84,12 +84,8 @@ def tc_with_config(cfg):
     kernel = w4._w4a16_tc_kernel
 
     def launch(x, p, s, z):
-        saved = kernel.configs, kernel.cache
-        kernel.configs, kernel.cache = [cfg], {}
-        try:
+        with only_config(kernel, cfg):
             return w4.gemm_w4a16_triton(x, p, s, z, GROUP, path="tc")
-        finally:
-            kernel.configs, kernel.cache = saved
     return launch
 
 

@@ -26,7 +26,7 @@ from triton.testing import do_bench  # noqa: E402
 
 import kernels._w8a8 as w8a8  # noqa: E402
 from bench.timing import best_config, graph_us, rel_err, write_results  # noqa: E402
-from kernels._launch import pdl_args, split_k_locks  # noqa: E402
+from kernels._launch import only_config, pdl_args, split_k_locks  # noqa: E402
 from kernels.act_quant import act_quant  # noqa: E402
 
 SHAPES = [(8192, 8192, 8192), (2048, 4096, 4096), (2048, 14336, 4096), (2048, 8192, 8192)]
@@ -152,12 +152,8 @@ def persistent_with_config(cfg, qdtype):
     kernel = w8a8._w8a8_persistent_kernel
 
     def launch(xq, xs, wq, ws):
-        saved = kernel.configs, kernel.cache
-        kernel.configs, kernel.cache = [cfg], {}
-        try:
+        with only_config(kernel, cfg):
             return w8a8.w8a8_gemm_triton(xq, xs, wq, ws, None, torch.bfloat16, qdtype, path="persistent")
-        finally:
-            kernel.configs, kernel.cache = saved
     return launch
 
 

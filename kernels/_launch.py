@@ -3,6 +3,7 @@
 Tests force the Triton path on the CPU by setting ``TRITON_INTERPRET=1`` before triton is
 imported and passing ``backend="triton"``.
 """
+import contextlib
 import os
 
 import torch
@@ -24,6 +25,18 @@ def interpreting() -> bool:
 def first_config_only(configs, named_args, **kwargs):
     """Autotune pruning: the first config alone under the interpreter or with ONE_CONFIG set."""
     return configs[: 1 if interpreting() or ONE_CONFIG else None]
+
+
+@contextlib.contextmanager
+def only_config(kernel, config: triton.Config):
+    """Within the block the autotuned ``kernel`` runs ``config`` alone, untuned (sweeps and
+    per-config tests); afterwards it has its own configs and tuned picks back."""
+    saved = kernel.configs, kernel.cache
+    kernel.configs, kernel.cache = [config], {}
+    try:
+        yield
+    finally:
+        kernel.configs, kernel.cache = saved
 
 
 _DEVICE_PROPERTIES: dict[int, object] = {}

@@ -10,7 +10,7 @@ import kernels.act_quant as act_quant_mod
 import kernels.gemm_w4a16 as gemm_w4a16_mod
 import kernels._w8a8 as w8a8_mod
 from kernels import _launch
-from kernels._launch import SPLIT_K_LOCKS, split_k_locks
+from kernels._launch import SPLIT_K_LOCKS, only_config, split_k_locks
 from kernels.act_quant import act_quant, act_quant_reference
 from kernels.decode_attention import decode_attention, decode_attention_reference
 from kernels.gemm_fp8 import gemm_fp8, gemm_fp8_reference
@@ -246,20 +246,15 @@ def test_w8a8_persistent_every_config_gpu(cfg, fmt):
     # GPU tests run the first config only (ONE_CONFIG); each config is forced here, on an output
     # TMA can store (N = 1000: 2000-byte rows) and one it cannot (N = 999), with partial tiles and
     # programs that take more than one tile.
-    kernel = w8a8_mod._w8a8_persistent_kernel
-    gemm, reference = GEMMS[fmt]
+    _, reference = GEMMS[fmt]
     qdtype = torch.float8_e4m3fn if fmt == "fp8_e4m3" else torch.int8
-    saved = kernel.configs, kernel.cache
-    kernel.configs, kernel.cache = [w8a8_mod._CONFIGS_PERSISTENT[cfg]], {}
-    try:
+    with only_config(w8a8_mod._w8a8_persistent_kernel, w8a8_mod._CONFIGS_PERSISTENT[cfg]):
         for n in (1000, 999):
             x, w, xq, xs, wq, ws = _w8a8_inputs(8000, n, 1024, fmt, "cuda")
             bias = torch.randn(n, device="cuda")
             out = w8a8_mod.w8a8_gemm_triton(xq, xs, wq, ws, bias, torch.bfloat16, qdtype, path="persistent")
             ref = reference(xq, xs, wq, ws, bias, torch.float32)
             assert rel_err(out, ref) < _w8a8_bound(fmt, torch.bfloat16, "cuda")
-    finally:
-        kernel.configs, kernel.cache = saved
 
 
 # --- W4A16 --------------------------------------------------------------------------------
