@@ -3,7 +3,9 @@
     python bench/launch_overhead.py     # on the GPU; writes bench/results/w8a8-launch-overhead-h100.json
 
 For the prefill shapes where a GEMM takes ~50-250 µs, each path (the tiled and the persistent
-Triton kernels, ``torch._scaled_mm`` or ``torch._int_mm``, bf16 ``x @ w.t()``) is timed three ways,
+Triton kernels, each launched directly once tuned (kernels._launch.launch) and through Triton's
+autotuner and launcher every call (``/triton``: PRECISIONOPS_FAST_LAUNCH=0), ``torch._scaled_mm``
+or ``torch._int_mm``, bf16 ``x @ w.t()``) is timed three ways,
 three times each: ``triton.testing.do_bench`` (an L2 flush, then the call, timed by CUDA events),
 CUDA-graph replay (device time only), and enqueue time (50 calls without a sync, per call: the
 host's cost where it exceeds the kernel's). Where the enqueue time exceeds the flush that precedes
@@ -44,8 +46,9 @@ def main() -> None:
         for fmt, qdtype in (("fp8_e4m3", torch.float8_e4m3fn), ("int8", torch.int8)):
             xq, xs, _, _ = act_quant(x, fmt)
             wq, ws, _, _ = act_quant(w, fmt)
-            fns = {path: (lambda p=path: w8a8.w8a8_gemm_triton(xq, xs, wq, ws, None, torch.bfloat16, qdtype, path=p))
-                   for path in ("tiled", "persistent")}
+            fns = {name: (lambda p=name.split("/")[0]: w8a8.w8a8_gemm_triton(xq, xs, wq, ws, None, torch.bfloat16,
+                                                                                 qdtype, path=p))
+                   for name in ("tiled", "persistent", "tiled/triton", "persistent/triton")}
             if fmt == "int8":
                 fns["torch"] = lambda: torch._int_mm(xq, wq.t())
             else:
@@ -58,6 +61,7 @@ def main() -> None:
                 if not err < 1e-2:
                     raise SystemExit(f"{fmt} {m}x{n}x{k} {path}: rel err {err:.2e}")
             for name, fn in fns.items():
+                os.environ["PRECISIONOPS_FAST_LAUNCH"] = "0" if name.endswith("/triton") else "1"
                 fn()
                 row = dict(m=m, n=n, k=k, fmt=fmt, path=name,
                            do_bench_us=[do_bench(fn, return_mode="median") * 1e3 for _ in range(REPEATS)],
@@ -67,6 +71,7 @@ def main() -> None:
                 print(f"{m}x{n}x{k} {fmt:8s} {name:10s}: do_bench {min(row['do_bench_us']):7.1f}-"
                       f"{max(row['do_bench_us']):7.1f}  graph {min(row['graph_us']):7.1f}-{max(row['graph_us']):7.1f}"
                       f"  enqueue {min(row['enqueue_us']):6.1f}-{max(row['enqueue_us']):6.1f}", flush=True)
+    os.environ.pop("PRECISIONOPS_FAST_LAUNCH")
     write_results("w8a8-launch-overhead-h100.json", command="python bench/launch_overhead.py", rows=rows)
 
 

@@ -5,10 +5,15 @@ imported and passing ``backend="triton"``.
 """
 import contextlib
 import os
+from typing import NamedTuple
 
 import torch
 import triton
 import triton.language as tl
+from triton import knobs
+from triton.runtime import driver
+from triton.runtime.autotuner import Autotuner, Heuristics
+from triton.runtime.jit import JITFunction
 
 BACKENDS = ("auto", "triton", "reference")
 # When True the autotuned kernels run the first config of their M bucket instead of timing all
@@ -37,6 +42,115 @@ def only_config(kernel, config: triton.Config):
         yield
     finally:
         kernel.configs, kernel.cache = saved
+
+
+# Launching through Triton (kernel[grid](...)) costs ~50-70 µs of host time a call on the H100's
+# host: the autotuner's key, binding and specializing every argument, then the launcher's ~15. At
+# decode and small prefill shapes that exceeds the kernel, so eager serving leaves the GPU idle
+# (bench/launch_overhead.py). Once a call has been tuned and compiled, :func:`launch` keeps the
+# compiled kernel under a key that holds everything Triton would choose it by (the tuning key's
+# values; dtypes, 16-byte alignment of pointers, integers equal to 1, divisible by 16 and their
+# width, as Triton specializes; the constexprs; the device) and later calls with the same key
+# launch it directly, as Triton's own cache hit does. PRECISIONOPS_FAST_LAUNCH=0 turns it off.
+class _Launch(NamedTuple):
+    compiled: object
+    meta: dict  # constexprs, tuned config and heuristics: what grid functions and pre-hooks read
+    tail: tuple  # the kernel's parameters after the positional arguments, in signature order
+    pre_hook: object
+    # The autotuner's configs and cache objects when it tuned: replacing either (only_config, a
+    # test's monkeypatch) sends the next call through Triton again.
+    tuner: tuple | None
+
+
+_launches: dict[tuple, _Launch] = {}
+_tuning_positions: dict[object, tuple[int, ...]] = {}
+_HASHABLE = (bool, int, float, str, torch.dtype, type(None))
+
+
+def specialization(value) -> tuple:
+    """What Triton specializes a launch argument on, or finer: a compiled kernel serves every call
+    whose arguments agree on these (tests check it against Triton's own specializer)."""
+    if isinstance(value, torch.Tensor):
+        return value.dtype, value.data_ptr() % 16 == 0
+    if isinstance(value, bool):
+        return bool, value
+    if isinstance(value, int):
+        return int, value == 1, value % 16 == 0, -(1 << 31) <= value < 1 << 31, -(1 << 63) <= value < 1 << 63
+    return (type(value),)
+
+
+def launch_key(kernel, args: tuple, constexprs: dict):
+    """The key :func:`launch` keeps a compiled kernel under; None where a call cannot take the
+    direct path (a keyword argument that is not a plain value)."""
+    positions = _tuning_positions.get(kernel)
+    if positions is None:
+        keys = kernel.keys if isinstance(kernel, Autotuner) else ()
+        positions = _tuning_positions[kernel] = tuple(kernel.arg_names.index(k) for k in keys)
+    for v in constexprs.values():
+        if not isinstance(v, _HASHABLE):
+            return None
+    return (kernel, driver.active.get_current_device(), tuple(constexprs.items()),
+            tuple(args[i] for i in positions if i < len(args)), tuple(map(specialization, args)))
+
+
+def _direct(kernel, compiled, args: tuple, constexprs: dict) -> _Launch | None:
+    """What a direct launch of ``compiled`` needs, from the call that compiled it."""
+    meta = dict(constexprs)
+    pre_hook = tuner = None
+    fn = kernel
+    while not isinstance(fn, JITFunction):
+        if isinstance(fn, Autotuner):
+            meta.update(fn.best_config.all_kwargs())
+            pre_hook, tuner = fn.best_config.pre_hook, (fn.configs, fn.cache)
+        elif isinstance(fn, Heuristics):
+            # A heuristic may read only the tuning key's arguments, which the key holds by value.
+            tuned = {kernel.arg_names[i]: args[i] for i in _tuning_positions[kernel] if i < len(args)}
+            try:
+                for name, heuristic in fn.values.items():
+                    meta[name] = heuristic({**tuned, **meta})
+            except KeyError:
+                return None
+        else:
+            return None
+        fn = fn.fn
+    names = fn.arg_names[len(args):]
+    if not hasattr(compiled, "packed_metadata") or any(name not in meta for name in names):
+        return None
+    return _Launch(compiled, meta, tuple(meta[name] for name in names), pre_hook, tuner)
+
+
+def launch(kernel, grid, *args, **constexprs):
+    """``kernel[grid](*args, **constexprs)``: the runtime arguments positional, in signature order,
+    the constexprs and launch options by keyword. The first call of a key goes through Triton (and
+    tunes); later ones launch its compiled kernel directly. Grid functions may read only the
+    constexprs and the tuned config's values."""
+    if (interpreting() or not getattr(args[0], "is_cuda", False) or _launch_hooks()
+            or os.environ.get("PRECISIONOPS_FAST_LAUNCH", "1") == "0"):
+        return kernel[grid](*args, **constexprs)
+    key = launch_key(kernel, args, constexprs)
+    entry = _launches.get(key) if key is not None else None
+    if entry is None or entry.tuner is not None and (entry.tuner[0] is not kernel.configs
+                                                     or entry.tuner[1] is not kernel.cache):
+        compiled = kernel[grid](*args, **constexprs)
+        entry = _direct(kernel, compiled, args, constexprs) if key is not None else None
+        if entry is not None:
+            _launches[key] = entry
+        return compiled
+    if entry.pre_hook is not None:
+        entry.pre_hook({**dict(zip(kernel.arg_names, args)), **entry.meta})
+    grid = grid(entry.meta) if callable(grid) else grid
+    # As Triton's launch after its cache hit (JITFunction.run), with no launch hooks to call.
+    compiled = entry.compiled
+    compiled.run(grid[0], grid[1] if len(grid) > 1 else 1, grid[2] if len(grid) > 2 else 1,
+                 driver.active.get_current_stream(key[1]), compiled.function, compiled.packed_metadata, None, None,
+                 None, *args, *entry.tail)
+    return compiled
+
+
+def _launch_hooks() -> bool:
+    """Whether launch hooks (a profiler's) are set: calls then take Triton's own path, which runs them."""
+    hooks = knobs.runtime.launch_enter_hook, knobs.runtime.launch_exit_hook
+    return any(getattr(hook, "calls", hook) for hook in hooks)  # an empty HookChain (Triton 3.9) calls none
 
 
 _DEVICE_PROPERTIES: dict[int, object] = {}

@@ -6,8 +6,8 @@ from triton.runtime import _allocation
 
 from kernels import _launch
 from kernels._launch import (check_2d, check_dtype, check_shape, count_in_split, device_properties, first_config_only,
-                             graph_bench, interpreting, m_bucket, pdl_args, split_k_locks, sum_splits, wait_prior_grid,
-                             zero_output)
+                             graph_bench, interpreting, launch, m_bucket, pdl_args, split_k_locks, sum_splits,
+                             wait_prior_grid, zero_output)
 
 OUT_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 
@@ -524,7 +524,8 @@ def w8a8_gemm_triton(xq, xs, wq, ws, bias, out_dtype, qdtype: torch.dtype, *, pa
     bias_arg = bias if bias is not None else ws
     if path == "gemv":
         out = torch.empty(m, n, dtype=out_dtype, device=xq.device)
-        _w8a8_gemv_kernel[lambda meta: (triton.cdiv(n, meta["BLOCK_N"]),)](
+        launch(
+            _w8a8_gemv_kernel, lambda meta: (triton.cdiv(n, meta["BLOCK_N"]),),
             xq, wq, xs, ws, bias_arg, out, m, n, k, xq.stride(0), wq.stride(0), out.stride(0),
             BLOCK_M=triton.next_power_of_2(m), **flags,
         )
@@ -538,7 +539,8 @@ def w8a8_gemm_triton(xq, xs, wq, ws, bias, out_dtype, qdtype: torch.dtype, *, pa
             locks = split_k_locks(xq.device, triton.cdiv(n, _SWAP_MIN_BLOCK_N))
         else:
             kernel, parts, locks = _w8a8_swap_direct_kernel, out, out
-        kernel[lambda meta: (triton.cdiv(n, meta["BLOCK_N"]), meta["SPLIT_K"])](
+        launch(
+            kernel, lambda meta: (triton.cdiv(n, meta["BLOCK_N"]), meta["SPLIT_K"]),
             xq, wq, xs, ws, bias_arg, out, parts, locks, m, n, k, xq.stride(0), wq.stride(0), out.stride(0),
             BLOCK_M=max(16, triton.next_power_of_2(m)), **flags,
         )
@@ -553,7 +555,8 @@ def w8a8_gemm_triton(xq, xs, wq, ws, bias, out_dtype, qdtype: torch.dtype, *, pa
 
         if xq.is_cuda:
             _ensure_allocator()
-        _w8a8_persistent_kernel[grid](
+        launch(
+            _w8a8_persistent_kernel, grid,
             xq, wq, xs, ws, bias_arg, out, m, n, k, bucket, xq.stride(0), wq.stride(0), out.stride(0), NUM_SMS=sms,
             OUT_ALIGNED=(n * out.element_size()) % 16 == 0, **flags,
         )
@@ -564,7 +567,8 @@ def w8a8_gemm_triton(xq, xs, wq, ws, bias, out_dtype, qdtype: torch.dtype, *, pa
     def grid(meta):
         return (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n, meta["BLOCK_N"]), meta["SPLIT_K"])
 
-    _w8a8_gemm_kernel[grid](
+    launch(
+        _w8a8_gemm_kernel, grid,
         xq, wq, xs, ws, bias_arg, out,
         m, n, k, bucket,
         xq.stride(0), wq.stride(0), out.stride(0), **flags,

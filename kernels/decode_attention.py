@@ -12,8 +12,8 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels._launch import (check_dtype, device_properties, first_config_only, graph_bench, interpreting, pdl_args,
-                             use_triton, wait_prior_grid)
+from kernels._launch import (check_dtype, device_properties, first_config_only, graph_bench, interpreting, launch,
+                             pdl_args, use_triton, wait_prior_grid)
 
 Q_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 KV_DTYPES = (torch.bfloat16, torch.float16, torch.float8_e4m3fn)
@@ -325,7 +325,8 @@ def decode_attention_triton(q, k_cache, v_cache, seq_lens, *, k_scale=None, v_sc
     scale = (1.0 / math.sqrt(d) if sm_scale is None else float(sm_scale)) * LOG2E
     ks = k_scale.contiguous() if fp8 else seq_lens
     vs = v_scale.contiguous() if fp8 else seq_lens
-    _decode_attention_kernel[(b, hkv, num_splits)](
+    launch(
+        _decode_attention_kernel, (b, hkv, num_splits),
         q, k_cache, v_cache, seq_lens, ks, vs, out, m, l, acc,
         scale, s_max, chunk, triton.next_power_of_2(b), hkv,
         q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
@@ -334,7 +335,8 @@ def decode_attention_triton(q, k_cache, v_cache, seq_lens, *, k_scale=None, v_sc
         KV_FP8=fp8, Q_FP32=q.dtype == torch.float32, DIRECT=direct, **pdl_args(q.device),
     )
     if not direct:
-        _reduce_splits_kernel[(b, hq)](
+        launch(
+            _reduce_splits_kernel, (b, hq),
             m, l, acc, seq_lens, out, hq, num_splits, s_max, chunk, out.stride(0), out.stride(1),
             HEAD_DIM=d, BLOCK_S=max(2, triton.next_power_of_2(num_splits)), num_warps=4, **pdl_args(q.device),
         )
