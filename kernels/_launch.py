@@ -22,9 +22,20 @@ BACKENDS = ("auto", "triton", "reference")
 ONE_CONFIG = False
 
 
+# Read once: @triton.jit reads TRITON_INTERPRET when a kernel is decorated, so a change later means
+# nothing (tests set it, then reload the kernel modules, this one first).
+_INTERPRETING = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
 def interpreting() -> bool:
     """True when Triton runs kernels through its CPU interpreter."""
-    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+    return _INTERPRETING
+
+
+def cdiv(a: int, b: int) -> int:
+    """Ceiling division on the host: launchers call it on every launch, where ``triton.cdiv``
+    (a constexpr function, ~3 µs a call) costs more than some kernels."""
+    return -(-a // b)
 
 
 def first_config_only(configs, named_args, **kwargs):
@@ -51,7 +62,8 @@ def only_config(kernel, config: triton.Config):
 # compiled kernel under a key that holds everything Triton would choose it by (the tuning key's
 # values; dtypes, 16-byte alignment of pointers, integers equal to 1, divisible by 16 and their
 # width, as Triton specializes; the constexprs; the device) and later calls with the same key
-# launch it directly, as Triton's own cache hit does. PRECISIONOPS_FAST_LAUNCH=0 turns it off.
+# launch it directly, as Triton's own cache hit does. Triton's own options changed after the
+# first call (TRITON_DEBUG, say) are not seen; PRECISIONOPS_FAST_LAUNCH=0 turns the direct path off.
 class _Launch(NamedTuple):
     compiled: object
     meta: dict  # constexprs, tuned config and heuristics: what grid functions and pre-hooks read

@@ -5,9 +5,9 @@ import triton.language as tl
 from triton.runtime import _allocation
 
 from kernels import _launch
-from kernels._launch import (check_2d, check_dtype, check_shape, count_in_split, device_properties, first_config_only,
-                             graph_bench, interpreting, launch, m_bucket, pdl_args, split_k_locks, sum_splits,
-                             wait_prior_grid, zero_output)
+from kernels._launch import (cdiv, check_2d, check_dtype, check_shape, count_in_split, device_properties,
+                             first_config_only, graph_bench, interpreting, launch, m_bucket, pdl_args, split_k_locks,
+                             sum_splits, wait_prior_grid, zero_output)
 
 OUT_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 
@@ -396,7 +396,7 @@ _CONFIGS_SWAP_DIRECT_INTERPRET = [_swap_config(32, 32, 4, 1)]
 def swap_split_k(n: int) -> bool:
     """Whether the swapped kernel may split K (its autotuner then weighs split and unsplit
     configs): the output has fewer 64-row tiles than the GPU has SMs."""
-    return triton.cdiv(n, 64) < _sm_count()
+    return cdiv(n, 64) < _sm_count()
 
 
 def _sm_count() -> int:
@@ -525,7 +525,7 @@ def w8a8_gemm_triton(xq, xs, wq, ws, bias, out_dtype, qdtype: torch.dtype, *, pa
     if path == "gemv":
         out = torch.empty(m, n, dtype=out_dtype, device=xq.device)
         launch(
-            _w8a8_gemv_kernel, lambda meta: (triton.cdiv(n, meta["BLOCK_N"]),),
+            _w8a8_gemv_kernel, lambda meta: (cdiv(n, meta["BLOCK_N"]),),
             xq, wq, xs, ws, bias_arg, out, m, n, k, xq.stride(0), wq.stride(0), out.stride(0),
             BLOCK_M=triton.next_power_of_2(m), **flags,
         )
@@ -536,11 +536,11 @@ def w8a8_gemm_triton(xq, xs, wq, ws, bias, out_dtype, qdtype: torch.dtype, *, pa
             # Each split's fp32 partials get a slice; the count words are shared (see split_k_locks).
             kernel = _w8a8_swap_kernel
             parts = torch.empty(_SWAP_MAX_SPLIT, m, n, dtype=torch.float32, device=xq.device)
-            locks = split_k_locks(xq.device, triton.cdiv(n, _SWAP_MIN_BLOCK_N))
+            locks = split_k_locks(xq.device, cdiv(n, _SWAP_MIN_BLOCK_N))
         else:
             kernel, parts, locks = _w8a8_swap_direct_kernel, out, out
         launch(
-            kernel, lambda meta: (triton.cdiv(n, meta["BLOCK_N"]), meta["SPLIT_K"]),
+            kernel, lambda meta: (cdiv(n, meta["BLOCK_N"]), meta["SPLIT_K"]),
             xq, wq, xs, ws, bias_arg, out, parts, locks, m, n, k, xq.stride(0), wq.stride(0), out.stride(0),
             BLOCK_M=max(16, triton.next_power_of_2(m)), **flags,
         )
@@ -551,7 +551,7 @@ def w8a8_gemm_triton(xq, xs, wq, ws, bias, out_dtype, qdtype: torch.dtype, *, pa
         sms = _sm_count()
 
         def grid(meta):
-            return (min(sms, triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n, meta["BLOCK_N"])),)
+            return (min(sms, cdiv(m, meta["BLOCK_M"]) * cdiv(n, meta["BLOCK_N"])),)
 
         if xq.is_cuda:
             _ensure_allocator()
@@ -565,7 +565,7 @@ def w8a8_gemm_triton(xq, xs, wq, ws, bias, out_dtype, qdtype: torch.dtype, *, pa
     out = torch.empty(m, n, dtype=torch.float32 if bucket <= SPLIT_MAX_M else out_dtype, device=xq.device)
 
     def grid(meta):
-        return (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n, meta["BLOCK_N"]), meta["SPLIT_K"])
+        return (cdiv(m, meta["BLOCK_M"]) * cdiv(n, meta["BLOCK_N"]), meta["SPLIT_K"])
 
     launch(
         _w8a8_gemm_kernel, grid,

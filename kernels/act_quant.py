@@ -3,7 +3,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels._launch import check_2d, check_dtype, interpreting, launch, pdl_args, use_triton, wait_prior_grid
+from kernels._launch import cdiv, check_2d, check_dtype, interpreting, launch, pdl_args, use_triton, wait_prior_grid
 
 FMAX = {"fp8_e4m3": 448.0, "int8": 127.0}
 QDTYPE = {"fp8_e4m3": torch.float8_e4m3fn, "int8": torch.int8}
@@ -187,7 +187,7 @@ def act_quant_triton(x: torch.Tensor, fmt: str, scale: torch.Tensor | None = Non
     # slower at every M measured (bench/results/kernels-h100.json, fp8_dynamic_us_by_rows_per_program).
     rows = triton.next_power_of_2(rows or 1)
     launch(
-        _act_quant_kernel, (triton.cdiv(m, rows),),
+        _act_quant_kernel, (cdiv(m, rows),),
         x, q, scale, amax, row_sat, m, k, x.stride(0), q.stride(0),
         FMAX=FMAX[fmt], IS_INT8=fmt == "int8", STATIC=static, BLOCK_K=block_k, SINGLE=single, ROWS=rows,
         EXACT_EMULATION=interpreting(),

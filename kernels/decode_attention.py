@@ -12,7 +12,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels._launch import (check_dtype, device_properties, first_config_only, graph_bench, interpreting, launch,
+from kernels._launch import (cdiv, check_dtype, device_properties, first_config_only, graph_bench, interpreting, launch,
                              pdl_args, use_triton, wait_prior_grid)
 
 Q_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -282,8 +282,8 @@ def num_splits_for(b: int, hkv: int, s_max: int, device: torch.device) -> int:
     """Splits per sequence so that B * Hkv * splits programs fill the GPU (WAVES per SM), each
     split at least MIN_CHUNK positions. Decided from the cache capacity S_max, not the lengths:
     reading those would sync the host, and a split past a sequence's end exits at once."""
-    want = triton.cdiv(WAVES * _sm_count(device), max(1, b * hkv))
-    return max(1, min(want, triton.cdiv(s_max, MIN_CHUNK), MAX_SPLITS))
+    want = cdiv(WAVES * _sm_count(device), max(1, b * hkv))
+    return max(1, min(want, cdiv(s_max, MIN_CHUNK), MAX_SPLITS))
 
 
 def decode_attention_triton(q, k_cache, v_cache, seq_lens, *, k_scale=None, v_scale=None, sm_scale=None,
@@ -312,8 +312,8 @@ def decode_attention_triton(q, k_cache, v_cache, seq_lens, *, k_scale=None, v_sc
         num_splits = num_splits_for(b, hkv, s_max, q.device)
     if num_splits < 1:
         raise ValueError(f"num_splits must be at least 1, got {num_splits}")
-    chunk = max(1, triton.cdiv(triton.cdiv(max(s_max, 1), num_splits), SPLIT_ALIGN) * SPLIT_ALIGN)
-    num_splits = max(1, triton.cdiv(s_max, chunk))
+    chunk = max(1, cdiv(cdiv(max(s_max, 1), num_splits), SPLIT_ALIGN) * SPLIT_ALIGN)
+    num_splits = max(1, cdiv(s_max, chunk))
     direct = num_splits == 1
     out = torch.empty(b, hq, d, dtype=q.dtype, device=q.device)
     if direct:

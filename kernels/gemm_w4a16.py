@@ -8,7 +8,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels._launch import (check_2d, check_dtype, check_shape, count_in_split, first_config_only, graph_bench,
+from kernels._launch import (cdiv, check_2d, check_dtype, check_shape, count_in_split, first_config_only, graph_bench,
                              interpreting, launch, pdl_args, split_k_locks, sum_splits, use_triton, wait_prior_grid,
                              zero_output)
 from kernels.packing import pack_int4, unpack_int4
@@ -709,7 +709,7 @@ def gemm_w4a16_triton(x, packed, scales, zeros, group_size: int, bias=None, *, g
         # Gated, a program's four row sets are two of gate rows and the two of up rows they pair with.
         outputs_per_program = 2 if gated else 4
         launch(
-            _w4a16_gemv_kernel, lambda meta: (triton.cdiv(n_out, outputs_per_program * meta["BLOCK_N"]),),
+            _w4a16_gemv_kernel, lambda meta: (cdiv(n_out, outputs_per_program * meta["BLOCK_N"]),),
             x, packed, scales, zeros, bias if bias is not None else scales, out, n_out, k,
             packed.stride(0), scales.stride(0), GROUP=group_size, HAS_BIAS=bias is not None,
             X_BF16=x.dtype == torch.bfloat16, PAIRED=x.dtype != torch.float32, GATED=gated, **pdl_args(x.device),
@@ -721,11 +721,11 @@ def gemm_w4a16_triton(x, packed, scales, zeros, group_size: int, bias=None, *, g
         # Each split's fp32 partials get a slice; the count words are shared (see split_k_locks).
         max_split = max(c.kwargs["SPLIT_K"] for c in _w4a16_tc_kernel.configs)
         parts = torch.empty(max_split, m, n, dtype=torch.float32, device=x.device)
-        locks = split_k_locks(x.device, triton.cdiv(n, min(c.kwargs["BLOCK_N"] for c in _w4a16_tc_kernel.configs)))
+        locks = split_k_locks(x.device, cdiv(n, min(c.kwargs["BLOCK_N"] for c in _w4a16_tc_kernel.configs)))
     else:
         out = parts = locks = torch.empty(m, n, dtype=torch.float32, device=x.device)
     launch(
-        _w4a16_tc_kernel, lambda meta: (triton.cdiv(n, meta["BLOCK_N"]), meta["SPLIT_K"]),
+        _w4a16_tc_kernel, lambda meta: (cdiv(n, meta["BLOCK_N"]), meta["SPLIT_K"]),
         x, packed, scales, zeros, bias if bias is not None else scales, out, parts, locks, *args, scales.stride(1),
         out.stride(0), GROUP=group_size, HAS_BIAS=bias is not None, X_FP32=x.dtype == torch.float32,
         GATED=gated and serial, BLOCK_M=max(16, triton.next_power_of_2(m)), SERIAL=serial, **pdl_args(x.device),
@@ -762,7 +762,7 @@ def dequantize_w4_triton(packed, scales, zeros, group_size: int, dtype: torch.dt
     w = torch.empty(n, k, dtype=dtype, device=packed.device)
     block_j = min(1024, triton.next_power_of_2(k // 2))
     launch(
-        _dequant_w4_kernel, (n, triton.cdiv(k // 2, block_j)),
+        _dequant_w4_kernel, (n, cdiv(k // 2, block_j)),
         packed, scales, zeros, w, k, packed.stride(0), scales.stride(0), w.stride(0),
         GROUP=group_size, BLOCK_J=block_j, **pdl_args(packed.device),
     )
