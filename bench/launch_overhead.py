@@ -10,6 +10,11 @@ three times each: ``triton.testing.do_bench`` (an L2 flush, then the call, timed
 CUDA-graph replay (device time only), and enqueue time (50 calls without a sync, per call: the
 host's cost where it exceeds the kernel's). Where the enqueue time exceeds the flush that precedes
 each do_bench call, the GPU waits on the host and do_bench reports that wait as kernel time.
+
+Then each decode-sized launcher (fp8 activation quantization, the W8A8 swapped-operand GEMM, the
+W4A16 GEMV and tensor-core kernel, decode attention) is timed by enqueue time alone, launched
+directly and through Triton, alternated ``REPEATS`` times: at these sizes the host's time is the
+call's time whenever it runs eagerly.
 """
 import os
 import sys
@@ -23,6 +28,9 @@ from triton.testing import do_bench  # noqa: E402
 import kernels._w8a8 as w8a8  # noqa: E402
 from bench.timing import graph_us, rel_err, write_results  # noqa: E402
 from kernels.act_quant import act_quant  # noqa: E402
+from kernels.decode_attention import decode_attention  # noqa: E402
+from kernels.gemm_fp8 import gemm_fp8  # noqa: E402
+from kernels.gemm_w4a16 import gemm_w4a16, quantize_w4_reference  # noqa: E402
 
 SHAPES = [(2048, 4096, 4096), (2048, 14336, 4096), (8192, 8192, 8192)]
 REPEATS = 3
@@ -72,7 +80,41 @@ def main() -> None:
                       f"{max(row['do_bench_us']):7.1f}  graph {min(row['graph_us']):7.1f}-{max(row['graph_us']):7.1f}"
                       f"  enqueue {min(row['enqueue_us']):6.1f}-{max(row['enqueue_us']):6.1f}", flush=True)
     os.environ.pop("PRECISIONOPS_FAST_LAUNCH")
-    write_results("w8a8-launch-overhead-h100.json", command="python bench/launch_overhead.py", rows=rows)
+    write_results("w8a8-launch-overhead-h100.json", command="python bench/launch_overhead.py", rows=rows,
+                  decode_launchers=decode_launchers())
+
+
+def decode_launchers() -> list[dict]:
+    """Enqueue µs per call of each decode launcher, direct and through Triton."""
+    k = 4096
+    x = torch.randn(16, k, device="cuda", dtype=torch.bfloat16)
+    w = torch.randn(k, k, device="cuda", dtype=torch.bfloat16) * k**-0.5
+    xq, xs, _, _ = act_quant(x, "fp8_e4m3")
+    wq, ws, _, _ = act_quant(w, "fp8_e4m3")
+    w4 = quantize_w4_reference(w, 128, True)
+    cache = torch.randn(1, 8, 4096, 128, device="cuda", dtype=torch.bfloat16)
+    seq_lens = torch.tensor([2000], dtype=torch.int32, device="cuda")
+    calls = {
+        "act_quant fp8 1x4096": lambda: act_quant(x[:1], "fp8_e4m3"),
+        "gemm_fp8 16x4096x4096 (swap)": lambda: gemm_fp8(xq, xs, wq, ws),
+        "gemm_w4a16 1x4096x4096 (gemv)": lambda: gemm_w4a16(x[:1], *w4, 128),
+        "gemm_w4a16 16x4096x4096 (tc)": lambda: gemm_w4a16(x, *w4, 128),
+        "decode_attention 1x32 heads, 2000 positions": lambda: decode_attention(x[:1].view(1, 32, 128), cache, cache,
+                                                                                seq_lens),
+    }
+    rows = []
+    for name, fn in calls.items():
+        row = {"launcher": name, "direct_us": [], "triton_us": []}
+        for _ in range(REPEATS):
+            for launch, key in (("1", "direct_us"), ("0", "triton_us")):
+                os.environ["PRECISIONOPS_FAST_LAUNCH"] = launch
+                fn()
+                row[key].append(enqueue_us(fn, calls=200))
+        os.environ.pop("PRECISIONOPS_FAST_LAUNCH")
+        rows.append(row)
+        print(f"{name:45s}: direct {min(row['direct_us']):6.1f}-{max(row['direct_us']):6.1f} µs, through Triton "
+              f"{min(row['triton_us']):6.1f}-{max(row['triton_us']):6.1f}", flush=True)
+    return rows
 
 
 if __name__ == "__main__":
