@@ -4,6 +4,7 @@ The direct path is sound only while its key separates every call Triton would co
 CPU test checks that against Triton's specializer. On the GPU each launcher runs twice on fresh
 inputs: the second call must not go through Triton, and must give Triton's result.
 """
+import inspect
 import itertools
 
 import pytest
@@ -11,6 +12,7 @@ import torch
 from triton._C.libtriton import native_specialize_impl
 from triton.backends.compiler import GPUTarget
 from triton.backends.nvidia.compiler import CUDABackend
+from triton.runtime.jit import JITFunction
 
 import kernels._w8a8 as w8a8_mod
 import kernels.act_quant as act_quant_mod
@@ -46,6 +48,14 @@ def test_specialization_separates_what_triton_specializes():
     t = _tensors()[0]
     assert specialization(t) != specialization(t[1:])
     assert specialization(1) != specialization(2) != specialization(16)
+
+
+def test_triton_calls_its_launcher_as_launch_does():
+    # launch() calls a compiled kernel's launcher with the arguments JITFunction.run passes it after
+    # a cache hit. CI has no GPU to run the direct path on: a Triton that changes them fails here.
+    source = " ".join(inspect.getsource(JITFunction.run).split())
+    assert ("kernel.run(grid_0, grid_1, grid_2, stream, kernel.function, kernel.packed_metadata, launch_metadata, "
+            "knobs.runtime.launch_enter_hook, knobs.runtime.launch_exit_hook, *bound_args.values())") in source
 
 
 def test_a_tensor_keyword_takes_triton_path():
