@@ -23,6 +23,7 @@ from kernels._launch import only_config, specialization
 from kernels.act_quant import act_quant
 from kernels.gemm_fp8 import gemm_fp8, gemm_fp8_reference
 from kernels.gemm_w4a16 import quantize_w4_reference
+from tests.kernels.test_kernels_triton import rel_err
 
 INTS = [0, 1, 2, 15, 16, 17, 32, -1, -16, -17, (1 << 31) - 16, (1 << 31) - 1, 1 << 31, -(1 << 31), -(1 << 31) - 16,
         1 << 40, (1 << 40) + 1, (1 << 63) - 16, 1 << 63, (1 << 64) - 16]
@@ -118,12 +119,6 @@ def _cases():
     ]
 
 
-def _rel_err(a, b):
-    a, b = a.double(), b.double()
-    assert torch.isfinite(a).all() and torch.isfinite(b).all()  # NaN: an output nobody wrote
-    return float((a - b).norm() / b.norm())
-
-
 @pytest.mark.gpu
 def test_direct_launch_matches_triton(monkeypatch, triton_launches):
     for name, m, run in _cases():
@@ -156,7 +151,7 @@ def test_direct_launch_rekeys_misaligned_views_and_replaced_configs(triton_launc
     odd.copy_(xq)
     out = gemm_fp8(odd, xs, wq, ws)
     assert triton_launches == [w8a8_mod._w8a8_gemm_kernel]
-    assert _rel_err(out, gemm_fp8_reference(xq, xs, wq, ws)) < 1e-2
+    assert rel_err(out, gemm_fp8_reference(xq, xs, wq, ws)) < 1e-2
     # A config forced for a while, then the tuned ones back: each change goes through Triton.
     kernel = w8a8_mod._w8a8_persistent_kernel
     for config in (w8a8_mod._CONFIGS_PERSISTENT[-1], None):
@@ -168,4 +163,4 @@ def test_direct_launch_rekeys_misaligned_views_and_replaced_configs(triton_launc
                 out = gemm_fp8(xq, xs, wq, ws)
                 assert kernel.best_config is config
         assert triton_launches == [kernel]
-        assert _rel_err(out, gemm_fp8_reference(xq, xs, wq, ws)) < 1e-2
+        assert rel_err(out, gemm_fp8_reference(xq, xs, wq, ws)) < 1e-2
