@@ -314,6 +314,9 @@ def main() -> None:
         kernels = sorted({o.kernel for o in loaded.plan.linear_ops()})
         row = measure(loaded, args.prompt_len, args.new_tokens, loaded.model.config.vocab_size,
                       compile_step=not args.no_compile, batch=args.batch)
+        # Attention layers whose decode step runs RoPE, the cache write and attention as one kernel
+        # (runtime.modules.attention; PRECISIONOPS_FUSED_STEP=0 turns it off).
+        row["fused_attention_steps"] = sum("forward" in vars(m) for m in loaded.model.modules())
         row.update({"engine_id": engine.engine_id, "build_s": built_s, "linear_kernels": kernels,
                     "linear_weight_bytes": engine.manifest["bytes"].get("linear_ops")})
         if args.compare_unfused:

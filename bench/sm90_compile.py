@@ -146,6 +146,13 @@ def launches() -> list[tuple[object, dict]]:
                     da.decode_attention_triton(torch.randn(2, 8, 128, generator=g).to(q_dtype), k, k,
                                                torch.tensor([256, 100], dtype=torch.int32), k_scale=scale,
                                                v_scale=scale, num_splits=splits)
+                    if kv != torch.float8_e4m3fn:  # the step's RoPE and cache write, into 16-bit caches
+                        kv_new = torch.randn(2, 2, 128, generator=g).to(q_dtype)
+                        rope = torch.randn(2, 128, generator=g).to(q_dtype)
+                        da.decode_attention_update_triton(torch.randn(2, 8, 128, generator=g).to(q_dtype), kv_new,
+                                                          kv_new, rope, rope, k.clone(), k.clone(),
+                                                          torch.tensor([255, 99]),
+                                                          fill=torch.zeros((), dtype=torch.int64), num_splits=splits)
     return rec.launches
 
 

@@ -8,7 +8,7 @@ function of its module, which picks the Triton kernel on a GPU and the torch ref
 import torch
 
 from kernels.act_quant import act_quant
-from kernels.decode_attention import decode_attention
+from kernels.decode_attention import decode_attention, decode_attention_update
 from kernels.gemm_fp8 import gemm_fp8
 from kernels.gemm_int8 import gemm_int8
 from kernels.gemm_w4a16 import gemm_w4a16, output_width
@@ -66,3 +66,15 @@ def decode_attention_op(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.T
 @decode_attention_op.register_fake
 def _(q, k_cache, v_cache, seq_lens, k_scale, v_scale, sm_scale):
     return torch.empty_like(q)
+
+
+@torch.library.custom_op("precisionops::decode_attention_update", mutates_args=("k_cache", "v_cache", "fill"))
+def decode_attention_update_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                               k_cache: torch.Tensor, v_cache: torch.Tensor, positions: torch.Tensor,
+                               fill: torch.Tensor | None, sm_scale: float) -> torch.Tensor:
+    return decode_attention_update(q, k, v, cos, sin, k_cache, v_cache, positions, sm_scale=sm_scale, fill=fill)
+
+
+@decode_attention_update_op.register_fake
+def _(q, k, v, cos, sin, k_cache, v_cache, positions, fill, sm_scale):
+    return q.new_empty(q.shape)

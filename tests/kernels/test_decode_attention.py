@@ -15,6 +15,9 @@ from kernels.decode_attention import (
     decode_attention,
     decode_attention_reference,
     decode_attention_triton,
+    decode_attention_update,
+    decode_attention_update_reference,
+    decode_attention_update_triton,
     num_splits_for,
     quantize_kv_reference,
 )
@@ -120,6 +123,8 @@ def test_decode_attention_ragged_splits(device, monkeypatch, num_splits):
     # Unaligned split boundaries: chunks of 29, 20 or 9 positions cut tiles in the middle, and
     # with 7 splits of the 64-long cache the short sequences leave whole splits empty.
     monkeypatch.setattr(da_mod, "SPLIT_ALIGN", 1)
+    # One split a load in the reduction: its running max carries over loads, past empty splits.
+    monkeypatch.setattr(da_mod, "REDUCE_TILE", 4 * D_CPU)
     for fmt in ("fp16", "fp8_e4m3"):
         _run_case(device, 8, 2, 57, [57, 1, 30, 0], fmt, D_CPU, num_splits=num_splits, k_outliers=False)
 
@@ -254,6 +259,104 @@ def test_invalid_lengths_and_head_dim(device):
         decode_attention(**args, backend="cuda")
 
 
+# --- the step's own RoPE and cache write (decode_attention_update) ------------------------
+
+
+def _rope_factors(b: int, d: int, device: str, dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """Llama's cos / sin rows (each half a copy of the other) at random angles up to 100 radians."""
+    angles = torch.rand(b, d // 2, device=device) * 100
+    return (torch.cat([angles.cos()] * 2, dim=-1).to(dtype), torch.cat([angles.sin()] * 2, dim=-1).to(dtype))
+
+
+def _update_case(device, hq, hkv, s_max, positions, dtype, d, num_splits=None, broadcast=False):
+    b = len(positions)
+    q = with_outliers((b, hq, d), device).to(dtype)
+    k_new = with_outliers((b, hkv, d), device).to(dtype)
+    v_new = with_outliers((b, hkv, d), device).to(dtype)
+    cos, sin = _rope_factors(b, d, device, dtype)
+    cache_dtype = torch.float16 if dtype == torch.float32 else dtype  # fp32 queries read a 16-bit cache
+    k_cache = with_outliers((b, hkv, s_max, d), device, outliers=False).to(cache_dtype)
+    v_cache = with_outliers((b, hkv, s_max, d), device).to(cache_dtype)
+    pos = torch.tensor(positions[:1] if broadcast else positions, device=device)
+    fill = torch.tensor(7, device=device)
+    k_ref, v_ref, fill_ref = k_cache.clone(), v_cache.clone(), fill.clone()
+    ref = decode_attention_update_reference(q, k_new, v_new, cos, sin, k_ref, v_ref, pos, fill=fill_ref)
+    out = decode_attention_update_triton(q, k_new, v_new, cos, sin, k_cache, v_cache, pos, fill=fill,
+                                         num_splits=num_splits)
+    assert out.dtype == dtype and out.shape == (b, hq, d)
+    # fp32: the kernel's RoPE (fused multiply-adds) differs from torch's by an ulp or so, which
+    # logits of ~1e3 (the outliers) carry into the softmax: 1.7e-5 seen on the H100.
+    assert rel_err(out, ref) < (1e-4 if dtype == torch.float32 else BOUND[dtype])
+    # The new key (rotated) and value land at each sequence's position and nowhere else; the
+    # fill grows by exactly one, however many programs ran.
+    assert rel_err(k_cache, k_ref) < 2 ** -10 and torch.equal(v_cache, v_ref)
+    rows = torch.arange(b, device=device)
+    written = torch.zeros(b, s_max, dtype=torch.bool, device=device)
+    written[rows, pos.long().expand(b)] = True
+    untouched = (~written)[:, None, :].expand(b, hkv, s_max)
+    assert torch.equal(k_cache[untouched], k_ref[untouched]) and torch.isfinite(k_cache).all()
+    assert int(fill) == 8 == int(fill_ref)
+
+
+@pytest.mark.parametrize("hq, hkv, s_max, positions", [
+    (2, 2, 64, [0]), (8, 2, 256, [255]), (8, 2, 200, [36, 0, 199]), (4, 4, 100, [57, 57]),
+])
+def test_decode_attention_update_matches_reference(device, hq, hkv, s_max, positions):
+    for dtype in (torch.float32, torch.float16) + ((torch.bfloat16,) if device == "cuda" else ()):
+        _update_case(device, hq, hkv, s_max, positions, dtype, D_CPU)
+
+
+@pytest.mark.parametrize("num_splits", [1, 2, 3, 7])
+def test_decode_attention_update_ragged_splits(device, monkeypatch, num_splits):
+    # The written position at a split's first, middle and last slot, chunks cut mid-tile, and
+    # (with 7 splits) whole splits past the short sequences' ends.
+    monkeypatch.setattr(da_mod, "SPLIT_ALIGN", 1)
+    monkeypatch.setattr(da_mod, "REDUCE_TILE", 8 * D_CPU)  # two splits a load in the reduction
+    _update_case(device, 8, 2, 57, [56, 0, 28, 9], torch.float16, D_CPU, num_splits=num_splits)
+
+
+def test_decode_attention_update_one_position_for_the_batch(device):
+    # positions [1]: one new position for every sequence (a static cache's cache_position).
+    _update_case(device, 8, 2, 96, [40, 40, 40], torch.float16, D_CPU, num_splits=3, broadcast=True)
+
+
+def _valid_update(device):
+    args = _valid(device)
+    q = args["q"]
+    cos, sin = _rope_factors(2, 16, device, torch.float16)
+    return dict(q=q, k=torch.randn(2, 2, 16, device=device, dtype=q.dtype), v=torch.randn(2, 2, 16, device=device,
+                dtype=q.dtype), cos=cos, sin=sin, k_cache=args["k_cache"], v_cache=args["v_cache"],
+                positions=torch.tensor([2, 7], device=device))
+
+
+INVALID_UPDATE = [
+    (lambda a: dict(a, k=a["k"][:, :1]), r"k must have shape \[2, 2, 16\]"),
+    (lambda a: dict(a, v=a["v"].float()), "v must have dtype"),
+    (lambda a: dict(a, cos=a["cos"][:, :8]), r"cos must have shape \[2, 16\]"),
+    (lambda a: dict(a, sin=a["sin"].int()), "sin must have dtype"),
+    (lambda a: dict(a, positions=a["positions"].float()), "positions must have dtype"),
+    (lambda a: dict(a, positions=a["positions"][None]), "positions must have shape"),
+    (lambda a: dict(a, k_cache=_fp8(a)["k_cache"], v_cache=_fp8(a)["v_cache"]), "to take the step's write"),
+    (lambda a: dict(a, fill=torch.zeros(2, dtype=torch.int64, device=a["q"].device)), "fill must be one"),
+]
+
+
+@pytest.mark.parametrize("make, message", INVALID_UPDATE)
+@pytest.mark.parametrize("backend", ["triton", "reference"])
+def test_invalid_update_inputs_name_the_argument(device, make, message, backend):
+    with pytest.raises(ValueError, match=message):
+        decode_attention_update(**make(_valid_update(device)), backend=backend)
+
+
+def test_update_positions_out_of_range(device):
+    bad = dict(_valid_update(device), positions=torch.tensor([2, 8], device=device))
+    with pytest.raises(ValueError, match=r"positions must lie in \[0, S_max=8\)"):
+        decode_attention_update(**bad, backend="reference")
+    if device == "cpu":  # the CUDA kernel skips the write instead of syncing to read the positions
+        with pytest.raises(ValueError, match="positions must lie in"):
+            decode_attention_update(**bad, backend="triton")
+
+
 # --- GPU only: Llama-3-8B decode shapes, every cache format, the autotuned launch -------------
 
 
@@ -272,3 +375,11 @@ def test_decode_attention_llama_shapes_gpu(b, s_max, d, fmt):
     out = decode_attention(q, k_cache, v_cache, lens, k_scale=ks, v_scale=vs)
     ref = decode_attention_reference(q, k_cache, v_cache, lens, k_scale=ks, v_scale=vs)
     assert rel_err(out, ref) < BOUND[q_dtype]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("b, s_max", [(1, 16384), (1, 800), (4, 4096), (32, 1000)])
+def test_decode_attention_update_llama_shapes_gpu(b, s_max):
+    positions = torch.randint(0, s_max, (b,)).tolist()
+    positions[0] = s_max - 1
+    _update_case("cuda", 32, 8, s_max, positions, torch.bfloat16, 128)

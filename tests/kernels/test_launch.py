@@ -69,7 +69,7 @@ def test_a_tensor_keyword_takes_triton_path():
 KERNELS = [w8a8_mod._w8a8_gemv_kernel, w8a8_mod._w8a8_swap_kernel, w8a8_mod._w8a8_swap_direct_kernel,
            w8a8_mod._w8a8_persistent_kernel, w8a8_mod._w8a8_gemm_kernel, act_quant_mod._act_quant_kernel,
            w4a16_mod._w4a16_gemv_kernel, w4a16_mod._w4a16_tc_kernel, w4a16_mod._dequant_w4_kernel,
-           attention_mod._decode_attention_kernel, attention_mod._reduce_splits_kernel]
+           attention_mod._decode_attention_kernel]
 
 
 @pytest.fixture
@@ -93,6 +93,11 @@ def _cases():
     w4 = quantize_w4_reference(w, 128, True)
     cache = torch.randn(2, 8, 1024, 128, device="cuda").bfloat16()
     seq_lens = torch.tensor([1000, 37], dtype=torch.int32, device="cuda")
+    # The update path writes the same key and value at the same positions on every call.
+    k_cache, v_cache = cache.clone(), cache.clone()
+    kv_new = torch.randn(2, 8, 128, device="cuda").bfloat16()
+    cos, sin = torch.randn(2, 2, 128, device="cuda").bfloat16()
+    positions = torch.tensor([999, 36], device="cuda")
 
     def w8a8(path, fmt="fp8_e4m3"):
         def run(x):
@@ -116,6 +121,8 @@ def _cases():
         ("w4a16 tc", 200, w4a16("tc")),
         ("w4a16 dequant", 300, w4a16("dequant")),
         ("decode attention", 2, lambda x: attention_mod.decode_attention(x.view(2, 32, 128), cache, cache, seq_lens)),
+        ("decode attention update", 2, lambda x: attention_mod.decode_attention_update(
+            x.view(2, 32, 128), kv_new, kv_new, cos, sin, k_cache, v_cache, positions)),
     ]
 
 
