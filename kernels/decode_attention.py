@@ -4,7 +4,12 @@ An fp8 cache holds codes with one fp32 scale per KV head (value = code * scale).
 the whole cache once per step and does ~2 FLOPs per byte, so it is bound by memory bandwidth:
 an fp8 cache halves the bytes. The Triton kernel splits each sequence's KV range across
 programs ("flash-decoding") so that even batch 1 with 8 KV heads fills every SM, and each
-program serves all query heads of its KV head, so a GQA group reads its KV tiles once.
+program serves all query heads of its KV head, so a GQA group reads its KV tiles once; the last
+split of a KV head to finish reduces the splits' partials (no second kernel).
+
+:func:`decode_attention_update` is a whole decode step's attention in the same kernel: it also
+rotates the query and the new key (RoPE), writes the new key and value into a 16-bit cache and
+counts the write, which a Llama layer otherwise does in several element-wise kernels first.
 """
 import math
 
