@@ -283,6 +283,7 @@ def main() -> None:
     from kernels._launch import pdl_args
     from runtime.accelerators import get_profile
     from runtime.engines import build, load_engine
+    from runtime.modules.attention import FUSED_STEP_CLASSES
     from runtime.recipes import preset
 
     work = Path(args.workdir or tempfile.mkdtemp(prefix="pops-e2e-"))
@@ -316,7 +317,8 @@ def main() -> None:
                       compile_step=not args.no_compile, batch=args.batch)
         # Attention layers whose decode step runs RoPE, the cache write and attention as one kernel
         # (runtime.modules.attention; PRECISIONOPS_FUSED_STEP=0 turns it off).
-        row["fused_attention_steps"] = sum("forward" in vars(m) for m in loaded.model.modules())
+        row["fused_attention_steps"] = sum("forward" in vars(m) for m in loaded.model.modules()
+                                           if type(m).__name__ in FUSED_STEP_CLASSES)
         row.update({"engine_id": engine.engine_id, "build_s": built_s, "linear_kernels": kernels,
                     "linear_weight_bytes": engine.manifest["bytes"].get("linear_ops")})
         if args.compare_unfused:
