@@ -34,15 +34,15 @@ def decode_attention_forward(module, query, key, value, attention_mask, scaling=
     after this step's update); returns ([B, Q, Hq, D], None)."""
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-    cache_position = kwargs.get("cache_position")
-    # The kernel attends to positions < cache_position + 1 of every sequence: right for one new
-    # token of unpadded sequences. A mask could hide positions (left padding), so only batch 1
-    # (a single sequence is never padded) or a step with no mask takes it; fp32 caches too go to SDPA.
-    if (query.shape[2] == 1 and cache_position is not None and dropout == 0.0
+    positions = _new_positions(kwargs.get("position_ids"), kwargs.get("cache_position"))
+    # The kernel attends to positions < position + 1 of each sequence: right for one new token of
+    # unpadded sequences. A mask could hide positions (left padding), so only batch 1 (a single
+    # sequence is never padded) or a step with no mask takes it; fp32 caches too go to SDPA.
+    if (query.shape[2] == 1 and positions is not None and dropout == 0.0
             and key.dtype in KV_DTYPES and query.dtype == key.dtype
             and (attention_mask is None or query.shape[0] == 1)):
         batch = query.shape[0]
-        seq_lens = (cache_position[-1:] + 1).to(torch.int32).expand(batch).contiguous()
+        seq_lens = (positions + 1).to(torch.int32).expand(batch).contiguous()
         sm_scale = scaling if scaling is not None else query.shape[-1] ** -0.5
         out = decode_attention_op(query[:, :, 0].contiguous(), key, value, seq_lens, None, None, float(sm_scale))
         return out.unsqueeze(1), None

@@ -27,6 +27,19 @@ def test_one_token_step_matches_sdpa(batch, hq, hkv, length):
     assert _rel(got, want) < 1e-2
 
 
+def test_position_ids_alone_give_the_lengths():
+    # transformers 5.2x passes position_ids and no cache_position: the kernel reads up to the
+    # position each sequence's RoPE was computed for.
+    torch.manual_seed(6)
+    q, k, v = (torch.randn(*shape, dtype=torch.bfloat16) for shape in [(2, 4, 1, 8), (2, 2, 9, 8), (2, 2, 9, 8)])
+    module = torch.nn.Module()
+    module.num_key_value_groups, module.is_causal = 2, True
+    got, _ = decode_attention_forward(module, q, k, v, None, scaling=0.3, position_ids=torch.tensor([[5], [5]]))
+    want, _ = decode_attention_forward(module, q, k, v, None, scaling=0.3, cache_position=torch.tensor([5]))
+    assert torch.equal(got, want)
+    assert _rel(got, sdpa_attention_forward(module, q, k[:, :, :6], v[:, :, :6], None, scaling=0.3)[0]) < 1e-2
+
+
 def test_a_static_cache_attends_only_to_filled_positions():
     # A static cache is longer than the sequence; the positions past cache_position are not read.
     torch.manual_seed(1)
