@@ -258,6 +258,9 @@ def main() -> None:
     parser.add_argument("--inductor-pdl", action="store_true",
                         help="torch.compile's generated kernels use programmatic dependent launch as well "
                              "(torch._inductor.config.triton.enable_pdl; off by default in torch)")
+    parser.add_argument("--multi-kernel", action="store_true",
+                        help="torch.compile generates reductions both persistent and looped, over up to 16x the "
+                             "usual length, and keeps the faster (torch._inductor.config.triton.multi_kernel)")
     parser.add_argument("--coordinate-descent", action="store_true",
                         help="torch.compile tunes its generated kernels' block sizes "
                              "(torch._inductor.config.coordinate_descent_tuning)")
@@ -279,6 +282,8 @@ def main() -> None:
         inductor_config.triton.enable_pdl = True
     if args.coordinate_descent:
         inductor_config.coordinate_descent_tuning = True
+    if args.multi_kernel:
+        inductor_config.triton.multi_kernel = 1
 
     from kernels._launch import pdl_args
     from runtime.accelerators import get_profile
@@ -302,6 +307,7 @@ def main() -> None:
         "pdl": {"kernels": pdl_args(torch.device("cuda"))["PDL"],
                 "inductor": bool(getattr(inductor_config.triton, "enable_pdl", False))},
         "coordinate_descent_tuning": bool(inductor_config.coordinate_descent_tuning),
+        "multi_kernel": int(inductor_config.triton.multi_kernel),
         "engine_path": "runtime.engines.build(profile=h100) -> runtime.engines.load_engine(device=cuda)",
         "variants": {},
     }
