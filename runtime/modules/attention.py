@@ -81,12 +81,15 @@ def fused_step(module: nn.Module, hidden_states: torch.Tensor, position_embeddin
     d = module.head_dim
     cos, sin = position_embeddings
     if (keys.dtype not in (torch.bfloat16, torch.float16) or keys.dtype != hidden_states.dtype
-            or keys.shape[0] != b or keys.shape[-1] != d or cos.shape[-1] != d or keys.device != hidden_states.device):
+            or keys.shape[0] != b or keys.shape[-1] != d or keys.device != hidden_states.device
+            or cos.shape[-1] != d or cos.numel() // d not in (1, b)):
         return None
     q = module.q_proj(hidden_states).view(b, -1, d)
     k = module.k_proj(hidden_states).view(b, -1, d)
     v = module.v_proj(hidden_states).view(b, -1, d)
-    out = decode_attention_update_op(q, k, v, cos.reshape(b, d), sin.reshape(b, d), keys, values,
+    # One row of factors serves every sequence (position ids of batch 1, as transformers derives them).
+    cos, sin = cos.reshape(-1, d).expand(b, d), sin.reshape(-1, d).expand(b, d)
+    out = decode_attention_update_op(q, k, v, cos, sin, keys, values,
                                      positions, getattr(layer, "cumulative_length", None),
                                      float(module.scaling))
     return module.o_proj(out.reshape(b, 1, -1))

@@ -149,3 +149,10 @@ def test_fused_step_leaves_other_steps_to_transformers():
                                     positions) is None
     with torch.no_grad():
         assert attention_mod.fused_step(attn, hidden, (cos, sin), None, static, positions).shape == (2, 1, 64)
+        # One row of RoPE factors for the batch (position ids [1, 1]) is every sequence's.
+        angles = torch.rand(1, 1, 4) * 6
+        one = (torch.cat([angles.cos()] * 2, -1).bfloat16(), torch.cat([angles.sin()] * 2, -1).bfloat16())
+        shared = attention_mod.fused_step(attn, hidden, one, None, static, positions)
+        each = attention_mod.fused_step(attn, hidden, tuple(t.expand(2, 1, 8).clone() for t in one), None, static,
+                                        positions)
+        assert torch.equal(shared, each)
