@@ -273,7 +273,10 @@ def _update_case(device, hq, hkv, s_max, positions, dtype, d, num_splits=None, b
     q = with_outliers((b, hq, d), device).to(dtype)
     k_new = with_outliers((b, hkv, d), device).to(dtype)
     v_new = with_outliers((b, hkv, d), device).to(dtype)
-    cos, sin = _rope_factors(b, d, device, dtype)
+    # With one position for the batch, one row of RoPE factors too (a stride-0 view), as a model
+    # whose position ids have batch 1 passes them.
+    cos, sin = (t.expand(b, d) for t in _rope_factors(1, d, device, dtype)) if broadcast else \
+        _rope_factors(b, d, device, dtype)
     cache_dtype = torch.float16 if dtype == torch.float32 else dtype  # fp32 queries read a 16-bit cache
     k_cache = with_outliers((b, hkv, s_max, d), device, outliers=False).to(cache_dtype)
     v_cache = with_outliers((b, hkv, s_max, d), device).to(cache_dtype)
@@ -316,7 +319,7 @@ def test_decode_attention_update_ragged_splits(device, monkeypatch, num_splits):
 
 
 def test_decode_attention_update_one_position_for_the_batch(device):
-    # positions [1]: one new position for every sequence (a static cache's cache_position).
+    # positions [1] and one row of RoPE factors for every sequence (a static cache's cache_position).
     _update_case(device, 8, 2, 96, [40, 40, 40], torch.float16, D_CPU, num_splits=3, broadcast=True)
 
 
