@@ -34,18 +34,12 @@ L2_BYTES = 50 * 2**20
 SM_SCALE = D ** -0.5
 
 
-def rotate_half(x: torch.Tensor) -> torch.Tensor:
-    half = x.shape[-1] // 2
-    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-
-
 def sequence(q, k, v, cos, sin, k_cache, v_cache, position, fill):
     """transformers' Llama attention between the projections and o_proj, over a static cache."""
+    from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+
     b = q.shape[0]
-    q4, k4 = q[:, :, None], k[:, :, None]
-    c, s = cos[:, None, None], sin[:, None, None]
-    q_rot = q4 * c + rotate_half(q4) * s
-    k_rot = k4 * c + rotate_half(k4) * s
+    q_rot, k_rot = apply_rotary_pos_emb(q[:, :, None], k[:, :, None], cos[:, None], sin[:, None])
     k_cache.index_copy_(2, position, k_rot)
     v_cache.index_copy_(2, position, v[:, :, None])
     fill.add_(1)

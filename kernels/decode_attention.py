@@ -92,7 +92,7 @@ def _check_lengths(seq_lens: torch.Tensor, s_max: int) -> None:
 
 
 def _check_update(q, k, v, cos, sin, k_cache, v_cache, positions, sm_scale, fill) -> None:
-    if isinstance(k_cache, torch.Tensor) and k_cache.dtype not in (torch.bfloat16, torch.float16):
+    if k_cache.dtype not in (torch.bfloat16, torch.float16):
         raise ValueError(f"k_cache must be bfloat16 or float16 to take the step's write, got {k_cache.dtype}")
     _check(q, k_cache, v_cache, None, None, None, sm_scale)  # positions are checked below
     b, _, d = q.shape
@@ -478,7 +478,8 @@ def _attend(q, k_cache, v_cache, lens, update, k_scale, v_scale, sm_scale, num_s
     # The reduction's tile: every query head of the group and up to 8K fp32 partial elements.
     block_gr = triton.next_power_of_2(group)
     split_block = max(1, min(triton.next_power_of_2(num_splits), REDUCE_TILE // (block_gr * d)))
-    k_new, v_new, cos, sin, fill = update if update is not None else (q[:, 0], q[:, 0], q[:, 0], q[:, 0], None)
+    # Without an update the kernel never reads the step's tensors: q stands in for them.
+    k_new, v_new, cos, sin, fill = update if update is not None else (q, q, q, q, None)
     launch(
         _decode_attention_kernel, (b, hkv, num_splits),
         q, k_cache, v_cache, lens, ks, vs, out, m, l, acc, locks, k_new, v_new, cos, sin,

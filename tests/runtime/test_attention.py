@@ -108,13 +108,12 @@ def test_static_cache_decode_steps_take_the_fused_step(monkeypatch, device):
     model = _tiny_llama(4, device, head_dim=8 if device == "cpu" else 16)
     ids = torch.randint(0, 97, (1, 13), device=device)
     want, want_cache = _static_decode(model, ids, 8)
-    calls = []
+    calls, op = [], attention_mod.decode_attention_update_op
 
     def counted(*args):
         calls.append(args[7])
-        return attention_mod.decode_attention_update_op.__wrapped__(*args)
+        return op(*args)
 
-    counted.__wrapped__ = attention_mod.decode_attention_update_op
     monkeypatch.setattr(attention_mod, "decode_attention_update_op", counted)
     assert use_decode_kernel(model) == ["model.layers.0.self_attn", "model.layers.1.self_attn"]
     got, got_cache = _static_decode(model, ids, 8)
