@@ -192,12 +192,22 @@ def pdl_args(device: torch.device) -> dict:
 
 
 @triton.jit
-def wait_prior_grid(PDL: tl.constexpr):
+def wait_prior_grid(PDL: tl.constexpr, LAUNCH_DEPENDENTS: tl.constexpr = True):
     """Under PDL: blocks until the previous kernel in the stream has finished and its writes are
     visible, then lets the next kernel launch (it waits likewise before it reads what this one
-    writes). Loads of memory no kernel writes, such as weights, may come before it."""
+    writes), unless LAUNCH_DEPENDENTS is False: then the kernel calls :func:`launch_dependents`
+    later itself. Loads of memory no kernel writes, such as weights, may come before it."""
     if PDL:
         tl.extra.cuda.gdc_wait()
+        if LAUNCH_DEPENDENTS:
+            tl.extra.cuda.gdc_launch_dependents()
+
+
+@triton.jit
+def launch_dependents(PDL: tl.constexpr):
+    """Under PDL: lets the next kernel in the stream launch (its programs start and run up to
+    their own wait); a program that exits without calling it counts as having called it."""
+    if PDL:
         tl.extra.cuda.gdc_launch_dependents()
 
 

@@ -4,13 +4,15 @@ Decode is bound by reading the packed weights, N*K/2 bytes. A few tokens take a 
 (one launch, no split-K); up to ``TC_MAX_M`` tokens a tensor-core kernel with the weights on
 the MMA's wide side; prefill dequantizes once to x.dtype and calls cuBLAS.
 """
+import os
+
 import torch
 import triton
 import triton.language as tl
 
 from kernels._launch import (cdiv, check_2d, check_dtype, check_shape, count_in_split, first_config_only, graph_bench,
-                             interpreting, launch, pdl_args, split_k_locks, sum_splits, use_triton, wait_prior_grid,
-                             zero_output)
+                             interpreting, launch, launch_dependents, pdl_args, split_k_locks, sum_splits, use_triton,
+                             wait_prior_grid, zero_output)
 from kernels.packing import pack_int4, unpack_int4
 
 X_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
@@ -163,6 +165,16 @@ _CONFIGS_GEMV = [
     _gemv_config(1, 32, 1, maxnreg=72),
 ]
 _CONFIGS_GEMV_INTERPRET = [_gemv_config(4, 4, 1)]
+
+
+def _early_dependents() -> bool:
+    """Where the GEMV lets the next kernel launch under PDL: at its end (after its loop, before
+    the output's reduction and store) unless ``PRECISIONOPS_GEMV_EARLY_DEPENDENTS=1`` (at its start,
+    as before). End to end on the H100 (bench/e2e_decode.py, 8 layers, compiled, one lease, runs
+    alternated) int4 decode went from 1565 and 1601 tokens/s to 1748 with the later trigger. Why is
+    not measured; the kernel after a GEMV (attention, a norm or the next GEMV) launched at its start
+    holds SM slots and issues its own prologue loads while the GEMV still streams its weights."""
+    return os.environ.get("PRECISIONOPS_GEMV_EARLY_DEPENDENTS", "0") == "1"
 
 
 # A code q put in the mantissa's top four bits of 1.0 reads 1 + q / 16; in the next four bits of
@@ -340,7 +352,8 @@ def _w4a16_gemv_kernel(
     x_ptr, p_ptr, s_ptr, z_ptr, bias_ptr, out_ptr,
     N, K, stride_pn, stride_sn,
     GROUP: tl.constexpr, HAS_BIAS: tl.constexpr, X_BF16: tl.constexpr, PAIRED: tl.constexpr,
-    GATED: tl.constexpr, BLOCK_N: tl.constexpr, QUADS: tl.constexpr, PDL: tl.constexpr,
+    GATED: tl.constexpr, BLOCK_N: tl.constexpr, QUADS: tl.constexpr, EARLY_DEPENDENTS: tl.constexpr,
+    PDL: tl.constexpr,
 ):
     # One token; a program owns four sets of BLOCK_N rows over all of K. A step reads, per row,
     # QUADS quads of 4 int32 words (32 codes, 16 bytes, one load per thread) and the matching 32
@@ -405,7 +418,7 @@ def _w4a16_gemv_kernel(
     words_c, s_c, z_c = _gemv_step_loads(ptr_c, s_c_rows, z_c_rows, 0, n_quads, QUADS, QPG)
     words_d, s_d, z_d = _gemv_step_loads(ptr_d, s_d_rows, z_d_rows, 0, n_quads, QUADS, QPG)
     # The first step's weights are read while the previous kernel finishes; x after it has.
-    wait_prior_grid(PDL)
+    wait_prior_grid(PDL, EARLY_DEPENDENTS)
     n_steps = tl.cdiv(n_quads, QUADS)
     for q0 in range(0, (n_steps // 2) * 2 * QUADS, 2 * QUADS):
         next_a, ns_a, nz_a = _gemv_step_loads(ptr_a, s_a_rows, z_a_rows, q0 + QUADS, n_quads, QUADS, QPG)
@@ -427,6 +440,8 @@ def _w4a16_gemv_kernel(
                                                 s_a, s_b, s_c, s_d, z_a, z_b, z_c, z_d, x_rows, (n_steps - 1) * QUADS,
                                                 n_quads, X_BF16, PAIRED, BLOCK_N, QUADS)
 
+    if not EARLY_DEPENDENTS:
+        launch_dependents(PDL)
     out_a = _row_sums(bias_ptr, acc_a, offs_a, live_a, HAS_BIAS)
     out_b = _row_sums(bias_ptr, acc_b, offs_b, live_b, HAS_BIAS)
     out_c = _row_sums(bias_ptr, acc_c, offs_c, live_c, HAS_BIAS)
@@ -712,7 +727,7 @@ def gemm_w4a16_triton(x, packed, scales, zeros, group_size: int, bias=None, *, g
             _w4a16_gemv_kernel, lambda meta: (cdiv(n_out, outputs_per_program * meta["BLOCK_N"]),),
             x, packed, scales, zeros, bias if bias is not None else scales, out, n_out, k,
             packed.stride(0), scales.stride(0), GROUP=group_size, HAS_BIAS=bias is not None,
-            X_BF16=x.dtype == torch.bfloat16, PAIRED=x.dtype != torch.float32, GATED=gated, **pdl_args(x.device),
+            X_BF16=x.dtype == torch.bfloat16, PAIRED=x.dtype != torch.float32, GATED=gated, EARLY_DEPENDENTS=_early_dependents(), **pdl_args(x.device),
         )
         return out
     serial = m <= SERIAL_MAX_M
