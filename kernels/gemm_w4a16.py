@@ -170,10 +170,11 @@ _CONFIGS_GEMV_INTERPRET = [_gemv_config(4, 4, 1)]
 def _early_dependents() -> bool:
     """Where the GEMV lets the next kernel launch under PDL: at its end (after its loop, before
     the output's reduction and store) unless ``PRECISIONOPS_GEMV_EARLY_DEPENDENTS=1`` (at its start,
-    as before). End to end on the H100 (bench/e2e_decode.py, 8 layers, compiled, one lease, runs
-    alternated) int4 decode went from 1565 and 1601 tokens/s to 1748 with the later trigger. Why is
-    not measured; the kernel after a GEMV (attention, a norm or the next GEMV) launched at its start
-    holds SM slots and issues its own prologue loads while the GEMV still streams its weights."""
+    as before). End to end on the H100 (bench/e2e_decode.py, 8 layers, compiled, runs alternated on
+    one lease) int4 decode went from 1565 and 1601 tokens/s to 1748 with the later trigger, and from
+    1675 and 1690 to 1745 on another. Why is not measured; launched at the GEMV's start, the kernel
+    after it (attention, a norm or the next GEMV) holds SM slots and issues its own prologue loads
+    while the GEMV still streams its weights."""
     return os.environ.get("PRECISIONOPS_GEMV_EARLY_DEPENDENTS", "0") == "1"
 
 
