@@ -191,6 +191,18 @@ def pdl_args(device: torch.device) -> dict:
     return {"PDL": True, "launch_pdl": True} if device_properties(device).major >= 9 else {"PDL": False}
 
 
+def gemv_early_dependents() -> bool:
+    """Where a one-token GEMV (W4A16, W8A8) lets the next kernel launch under PDL: at its end
+    (after its loop, before the output's reduction and store) unless
+    ``PRECISIONOPS_GEMV_EARLY_DEPENDENTS=1`` (at its start, as before). End to end on the H100
+    (bench/e2e_decode.py, 8 layers, compiled, runs alternated on one lease) int4 decode went from
+    1565 and 1601 tokens/s to 1748 with the later trigger, and from 1675 and 1690 to 1745 on another.
+    Why is not measured; launched at the GEMV's start, the kernel after it (attention, a norm or the
+    next GEMV) holds SM slots and issues its own prologue loads while the GEMV still streams its
+    weights."""
+    return os.environ.get("PRECISIONOPS_GEMV_EARLY_DEPENDENTS", "0") == "1"
+
+
 @triton.jit
 def wait_prior_grid(PDL: tl.constexpr, LAUNCH_DEPENDENTS: tl.constexpr = True):
     """Under PDL: blocks until the previous kernel in the stream has finished and its writes are

@@ -6,8 +6,9 @@ from triton.runtime import _allocation
 
 from kernels import _launch
 from kernels._launch import (cdiv, check_2d, check_dtype, check_shape, count_in_split, device_properties,
-                             first_config_only, graph_bench, interpreting, launch, m_bucket, pdl_args, split_k_locks,
-                             sum_splits, wait_prior_grid, zero_output)
+                             first_config_only, gemv_early_dependents, graph_bench, interpreting, launch,
+                             launch_dependents, m_bucket, pdl_args, split_k_locks, sum_splits, wait_prior_grid,
+                             zero_output)
 
 OUT_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 
@@ -327,9 +328,9 @@ def _w8a8_gemv_kernel(
     stride_xm, stride_wn, stride_om,
     XS_PER_TOKEN: tl.constexpr, HAS_BIAS: tl.constexpr, IS_INT8: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, EVEN_K: tl.constexpr,
-    PDL: tl.constexpr,
+    EARLY_DEPENDENTS: tl.constexpr, PDL: tl.constexpr,
 ):
-    wait_prior_grid(PDL)
+    wait_prior_grid(PDL, EARLY_DEPENDENTS)
     # One program owns BLOCK_N weight rows over all of K: each row is read as contiguous
     # BLOCK_K-byte runs, multiplied with the BLOCK_M (<= 8) token rows and reduced in registers.
     pid_n = tl.program_id(0)
@@ -358,6 +359,8 @@ def _w8a8_gemv_kernel(
         w_ptrs += BLOCK_K
         x_ptrs += BLOCK_K
 
+    if not EARLY_DEPENDENTS:
+        launch_dependents(PDL)
     mask_n = offs_n < N
     out = _scaled_tile(acc, xs_ptr, ws_ptr, bias_ptr, offs_m, offs_n, mask_m, mask_n, True, XS_PER_TOKEN, HAS_BIAS,
                        BLOCK_M)
@@ -527,7 +530,7 @@ def w8a8_gemm_triton(xq, xs, wq, ws, bias, out_dtype, qdtype: torch.dtype, *, pa
         launch(
             _w8a8_gemv_kernel, lambda meta: (cdiv(n, meta["BLOCK_N"]),),
             xq, wq, xs, ws, bias_arg, out, m, n, k, xq.stride(0), wq.stride(0), out.stride(0),
-            BLOCK_M=triton.next_power_of_2(m), **flags,
+            BLOCK_M=triton.next_power_of_2(m), EARLY_DEPENDENTS=gemv_early_dependents(), **flags,
         )
         return out
     if path == "swap":

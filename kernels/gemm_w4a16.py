@@ -4,15 +4,13 @@ Decode is bound by reading the packed weights, N*K/2 bytes. A few tokens take a 
 (one launch, no split-K); up to ``TC_MAX_M`` tokens a tensor-core kernel with the weights on
 the MMA's wide side; prefill dequantizes once to x.dtype and calls cuBLAS.
 """
-import os
-
 import torch
 import triton
 import triton.language as tl
 
-from kernels._launch import (cdiv, check_2d, check_dtype, check_shape, count_in_split, first_config_only, graph_bench,
-                             interpreting, launch, launch_dependents, pdl_args, split_k_locks, sum_splits, use_triton,
-                             wait_prior_grid, zero_output)
+from kernels._launch import (cdiv, check_2d, check_dtype, check_shape, count_in_split, first_config_only,
+                             gemv_early_dependents, graph_bench, interpreting, launch, launch_dependents, pdl_args,
+                             split_k_locks, sum_splits, use_triton, wait_prior_grid, zero_output)
 from kernels.packing import pack_int4, unpack_int4
 
 X_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
@@ -166,16 +164,6 @@ _CONFIGS_GEMV = [
 ]
 _CONFIGS_GEMV_INTERPRET = [_gemv_config(4, 4, 1)]
 
-
-def _early_dependents() -> bool:
-    """Where the GEMV lets the next kernel launch under PDL: at its end (after its loop, before
-    the output's reduction and store) unless ``PRECISIONOPS_GEMV_EARLY_DEPENDENTS=1`` (at its start,
-    as before). End to end on the H100 (bench/e2e_decode.py, 8 layers, compiled, runs alternated on
-    one lease) int4 decode went from 1565 and 1601 tokens/s to 1748 with the later trigger, and from
-    1675 and 1690 to 1745 on another. Why is not measured; launched at the GEMV's start, the kernel
-    after it (attention, a norm or the next GEMV) holds SM slots and issues its own prologue loads
-    while the GEMV still streams its weights."""
-    return os.environ.get("PRECISIONOPS_GEMV_EARLY_DEPENDENTS", "0") == "1"
 
 
 # A code q put in the mantissa's top four bits of 1.0 reads 1 + q / 16; in the next four bits of
@@ -728,7 +716,8 @@ def gemm_w4a16_triton(x, packed, scales, zeros, group_size: int, bias=None, *, g
             _w4a16_gemv_kernel, lambda meta: (cdiv(n_out, outputs_per_program * meta["BLOCK_N"]),),
             x, packed, scales, zeros, bias if bias is not None else scales, out, n_out, k,
             packed.stride(0), scales.stride(0), GROUP=group_size, HAS_BIAS=bias is not None,
-            X_BF16=x.dtype == torch.bfloat16, PAIRED=x.dtype != torch.float32, GATED=gated, EARLY_DEPENDENTS=_early_dependents(), **pdl_args(x.device),
+            X_BF16=x.dtype == torch.bfloat16, PAIRED=x.dtype != torch.float32, GATED=gated,
+            EARLY_DEPENDENTS=gemv_early_dependents(), **pdl_args(x.device),
         )
         return out
     serial = m <= SERIAL_MAX_M
