@@ -13,7 +13,9 @@ Run it without TRITON_INTERPRET: under the interpreter the kernels are not compi
 their autotuners hold the interpreter's single config.
 """
 import argparse
+import json
 import os
+import re
 import sys
 import time
 
@@ -176,6 +178,28 @@ def plan(quick: bool) -> list[tuple[str, JITFunction, dict, dict, int, int, int 
     return out
 
 
+def gemv_trigger_order() -> dict:
+    """For each one-token GEMV compiled for sm_90 (first config), with its PDL trigger late (the
+    default) and early: the PTX line numbers of ``griddepcontrol.wait`` and ``.launch_dependents``,
+    and of the last weight load (the loops' loads evict first) and the last branch (a loop's end)."""
+    order = {}
+    for _, fn, signature, constexprs, warps, stages, maxnreg in plan(quick=True):
+        name = fn.__name__
+        if name not in ("_w4a16_gemv_kernel", "_w8a8_gemv_kernel") or name in order:
+            continue
+        order[name] = {}
+        for early in (False, True):
+            ptx = compile_sm90(fn, signature, {**constexprs, "EARLY_DEPENDENTS": early}, warps, stages,
+                               maxnreg=maxnreg).asm["ptx"].splitlines()
+            lines = {key: [i for i, line in enumerate(ptx) if re.search(pattern, line)] for key, pattern in (
+                ("wait", r"griddepcontrol\.wait"), ("launch", r"griddepcontrol\.launch_dependents"),
+                ("weight_loads", r"ld\.global.*evict_first"), ("branches", r"\bbra(\.uni)?\b"))}
+            order[name]["early" if early else "late"] = {
+                "wait": lines["wait"], "launch": lines["launch"],
+                "last_weight_load": max(lines["weight_loads"]), "last_branch": max(lines["branches"])}
+    return order
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true",
@@ -183,9 +207,14 @@ def main() -> None:
     ap.add_argument("--shard", default="0/1", help="i/n: compile every n-th variant from the i-th (parallel runs)")
     ap.add_argument("-k", dest="only", default="", help="only the kernels whose name contains this")
     ap.add_argument("--list", action="store_true", help="print each compiled kernel and config")
+    ap.add_argument("--gemv-trigger", action="store_true",
+                    help="print where the GEMVs' PDL wait and trigger sit in their PTX (JSON) and exit")
     args = ap.parse_args()
     if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
         sys.exit("unset TRITON_INTERPRET: the interpreter compiles nothing")
+    if args.gemv_trigger:
+        print(json.dumps(gemv_trigger_order()))
+        return
     index, count = (int(v) for v in args.shard.split("/"))
     start = time.perf_counter()
     todo = [t for t in plan(args.quick) if args.only in t[1].__name__][index::count]
