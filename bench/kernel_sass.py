@@ -67,11 +67,12 @@ def main() -> None:
     print(f"Triton {triton.__version__}, sm_90")
     gemv_sig = {**POINTERS, "out_ptr": "*bf16", "N": "i32", "K": "i32", "stride_pn": "i32", "stride_sn": "i32",
                 "GROUP": "constexpr", "HAS_BIAS": "constexpr", "X_BF16": "constexpr", "PAIRED": "constexpr",
-                "GATED": "constexpr", "BLOCK_N": "constexpr", "QUADS": "constexpr", "PDL": "constexpr"}
+                "GATED": "constexpr", "BLOCK_N": "constexpr", "QUADS": "constexpr", "EARLY_DEPENDENTS": "constexpr",
+                "PDL": "constexpr"}
     for cfg in w4._CONFIGS_GEMV:
         bn, quads, warps = cfg.kwargs["BLOCK_N"], cfg.kwargs["QUADS"], cfg.num_warps
         constexprs = {"GROUP": 128, "HAS_BIAS": False, "X_BF16": True, "PAIRED": True, "GATED": False, "BLOCK_N": bn,
-                      "QUADS": quads, "PDL": True}
+                      "QUADS": quads, "EARLY_DEPENDENTS": False, "PDL": True}
         k = compile_sm90(w4._w4a16_gemv_kernel.fn, gemv_sig, constexprs, warps, cfg.num_stages)
         # Four row sets of BLOCK_N rows, QUADS x 32 codes each per step, two steps per loop
         # iteration, over warps x 32 threads.

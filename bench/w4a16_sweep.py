@@ -32,7 +32,7 @@ import torch  # noqa: E402
 import triton  # noqa: E402
 
 import kernels.gemm_w4a16 as w4  # noqa: E402
-from kernels._launch import only_config, pdl_args  # noqa: E402
+from kernels._launch import gemv_early_dependents, only_config, pdl_args  # noqa: E402
 from bench.timing import best_config, graph_us, rel_err, write_results  # noqa: E402
 
 GROUP = 128
@@ -149,8 +149,8 @@ def gemv_sweep() -> None:
             def launch(w, p, s, z, bn=bn, quads=quads, warps=warps, out=out):
                 w4._w4a16_gemv_kernel.fn[(triton.cdiv(n, 4 * bn),)](
                     x, p, s, z, s, out, n, k, p.stride(0), s.stride(0), GROUP=GROUP, HAS_BIAS=False,
-                    X_BF16=True, PAIRED=True, GATED=False, BLOCK_N=bn, QUADS=quads, num_warps=warps, num_stages=1,
-                    **pdl_args(x.device))
+                    X_BF16=True, PAIRED=True, GATED=False, BLOCK_N=bn, QUADS=quads,
+                    EARLY_DEPENDENTS=gemv_early_dependents(), num_warps=warps, num_stages=1, **pdl_args(x.device))
                 return out
             err = rel_err(launch(*sets[0]), ref)
             if not err < 1e-2:
