@@ -165,7 +165,6 @@ _CONFIGS_GEMV = [
 _CONFIGS_GEMV_INTERPRET = [_gemv_config(4, 4, 1)]
 
 
-
 # A code q put in the mantissa's top four bits of 1.0 reads 1 + q / 16; in the next four bits of
 # 16.0, 16 + q / 16. One shift can put two neighbouring codes of a word in both places at once.
 ONE_BITS = tl.constexpr(0x3F800000)
