@@ -85,6 +85,8 @@ def variants(kernel, named: dict):
     """(signature, constexprs, warps, stages, maxnreg) for each config the launch's autotuner holds (one without)."""
     fn = _jit(kernel)
     configs = kernel.configs if isinstance(kernel, Autotuner) else [None]
+    if isinstance(kernel, Autotuner) and kernel.early_config_prune is not None:
+        configs = kernel.early_config_prune(configs, named)  # configs a launch like this one may take
     for config in configs:
         args = dict(named)
         warps, stages, maxnreg = args.pop("num_warps", 4), args.pop("num_stages", 3), args.pop("maxnreg", None)
@@ -139,6 +141,10 @@ def launches() -> list[tuple[object, dict]]:
             # A gated MLP's fused gate and up: silu(gate) * up as the GEMV and tensor-core kernels store it.
             for m, path in ((1, "gemv"), (16, "tc")):
                 gemm_w4a16_triton(torch.randn(m, 256, generator=g).to(dtype), packed, s, z, 128, path=path, gated=True)
+            if dtype != torch.float32:  # the mma kernel: up to 8 and up to 16 tokens, plain and gated
+                for m, gated in ((1, False), (16, False), (3, True)):
+                    gemm_w4a16_triton(torch.randn(m, 256, generator=g).to(dtype), packed, s, z, 128, path="mma",
+                                      gated=gated)
             dequantize_w4_triton(packed, s, z, 128, dtype)
         for kv in (torch.bfloat16, torch.float16, torch.float8_e4m3fn):
             for q_dtype in (torch.float32, torch.float16 if kv == torch.float16 else torch.bfloat16):

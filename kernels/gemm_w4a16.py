@@ -12,6 +12,7 @@ from kernels._launch import (cdiv, check_2d, check_dtype, check_shape, count_in_
                              gemv_early_dependents, graph_bench, interpreting, launch, launch_dependents, pdl_args,
                              split_k_locks, sum_splits, use_triton, wait_prior_grid, zero_output)
 from kernels.packing import pack_int4, unpack_int4
+from kernels.w4a16_mma import gemm_w4a16_mma
 
 X_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 SCALE_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
@@ -121,7 +122,7 @@ def gemm_w4a16_reference(x, packed, scales, zeros, group_size: int, bias=None, g
 # M = 256; bench/results/kernels-h100.md).
 GEMV_MAX_M = 1
 TC_MAX_M = 128
-PATHS = ("auto", "gemv", "tc", "dequant")
+PATHS = ("auto", "gemv", "mma", "tc", "dequant")
 
 
 def _gemv_config(bn, quads, warps, maxnreg=None):
@@ -692,6 +693,8 @@ def gemm_w4a16_triton(x, packed, scales, zeros, group_size: int, bias=None, *, g
         raise ValueError(f"path={path!r} needs a power-of-two group_size >= 32, got {group_size}")
     if path == "gemv" and m != 1:
         raise ValueError(f"path='gemv' serves one token, got M={m}")
+    if path == "mma":
+        return gemm_w4a16_mma(x, packed, scales, zeros, group_size, bias, gated)
     if path == "tc" and m > 256:
         raise ValueError(f"path='tc' serves at most 256 tokens, got M={m}")
     if path == "dequant":

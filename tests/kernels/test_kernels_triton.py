@@ -377,6 +377,59 @@ def test_w4a16_gemv_odd_and_even_step_counts(device, k):
         assert rel_err(out, gemm_w4a16_reference(x.float(), packed, scales, zeros, group)) < bound
 
 
+# (M, N, K, group): one tile of tokens (M <= 8) and two; N not a whole number of 16-row blocks
+# (nor of a program's); 3 chunks of 128 over the interpreter's 2 warps leave one warp a dead step.
+W4_MMA_SHAPES = [(1, 40, 384, 128), (5, 33, 256, 256), (9, 70, 384, 128), (16, 24, 128, 128)]
+GPU_W4_MMA_SHAPES = [(1, 4096, 4096, 128), (3, 1000, 2048, 128), (16, 4104, 1408, 128), (12, 8192, 1024, 256)]
+
+
+@pytest.mark.parametrize("m, n, k, group", W4_MMA_SHAPES)
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_w4a16_mma_matches_reference(device, m, n, k, group, symmetric):
+    # The interpreter emulates each mma.sync from PTX's fragment layout, which checks every index
+    # of the kernel's scheme (which lane holds which codes, x and outputs); the GPU runs the asm.
+    # bf16 runs here too: the kernel reads activations as bits and never computes in bf16.
+    shapes = W4_MMA_SHAPES if device == "cpu" else GPU_W4_MMA_SHAPES
+    m, n, k, group = shapes[W4_MMA_SHAPES.index((m, n, k, group))]
+    w = torch.randn(n, k, device=device)
+    packed, scales, zeros = quantize_w4_reference(w, group, symmetric)
+    for dtype, with_bias in [(torch.float16, True), (torch.bfloat16, False)]:
+        x = with_outliers(m, k, device, dtype)
+        bias = torch.randn(n, device=device) if with_bias else None
+        out = gemm_w4a16_mod.gemm_w4a16_triton(x, packed, scales.to(dtype), zeros.to(dtype), group, bias,
+                                               path="mma")
+        ref = gemm_w4a16_reference(x.float(), packed, scales.to(dtype), zeros.to(dtype), group, bias)
+        assert out.dtype == dtype and out.shape == (m, n)
+        assert rel_err(out, ref) < {torch.float16: 2e-3, torch.bfloat16: 1.5e-2}[dtype], dtype
+
+
+@pytest.mark.parametrize("m", [1, 11])
+def test_w4a16_mma_gated_and_group_major_scales(device, m):
+    # Gated: a program's first row blocks are gate rows, the rest the up rows N / 2 further, and
+    # 37 outputs are no whole number of either. Scales read by their strides (a group-major view).
+    n, k, group = 2 * 37, 256, 128
+    packed, scales, zeros = quantize_w4_reference(torch.randn(n, k, device=device) * 0.05, group, False)
+    bias = torch.randn(n, device=device)
+    s_view, z_view = scales.t().contiguous().t(), zeros.t().contiguous().t()
+    for dtype in (torch.float16, torch.bfloat16):
+        x = with_outliers(m, k, device, dtype)
+        out = gemm_w4a16_mod.gemm_w4a16_triton(x, packed, s_view, z_view, group, bias, gated=True, path="mma")
+        assert out.dtype == dtype and out.shape == (m, n // 2)
+        bound = {torch.float16: 2e-3, torch.bfloat16: 1.5e-2}[dtype]
+        assert rel_err(out, _gated_reference(x, packed, scales, zeros, group, bias)) < bound, dtype
+        plain = gemm_w4a16_mod.gemm_w4a16_triton(x, packed, s_view, z_view, group, bias, path="mma")
+        assert rel_err(plain, gemm_w4a16_reference(x.float(), packed, scales, zeros, group, bias)) < bound, dtype
+
+
+def test_w4a16_mma_refuses_what_it_does_not_serve():
+    packed, scales, zeros = quantize_w4_reference(torch.randn(16, 256), 64, False)
+    for x, group, match in [(torch.randn(1, 256), 128, "float32"), (torch.randn(17, 256).half(), 128, "M=17"),
+                            (torch.randn(2, 256).half(), 64, "group_size=64")]:
+        s, z = (scales, zeros) if group == 64 else quantize_w4_reference(torch.randn(16, 256), 128, False)[1:]
+        with pytest.raises(ValueError, match=match):
+            gemm_w4a16_mod.gemm_w4a16_triton(x, packed, s, z, group, path="mma")
+
+
 def test_w4a16_path_errors():
     x = torch.randn(9, 64)
     packed, scales, zeros = quantize_w4_reference(torch.randn(8, 64), 32, True)

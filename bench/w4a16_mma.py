@@ -1,0 +1,77 @@
+"""The mma.sync W4A16 kernel against the GEMV (one token), the tl.dot tensor-core kernel (2..16
+tokens) and bf16 cuBLAS, on Llama shapes, by CUDA-graph device time over rotating weight sets
+larger than the L2 (as a decode step reads them).
+
+    python bench/w4a16_mma.py            # -> bench/results/w4a16-mma-h100.json
+
+Each of the mma kernel's configs is timed alone, and the autotuner's pick; every output is
+checked against the fp32 reference of the dequantized weights.
+"""
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import torch  # noqa: E402
+
+import kernels.gemm_w4a16 as w4  # noqa: E402
+from bench.timing import CHECK_FAILURES, check, graph_us, rel_err, write_results  # noqa: E402
+from bench.w4a16_sweep import GROUP, weight_sets  # noqa: E402
+from kernels import w4a16_mma  # noqa: E402
+from kernels._launch import only_config  # noqa: E402
+
+# (N, K, gated): Llama-3-8B's qkv, o, gate+up (gated: 2 x 14336 rows, 14336 outputs), down;
+# 70B-like 8192 x 8192 and 28672 x 8192.
+SHAPES = [(8192, 8192, False), (6144, 4096, False), (4096, 4096, False), (28672, 4096, True),
+          (4096, 14336, False), (28672, 8192, False), (1024, 4096, False)]
+TOKENS = [1, 2, 4, 8, 16]
+
+
+def main() -> None:
+    rows = []
+    for n, k, gated in SHAPES:
+        sets = weight_sets(n, k)
+        for m in TOKENS:
+            x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
+            w_ref = w4.dequantize_w4_reference(*sets[0][1:], GROUP)
+            ref = x.float() @ w_ref.t()
+            ref = w4.silu_mul(ref) if gated else ref
+            label = f"{m}x{n}x{k}{' gated' if gated else ''}"
+
+            def bf16(w, *_):
+                y = x @ w.t()
+                return w4.silu_mul(y.float()).to(y.dtype) if gated else y
+            bf16_us = graph_us(bf16, sets)
+            old_path = "gemv" if m == 1 else "tc"
+
+            def old(w, p, s, z):
+                return w4.gemm_w4a16_triton(x, p, s, z, GROUP, gated=gated, path=old_path)
+            check(f"{label} {old_path}", rel_err(old(*sets[0]), ref), 1e-2)
+            old_us = graph_us(old, sets)
+
+            def mma(w, p, s, z):
+                return w4.gemm_w4a16_triton(x, p, s, z, GROUP, gated=gated, path="mma")
+            err = check(f"{label} mma", rel_err(mma(*sets[0]), ref), 1e-2)
+            mma_us = graph_us(mma, sets)
+            picked = w4a16_mma._w4a16_mma_kernel.best_config
+            per_config = {}
+            for cfg in w4a16_mma._CONFIGS:
+                if gated and cfg.kwargs["ROW_BLOCKS"] % 2:
+                    continue
+                with only_config(w4a16_mma._w4a16_mma_kernel, cfg):
+                    check(f"{label} mma {cfg.kwargs}", rel_err(mma(*sets[0]), ref), 1e-2)
+                    per_config[str(cfg.kwargs)] = round(graph_us(mma, sets), 2)
+            rows.append(dict(m=m, n=n, k=k, gated=gated, bf16_graph_us=round(bf16_us, 2), old_path=old_path,
+                             old_graph_us=round(old_us, 2), mma_graph_us=round(mma_us, 2), mma_rel_err=err,
+                             mma_config=str(picked.kwargs), mma_per_config=per_config,
+                             old_x_bf16=round(bf16_us / old_us, 3), mma_x_bf16=round(bf16_us / mma_us, 3)))
+            best = min(per_config.values())
+            print(f"{label}: bf16 {bf16_us:6.1f} | {old_path} {old_us:6.1f} ({bf16_us / old_us:.2f}x) | mma "
+                  f"{mma_us:6.1f} ({bf16_us / mma_us:.2f}x, {picked.kwargs}; best config {best:.1f}) "
+                  f"err {err:.1e}", flush=True)
+    write_results("w4a16-mma-h100.json", command="python bench/w4a16_mma.py", rows=rows,
+                  check_failures=CHECK_FAILURES)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,456 @@
+"""W4A16 decode on ``mma.sync``: int4 codes turned into the MMA's operand in registers, 1 to 16 tokens.
+
+The GEMV (one token) spends ~3.5 SASS instructions a weight on CUDA cores (shift, mask, FFMA and
+x handling), and the tl.dot kernel (2..128 tokens) 5-6 plus a trip through shared memory; both
+are bound by issue and latency, not by the N*K/2 bytes they read. Here each warp issues
+Hopper's legacy ``mma.m16n8k16`` itself (inline assembly, one element per thread so that each
+lane holds exactly its fragment) and builds the left operand straight from the packed words:
+``lop3(word >> s, 0x000F000F, MAGIC)`` puts two codes into the mantissas of a 16-bit pair that
+reads OFFSET + q (bf16 0x4300: 128 + q; fp16 0x6400: 1024 + q), 3.5 instructions per 8 codes.
+The MMA sums sum_k (OFFSET + q_k) x_k in fp32; a second MMA with an all-ones left operand sums
+x over the same k, and per group ``scale * (sum - (OFFSET + zero) * sum x)`` is the exact
+``sum (q - zero) scale x`` up to fp32 rounding (the cancellation costs ~5 bits of bf16's
+OFFSET, ~8 of fp16's, of fp32's 24).
+
+Layout: a program owns ROW_BLOCKS blocks of 16 weight rows; its WARPS warps split K in chunks of
+128 codes (chunk c to warp c % WARPS), and their partial sums are added at the end. In a chunk,
+lane l reads 32 codes (four int32 words, one 16-byte load) of rows l // 4 and l // 4 + 8, the
+words 4 (l % 4) .. 4 (l % 4) + 3 of the chunk's 16. The sum over k is order-free, so the MMA's
+k slots take whatever codes a lane holds as long as the right operand (x, lane l's token l // 4)
+holds the matching x: word bits s and 16 + s pair codes i and i + 4, and the x pairs are
+shuffled to match. The output fragment of lane l is tokens 2 (l % 4) and + 1, rows l // 4 and + 8.
+
+Under ``TRITON_INTERPRET`` (no PTX), :func:`_mma` is emulated with the same fragment layout, so
+the CPU tests check every index of the scheme; the GPU tests check the assembly.
+"""
+import torch
+import triton
+import triton.language as tl
+
+from kernels._launch import (cdiv, first_config_only, graph_bench, interpreting, launch, launch_dependents, pdl_args,
+                             wait_prior_grid)
+
+# Codes per chunk: the 4 lanes of a row read 32 each. A group is one or more chunks.
+CHUNK_CODES = 128
+CHUNK = tl.constexpr(CHUNK_CODES)
+MAX_M = 16
+ASM = tl.constexpr(not interpreting())
+# Two 16-bit halves of a register: codes with a mantissa offset, and 1.0 (the sum-of-x MMA).
+MAGIC_BF16 = tl.constexpr(0x43004300)
+MAGIC_F16 = tl.constexpr(0x64006400)
+ONES_BF16 = tl.constexpr(0x3F803F80)
+ONES_F16 = tl.constexpr(0x3C003C00)
+LOW_NIBBLES = tl.constexpr(0x000F000F)
+
+
+def _mma_config(row_blocks, warps):
+    return triton.Config({"ROW_BLOCKS": row_blocks, "WARPS": warps}, num_warps=warps, num_stages=1)
+
+
+_CONFIGS = [
+    _mma_config(2, 4),
+    _mma_config(1, 4),
+    _mma_config(2, 8),
+    _mma_config(4, 4),
+    _mma_config(1, 8),
+    _mma_config(4, 8),
+]
+_CONFIGS_INTERPRET = [_mma_config(2, 2)]
+
+
+def _prune(configs, named_args, **kwargs):
+    """Gated launches pair gate and up blocks, so they need an even ROW_BLOCKS."""
+    if named_args.get("GATED", kwargs.get("GATED", False)):
+        configs = [c for c in configs if c.kwargs["ROW_BLOCKS"] % 2 == 0]
+    return first_config_only(configs, named_args, **kwargs)
+
+
+@triton.jit
+def _offset(X_BF16: tl.constexpr):
+    return 128.0 if X_BF16 else 1024.0
+
+
+@triton.jit
+def _codes(word, X_BF16: tl.constexpr):
+    """The 8 codes of int32 words as four registers of 16-bit pairs (OFFSET + q): shifts 0, 4, 8 and
+    12 pair codes (0, 4), (1, 5), (2, 6) and (3, 7)."""
+    if ASM:
+        if X_BF16:
+            return tl.inline_asm_elementwise(
+                """{
+                .reg .b32 t;
+                lop3.b32 $0, $4, 0x000F000F, 0x43004300, 0xEA;
+                shr.u32 t, $4, 4; lop3.b32 $1, t, 0x000F000F, 0x43004300, 0xEA;
+                shr.u32 t, $4, 8; lop3.b32 $2, t, 0x000F000F, 0x43004300, 0xEA;
+                shr.u32 t, $4, 12; lop3.b32 $3, t, 0x000F000F, 0x43004300, 0xEA;
+                }""", "=r,=r,=r,=r,r", [word], dtype=(tl.int32,) * 4, is_pure=True, pack=1)
+        return tl.inline_asm_elementwise(
+            """{
+            .reg .b32 t;
+            lop3.b32 $0, $4, 0x000F000F, 0x64006400, 0xEA;
+            shr.u32 t, $4, 4; lop3.b32 $1, t, 0x000F000F, 0x64006400, 0xEA;
+            shr.u32 t, $4, 8; lop3.b32 $2, t, 0x000F000F, 0x64006400, 0xEA;
+            shr.u32 t, $4, 12; lop3.b32 $3, t, 0x000F000F, 0x64006400, 0xEA;
+            }""", "=r,=r,=r,=r,r", [word], dtype=(tl.int32,) * 4, is_pure=True, pack=1)
+    magic = MAGIC_BF16 if X_BF16 else MAGIC_F16
+    return ((word & LOW_NIBBLES) | magic, ((word >> 4) & LOW_NIBBLES) | magic,
+            ((word >> 8) & LOW_NIBBLES) | magic, ((word >> 12) & LOW_NIBBLES) | magic)
+
+
+@triton.jit
+def _x_pairs(w0, w1, w2, w3):
+    """Eight 16-bit activations in four words, pairs (0, 1) .. (6, 7) -> the right-operand
+    registers of the two MMAs of that word's codes: (x0, x4), (x1, x5) and (x2, x6), (x3, x7)."""
+    return ((w0 & 0xFFFF) | (w2 << 16), ((w0 >> 16) & 0xFFFF) | (w2 & -65536),
+            (w1 & 0xFFFF) | (w3 << 16), ((w1 >> 16) & 0xFFFF) | (w3 & -65536))
+
+
+@triton.jit
+def _mma(a0, a1, a2, a3, b0, b1, c0, c1, c2, c3, X_BF16: tl.constexpr, P: tl.constexpr, W: tl.constexpr):
+    """D = C + A B of one ``mma.m16n8k16`` per warp, fp32 accumulation; every operand a [P, W, 32]
+    tensor with element (p, w, l) in lane l of warp w (p: the P independent MMAs a lane issues)."""
+    if ASM:
+        if X_BF16:
+            return tl.inline_asm_elementwise(
+                "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {$0,$1,$2,$3}, {$4,$5,$6,$7}, {$8,$9}, "
+                "{$10,$11,$12,$13};", "=f,=f,=f,=f,r,r,r,r,r,r,0,1,2,3",
+                [a0, a1, a2, a3, b0, b1, c0, c1, c2, c3], dtype=(tl.float32,) * 4, is_pure=True, pack=1)
+        return tl.inline_asm_elementwise(
+            "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {$0,$1,$2,$3}, {$4,$5,$6,$7}, {$8,$9}, "
+            "{$10,$11,$12,$13};", "=f,=f,=f,=f,r,r,r,r,r,r,0,1,2,3",
+            [a0, a1, a2, a3, b0, b1, c0, c1, c2, c3], dtype=(tl.float32,) * 4, is_pure=True, pack=1)
+    return _mma_emulated(a0, a1, a2, a3, b0, b1, c0, c1, c2, c3, X_BF16, P, W)
+
+
+@triton.jit
+def _halves(reg, X_BF16: tl.constexpr):
+    """A register's two 16-bit values (low half first) as fp32, decoded from their bits."""
+    if X_BF16:
+        return (reg << 16).to(tl.float32, bitcast=True), (reg & -65536).to(tl.float32, bitcast=True)
+    lo = (reg & 0xFFFF).to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32)
+    hi = (reg >> 16).to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32)
+    return lo, hi
+
+
+@triton.jit
+def _pairs_to_cols(first, second, P: tl.constexpr, W: tl.constexpr):
+    """Two [P, W, 32] fp32 value pairs -> [P, W, 8, 16]: row l // 4, columns 2 (l % 4) + h from
+    ``first`` and 8 + 2 (l % 4) + h from ``second`` (h: the pair's half)."""
+    a = tl.reshape(tl.join(first[0], first[1]), [P, W, 8, 8])
+    b = tl.reshape(tl.join(second[0], second[1]), [P, W, 8, 8])
+    return tl.reshape(tl.permute(tl.join(a, b), [0, 1, 2, 4, 3]), [P, W, 8, 16])
+
+
+@triton.jit
+def _stack_rows(top, bottom, P: tl.constexpr, W: tl.constexpr, COLS: tl.constexpr):
+    """[P, W, 8, COLS] rows 0..7 and 8..15 -> [P, W, 16, COLS]."""
+    return tl.reshape(tl.permute(tl.join(top, bottom), [0, 1, 4, 2, 3]), [P, W, 16, COLS])
+
+
+@triton.jit
+def _mma_emulated(a0, a1, a2, a3, b0, b1, c0, c1, c2, c3, X_BF16: tl.constexpr, P: tl.constexpr,
+                  W: tl.constexpr):
+    """:func:`_mma` in Triton operations, from PTX's fragment layout of m16n8k16 (A row-major
+    16 x 16, B 16 x 8, C and D 16 x 8): lane l = 4 g + j holds A[g, 2j + h] in a0, A[g + 8, 2j + h]
+    in a1, A[g, 8 + 2j + h] in a2, A[g + 8, 8 + 2j + h] in a3; B[2j + h, g] in b0,
+    B[8 + 2j + h, g] in b1; C[g, 2j + h] in c0 / c1 (h = 0 / 1), C[g + 8, 2j + h] in c2 / c3."""
+    a_top = _pairs_to_cols(_halves(a0, X_BF16), _halves(a2, X_BF16), P, W)
+    a_bottom = _pairs_to_cols(_halves(a1, X_BF16), _halves(a3, X_BF16), P, W)
+    a = _stack_rows(a_top, a_bottom, P, W, 16)
+    b_t = _pairs_to_cols(_halves(b0, X_BF16), _halves(b1, X_BF16), P, W)  # [P, W, n, k]
+    c = _stack_rows(tl.reshape(tl.join(c0, c1), [P, W, 8, 8]), tl.reshape(tl.join(c2, c3), [P, W, 8, 8]), P, W, 8)
+    d = c + tl.sum(a[:, :, :, None, :] * b_t[:, :, None, :, :], axis=4)  # [P, W, 16, 8]
+    d = tl.permute(tl.reshape(d, [P, W, 2, 8, 4, 2]), [0, 1, 3, 4, 2, 5])  # [P, W, g, j, row half, h]
+    even, odd = tl.split(tl.reshape(d, [P, W, 32, 2, 2]))
+    d0, d2 = tl.split(even)
+    d1, d3 = tl.split(odd)
+    return d0, d1, d2, d3
+
+
+@triton.jit
+def _load4(ptrs, WEIGHTS: tl.constexpr):
+    """The four int32 words from each of ``ptrs`` (16-byte aligned), one 16-byte load a lane.
+
+    On the GPU the loads are inline assembly: a tl.load is laid out by Triton's coalescing, which
+    (Triton 3.6) may put a lane's words in other lanes and carry that layout into the MMA operands,
+    which must stay where the MMA reads them. Weights are read once and bypass L1."""
+    if ASM:
+        if WEIGHTS:
+            return tl.inline_asm_elementwise("ld.global.L1::no_allocate.v4.b32 {$0,$1,$2,$3}, [$4];",
+                                             "=r,=r,=r,=r,l", [ptrs], dtype=(tl.int32,) * 4, is_pure=False,
+                                             pack=1)
+        return tl.inline_asm_elementwise("ld.global.v4.b32 {$0,$1,$2,$3}, [$4];", "=r,=r,=r,=r,l", [ptrs],
+                                         dtype=(tl.int32,) * 4, is_pure=False, pack=1)
+    return tl.load(ptrs), tl.load(ptrs + 1), tl.load(ptrs + 2), tl.load(ptrs + 3)
+
+
+@triton.jit
+def _load_scale(ptrs):
+    """A scale or zero a lane (bf16, fp16 or fp32) as fp32; inline assembly on the GPU, as _load4."""
+    if ASM:
+        ty: tl.constexpr = ptrs.dtype.element_ty
+        if ty == tl.float32:
+            bits = tl.inline_asm_elementwise("ld.global.b32 $0, [$1];", "=r,l", [ptrs], dtype=tl.int32,
+                                             is_pure=False, pack=1)
+            return bits.to(tl.float32, bitcast=True)
+        bits = tl.inline_asm_elementwise("ld.global.b16 $0, [$1];", "=h,l", [ptrs], dtype=tl.int16, is_pure=False,
+                                         pack=1)
+        return bits.to(ty, bitcast=True).to(tl.float32)
+    return tl.load(ptrs).to(tl.float32)
+
+
+@triton.jit
+def _chunk_loads(lo_ptrs, hi_ptrs, s_lo_ptrs, s_hi_ptrs, z_lo_ptrs, z_hi_ptrs, chunk, n_chunks,
+                 stride_sg, GROUP: tl.constexpr):
+    """Words of rows lo and hi (four [R, W, 32] each), and their scales and zeros, of each warp's
+    chunk ([1, W, 1]). A chunk past the end re-reads chunk 0 with a zero scale: it adds nothing."""
+    live = chunk < n_chunks
+    chunk = tl.where(live, chunk, 0)
+    words = chunk * (CHUNK // 8)
+    lo = _load4(lo_ptrs + words, True)
+    hi = _load4(hi_ptrs + words, True)
+    group = (chunk * CHUNK // GROUP) * stride_sg
+    keep = live.to(tl.float32)
+    s_lo = _load_scale(s_lo_ptrs + group) * keep
+    s_hi = _load_scale(s_hi_ptrs + group) * keep
+    z_lo = _load_scale(z_lo_ptrs + group)
+    z_hi = _load_scale(z_hi_ptrs + group)
+    return lo, hi, s_lo, s_hi, z_lo, z_hi
+
+
+@triton.jit
+def _x_loads(x_ptrs, chunk, n_chunks, keep_token):
+    """A chunk's 32 activations of each lane's token ([1, W, 32] pointers), as four words of 8;
+    ``keep_token`` (-1 or 0) zeroes the tokens past M (their pointers read token 0)."""
+    chunk = tl.where(chunk < n_chunks, chunk, 0)
+    base = x_ptrs + chunk * (CHUNK // 2)
+    w0 = _load4(base, False)
+    w1 = _load4(base + 4, False)
+    w2 = _load4(base + 8, False)
+    w3 = _load4(base + 12, False)
+    return ((w0[0] & keep_token, w0[1] & keep_token, w0[2] & keep_token, w0[3] & keep_token),
+            (w1[0] & keep_token, w1[1] & keep_token, w1[2] & keep_token, w1[3] & keep_token),
+            (w2[0] & keep_token, w2[1] & keep_token, w2[2] & keep_token, w2[3] & keep_token),
+            (w3[0] & keep_token, w3[1] & keep_token, w3[2] & keep_token, w3[3] & keep_token))
+
+
+@triton.jit
+def _chunk_sums(lo, hi, xa, xb, X_BF16: tl.constexpr, TILES: tl.constexpr, R: tl.constexpr, W: tl.constexpr):
+    """One chunk: the MMA sums sum_k (OFFSET + q) x of rows lo and hi ([R, W, 32] each, d0..d3 of
+    tile a, then of tile b) and sum_k x of the lane's two tokens ([1, W, 32] each) of each tile
+    of 8 tokens. ``lo`` and ``hi`` are a lane's four words of each row, ``xa`` and ``xb`` a
+    tile's activations (four words of 8, from :func:`_x_loads`)."""
+    zero = tl.zeros([R, W, 32], dtype=tl.float32)
+    da0, da1, da2, da3 = zero, zero, zero, zero
+    db0, db1, db2, db3 = zero, zero, zero, zero
+    xs_zero = tl.zeros([1, W, 32], dtype=tl.float32)
+    xsa0, xsa1, xsb0, xsb1 = xs_zero, xs_zero, xs_zero, xs_zero
+    for i in tl.static_range(4):
+        l0, l1, l2, l3 = _codes(lo[i], X_BF16)
+        h0, h1, h2, h3 = _codes(hi[i], X_BF16)
+        da0, da1, da2, da3, xsa0, xsa1 = _word_mmas(l0, l1, l2, l3, h0, h1, h2, h3, xa[i], da0, da1, da2, da3, xsa0,
+                                                    xsa1, X_BF16, R, W)
+        if TILES == 2:
+            db0, db1, db2, db3, xsb0, xsb1 = _word_mmas(l0, l1, l2, l3, h0, h1, h2, h3, xb[i], db0, db1, db2, db3,
+                                                        xsb0, xsb1, X_BF16, R, W)
+    return da0, da1, da2, da3, xsa0, xsa1, db0, db1, db2, db3, xsb0, xsb1
+
+
+@triton.jit
+def _word_mmas(l0, l1, l2, l3, h0, h1, h2, h3, x_words, d0, d1, d2, d3, xs0, xs1, X_BF16: tl.constexpr,
+               R: tl.constexpr, W: tl.constexpr):
+    """The two MMAs of one word of codes a lane holds per row (its codes in l0..l3 and h0..h3,
+    from :func:`_codes`) and one tile of tokens, and the two all-ones MMAs that sum x alike."""
+    b0, b1, b2, b3 = _x_pairs(x_words[0], x_words[1], x_words[2], x_words[3])
+    d0, d1, d2, d3 = _mma(l0, h0, l1, h1, tl.broadcast_to(b0, [R, W, 32]), tl.broadcast_to(b1, [R, W, 32]),
+                          d0, d1, d2, d3, X_BF16, R, W)
+    d0, d1, d2, d3 = _mma(l2, h2, l3, h3, tl.broadcast_to(b2, [R, W, 32]), tl.broadcast_to(b3, [R, W, 32]),
+                          d0, d1, d2, d3, X_BF16, R, W)
+    ones = tl.full([1, W, 32], ONES_BF16 if X_BF16 else ONES_F16, tl.int32)
+    xs0, xs1, _, _ = _mma(ones, ones, ones, ones, b0, b1, xs0, xs1, xs0, xs1, X_BF16, 1, W)
+    xs0, xs1, _, _ = _mma(ones, ones, ones, ones, b2, b3, xs0, xs1, xs0, xs1, X_BF16, 1, W)
+    return d0, d1, d2, d3, xs0, xs1
+
+
+@triton.jit
+def _scaled(acc0, acc1, acc2, acc3, d0, d1, d2, d3, xs0, xs1, s_lo, s_hi, zz_lo, zz_hi):
+    """acc += scale * (sum (OFFSET + q) x - (OFFSET + zero) sum x), per row and token."""
+    acc0 += s_lo * (d0 + zz_lo * xs0)
+    acc1 += s_lo * (d1 + zz_lo * xs1)
+    acc2 += s_hi * (d2 + zz_hi * xs0)
+    acc3 += s_hi * (d3 + zz_hi * xs1)
+    return acc0, acc1, acc2, acc3
+
+
+@triton.autotune(
+    configs=_CONFIGS_INTERPRET if interpreting() else _CONFIGS,
+    key=["N", "K", "GROUP", "GATED", "TILES"],
+    prune_configs_by={"early_config_prune": _prune},
+    do_bench=graph_bench,
+)
+@triton.jit
+def _w4a16_mma_kernel(
+    x_ptr, p_ptr, s_ptr, z_ptr, bias_ptr, out_ptr,
+    M, N, K, stride_xm, stride_pn, stride_sn, stride_sg, stride_om,
+    GROUP: tl.constexpr, HAS_BIAS: tl.constexpr, X_BF16: tl.constexpr, GATED: tl.constexpr, TILES: tl.constexpr,
+    ROW_BLOCKS: tl.constexpr, WARPS: tl.constexpr, PDL: tl.constexpr,
+):
+    # Tensors are [ROW_BLOCKS, WARPS, 32] (per row block) or [1, WARPS, 32] (shared by a warp's
+    # blocks: activations, sums of x): one element a lane, lane l of warp w holding (., w, l), as
+    # Triton's default layout lays them out; the row-block axis stays in-thread.
+    # GATED: N is the output's width; the first half of the blocks are gate rows and the second
+    # the up rows N further, and the program stores silu(gate) * up.
+    R: tl.constexpr = ROW_BLOCKS
+    W: tl.constexpr = WARPS
+    pid = tl.program_id(0)
+    lane = tl.arange(0, 32)[None, None, :]
+    warp = tl.arange(0, W)[None, :, None]
+    block = tl.arange(0, R)[:, None, None]
+    quad = lane // 4
+    if GATED:
+        HALF: tl.constexpr = R // 2
+        out_lo = pid * 16 * HALF + (block % HALF) * 16 + quad
+        up = (block // HALF) * N
+    else:
+        out_lo = pid * 16 * R + block * 16 + quad
+        up = block * 0
+    out_hi = out_lo + 8
+    live_lo = out_lo < N
+    live_hi = out_hi < N
+    row_lo = (tl.where(live_lo, out_lo, 0) + up).to(tl.int64)
+    row_hi = (tl.where(live_hi, out_hi, 0) + up).to(tl.int64)
+    lane_words = 4 * (lane % 4)
+    words = p_ptr.to(tl.pointer_type(tl.int32))
+    # Rows and chunks start at multiples of 16 words (K is a multiple of 128): 16-byte loads.
+    row_words = tl.multiple_of(stride_pn // 4, 16)
+    lo_ptrs = words + row_lo * row_words + lane_words
+    hi_ptrs = words + row_hi * row_words + lane_words
+    s_lo_ptrs = s_ptr + row_lo * stride_sn
+    s_hi_ptrs = s_ptr + row_hi * stride_sn
+    z_lo_ptrs = z_ptr + row_lo * stride_sn
+    z_hi_ptrs = z_ptr + row_hi * stride_sn
+    # Lane l's token in tile t is 8 t + l // 4 (token 0's row past M, zeroed); its 32 activations
+    # of a chunk are the k of its words.
+    x_words = x_ptr.to(tl.pointer_type(tl.int32))
+    x_row = tl.multiple_of(stride_xm // 2, 16)
+    token_a = quad + warp * 0
+    token_b = token_a + 8
+    keep_a = tl.where(token_a < M, -1, 0)
+    keep_b = tl.where(token_b < M, -1, 0)
+    x_ptrs_a = x_words + tl.where(token_a < M, token_a, 0).to(tl.int64) * x_row + 4 * lane_words
+    x_ptrs_b = x_words + tl.where(token_b < M, token_b, 0).to(tl.int64) * x_row + 4 * lane_words
+
+    n_chunks = K // CHUNK
+    n_steps = tl.cdiv(n_chunks, W)
+    acc0 = tl.zeros([R, W, 32], dtype=tl.float32)
+    acc1 = acc0
+    acc2 = acc0
+    acc3 = acc0
+    acc4 = acc0
+    acc5 = acc0
+    acc6 = acc0
+    acc7 = acc0
+    # Weights of the next chunk are loaded before this one's arithmetic (a register double buffer);
+    # the first chunk's are read while the previous kernel finishes, activations after it has.
+    lo, hi, s_lo, s_hi, z_lo, z_hi = _chunk_loads(lo_ptrs, hi_ptrs, s_lo_ptrs, s_hi_ptrs, z_lo_ptrs, z_hi_ptrs, warp,
+                                                  n_chunks, stride_sg, GROUP)
+    wait_prior_grid(PDL, False)
+    xa = _x_loads(x_ptrs_a, warp, n_chunks, keep_a)
+    xb = _x_loads(x_ptrs_b, warp, n_chunks, keep_b) if TILES == 2 else xa
+    for step in range(0, n_steps):
+        chunk = step * W + warp
+        n_lo, n_hi, ns_lo, ns_hi, nz_lo, nz_hi = _chunk_loads(lo_ptrs, hi_ptrs, s_lo_ptrs, s_hi_ptrs, z_lo_ptrs,
+                                                              z_hi_ptrs, chunk + W, n_chunks, stride_sg, GROUP)
+        next_xa = _x_loads(x_ptrs_a, chunk + W, n_chunks, keep_a)
+        next_xb = _x_loads(x_ptrs_b, chunk + W, n_chunks, keep_b) if TILES == 2 else next_xa
+        zz_lo = -(_offset(X_BF16) + z_lo)
+        zz_hi = -(_offset(X_BF16) + z_hi)
+        da0, da1, da2, da3, xsa0, xsa1, db0, db1, db2, db3, xsb0, xsb1 = _chunk_sums(lo, hi, xa, xb, X_BF16, TILES,
+                                                                                      R, W)
+        acc0, acc1, acc2, acc3 = _scaled(acc0, acc1, acc2, acc3, da0, da1, da2, da3, xsa0, xsa1, s_lo, s_hi, zz_lo,
+                                         zz_hi)
+        if TILES == 2:
+            acc4, acc5, acc6, acc7 = _scaled(acc4, acc5, acc6, acc7, db0, db1, db2, db3, xsb0, xsb1, s_lo, s_hi,
+                                             zz_lo, zz_hi)
+        lo, hi, s_lo, s_hi, z_lo, z_hi = n_lo, n_hi, ns_lo, ns_hi, nz_lo, nz_hi
+        xa, xb = next_xa, next_xb
+    launch_dependents(PDL)
+
+    token = 2 * (lane % 4)
+    _store_tile(out_ptr, bias_ptr, acc0, acc1, acc2, acc3, token, out_lo, row_lo, live_lo, out_hi, row_hi, live_hi,
+                M, stride_om, HAS_BIAS, GATED, R)
+    if TILES == 2:
+        _store_tile(out_ptr, bias_ptr, acc4, acc5, acc6, acc7, token + 8, out_lo, row_lo, live_lo, out_hi, row_hi,
+                    live_hi, M, stride_om, HAS_BIAS, GATED, R)
+
+
+@triton.jit
+def _store_tile(out_ptr, bias_ptr, acc0, acc1, acc2, acc3, token, out_lo, row_lo, live_lo, out_hi, row_hi, live_hi,
+                M, stride_om, HAS_BIAS: tl.constexpr, GATED: tl.constexpr, R: tl.constexpr):
+    """Adds the warps' partial sums and stores a lane's tokens ``token`` and + 1 of rows lo and hi."""
+    _store_rows(out_ptr, bias_ptr, tl.sum(acc0, axis=1), tl.sum(acc1, axis=1), token, out_lo, row_lo, live_lo, M,
+                stride_om, HAS_BIAS, GATED, R)
+    _store_rows(out_ptr, bias_ptr, tl.sum(acc2, axis=1), tl.sum(acc3, axis=1), token, out_hi, row_hi, live_hi, M,
+                stride_om, HAS_BIAS, GATED, R)
+
+
+@triton.jit
+def _store_rows(out_ptr, bias_ptr, even, odd, token, out_rows, rows, live, M, stride_om, HAS_BIAS: tl.constexpr,
+                GATED: tl.constexpr, R: tl.constexpr):
+    """[R, 32] sums of tokens ``token`` (even) and + 1 (odd) -> out[token, out_row] (gated: of the
+    first R / 2 blocks, silu(gate) * up with the second half)."""
+    out_rows = tl.reshape(out_rows, [R, 32])
+    rows = tl.reshape(rows, [R, 32])
+    live = tl.reshape(live, [R, 32])
+    token = tl.reshape(token, [1, 32])
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + rows, mask=live, other=0.0).to(tl.float32)
+        even += bias
+        odd += bias
+    if GATED:
+        even = _gate_up(even, R)
+        odd = _gate_up(odd, R)
+        out_rows = tl.split(tl.permute(tl.reshape(out_rows, [2, R // 2, 32]), [1, 2, 0]))[0]
+        live = tl.split(tl.permute(tl.reshape(live.to(tl.int32), [2, R // 2, 32]), [1, 2, 0]))[0] != 0
+    ptrs = out_ptr + token.to(tl.int64) * stride_om + out_rows
+    tl.store(ptrs, even.to(out_ptr.dtype.element_ty), mask=live & (token < M))
+    tl.store(ptrs + stride_om, odd.to(out_ptr.dtype.element_ty), mask=live & (token + 1 < M))
+
+
+@triton.jit
+def _gate_up(y, R: tl.constexpr):
+    """[R, 32] sums, gate blocks then up blocks -> silu(gate) * up, [R / 2, 32]."""
+    gate, up = tl.split(tl.permute(tl.reshape(y, [2, R // 2, 32]), [1, 2, 0]))
+    return gate * tl.sigmoid(gate) * up
+
+
+def supports(x: torch.Tensor, group_size: int) -> bool:
+    """Whether this kernel serves ``x`` (16-bit, at most MAX_M tokens) with groups of ``group_size``."""
+    return x.dtype in (torch.bfloat16, torch.float16) and 1 <= x.shape[0] <= MAX_M and group_size % CHUNK_CODES == 0
+
+
+def gemm_w4a16_mma(x, packed, scales, zeros, group_size: int, bias=None, gated: bool = False) -> torch.Tensor:
+    """The W4A16 product of :func:`kernels.gemm_w4a16.gemm_w4a16` (arguments checked there) on this
+    kernel: ``x`` [M, K] bf16 or fp16 with M <= 16, ``group_size`` a multiple of 128. Scales and
+    zeros may be row- or group-major, with the same strides."""
+    if not supports(x, group_size):
+        raise ValueError(f"the mma kernel serves 1..{MAX_M} bf16 or fp16 tokens and groups of a multiple of "
+                         f"{CHUNK_CODES}; got x {x.dtype} with M={x.shape[0]}, group_size={group_size}")
+    m, k = x.shape
+    n = packed.shape[0]
+    n_out = n // 2 if gated else n
+    # 16-byte loads of the weights and x words: aligned copies of odd views.
+    x = x.contiguous() if x.data_ptr() % 16 == 0 else x.clone()
+    packed = packed.contiguous() if packed.data_ptr() % 16 == 0 else packed.clone()
+    if zeros.stride() != scales.stride():
+        scales, zeros = scales.contiguous(), zeros.contiguous()
+    out = torch.empty(m, n_out, dtype=x.dtype, device=x.device)
+    rows_per_program = 8 if gated else 16
+    launch(
+        _w4a16_mma_kernel, lambda meta: (cdiv(n_out, rows_per_program * meta["ROW_BLOCKS"]),),
+        x, packed, scales, zeros, bias if bias is not None else scales, out, m, n_out, k, x.stride(0),
+        packed.stride(0), scales.stride(0), scales.stride(1), out.stride(0), GROUP=group_size,
+        HAS_BIAS=bias is not None, X_BF16=x.dtype == torch.bfloat16, GATED=gated, TILES=1 if m <= 8 else 2,
+        **pdl_args(x.device),
+    )
+    return out
