@@ -93,17 +93,17 @@ def main() -> None:
                          cfg.num_warps, cfg.num_stages)
         report(f"tc M=16 {kw} warps={cfg.num_warps}", k,
                kw["BLOCK_N"] * kw["GROUPS_PER_STEP"] * 128 / (cfg.num_warps * 32))
-    mma_sig = {**POINTERS, "out_ptr": "*bf16", **dict.fromkeys(("M", "N", "K", "stride_xm", "stride_pn", "stride_sn"),
-                                                                "i32"),
+    mma_sig = {**POINTERS, "out_ptr": "*bf16", "part_ptr": "*fp32", "lock_ptr": "*i32",
+               **dict.fromkeys(("M", "N", "K", "stride_xm", "stride_pn", "stride_sn"), "i32"),
                "stride_sg": "constexpr", "stride_om": "i32",
-               **dict.fromkeys(("GROUP", "HAS_BIAS", "X_BF16", "GATED", "TILES", "ROW_BLOCKS", "WARPS", "PDL"),
-                               "constexpr")}
+               **dict.fromkeys(("GROUP", "HAS_BIAS", "X_BF16", "SCALE_FP32", "GATED", "TILES", "ROW_BLOCKS", "WARPS",
+                                "SPLIT_K", "PDL"), "constexpr")}
     for tiles in (1, 2):
-        for cfg in w4a16_mma._CONFIGS:
+        for cfg in [c for c in w4a16_mma._CONFIGS if c.kwargs["SPLIT_K"] == 4]:
             kw = cfg.kwargs
             k = compile_sm90(w4a16_mma._w4a16_mma_kernel.fn, mma_sig,
-                             {"GROUP": 128, "HAS_BIAS": False, "X_BF16": True, "GATED": False, "stride_sg": 1,
-                              "TILES": tiles, "PDL": True, **kw}, cfg.num_warps, cfg.num_stages)
+                             {"GROUP": 128, "HAS_BIAS": False, "X_BF16": True, "SCALE_FP32": False, "GATED": False,
+                              "stride_sg": 1, "TILES": tiles, "PDL": True, **kw}, cfg.num_warps, cfg.num_stages)
             # A chunk a loop iteration: per row block, 32 codes of each of a lane's two rows.
             report(f"mma M<={8 * tiles} {kw} warps={cfg.num_warps}", k, kw["ROW_BLOCKS"] * 64)
     attn_sig = {"q_ptr": "*bf16", "k_ptr": "*bf16", "v_ptr": "*bf16", "lens_ptr": "*i32", "ks_ptr": "*fp32",

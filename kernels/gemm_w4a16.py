@@ -12,7 +12,7 @@ from kernels._launch import (cdiv, check_2d, check_dtype, check_shape, count_in_
                              gemv_early_dependents, graph_bench, interpreting, launch, launch_dependents, pdl_args,
                              split_k_locks, sum_splits, use_triton, wait_prior_grid, zero_output)
 from kernels.packing import pack_int4, unpack_int4
-from kernels.w4a16_mma import gemm_w4a16_mma
+from kernels import w4a16_mma
 
 X_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 SCALE_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
@@ -694,7 +694,7 @@ def gemm_w4a16_triton(x, packed, scales, zeros, group_size: int, bias=None, *, g
     if path == "gemv" and m != 1:
         raise ValueError(f"path='gemv' serves one token, got M={m}")
     if path == "mma":
-        return gemm_w4a16_mma(x, packed, scales, zeros, group_size, bias, gated)
+        return w4a16_mma.gemm_w4a16_mma(x, packed, scales, zeros, group_size, bias, gated)
     if path == "tc" and m > 256:
         raise ValueError(f"path='tc' serves at most 256 tokens, got M={m}")
     if path == "dequant":
