@@ -93,19 +93,19 @@ def main() -> None:
                          cfg.num_warps, cfg.num_stages)
         report(f"tc M=16 {kw} warps={cfg.num_warps}", k,
                kw["BLOCK_N"] * kw["GROUPS_PER_STEP"] * 128 / (cfg.num_warps * 32))
-    mma_sig = {**POINTERS, "out_ptr": "*bf16", "part_ptr": "*fp32", "lock_ptr": "*i32",
+    mma_sig = {**POINTERS, "out_ptr": "*bf16",
                **dict.fromkeys(("M", "N", "K", "stride_xm", "stride_pn", "stride_sn"), "i32"),
                "stride_sg": "constexpr", "stride_om": "i32",
                **dict.fromkeys(("GROUP", "HAS_BIAS", "X_BF16", "SCALE_FP32", "GATED", "TILES", "ROW_BLOCKS", "WARPS",
-                                "SPLIT_K", "PDL"), "constexpr")}
+                                "STEP_CHUNKS", "PDL"), "constexpr")}
     for tiles in (1, 2):
-        for cfg in [c for c in w4a16_mma._CONFIGS if c.kwargs["SPLIT_K"] == 4]:
+        for cfg in w4a16_mma._CONFIGS:
             kw = cfg.kwargs
             k = compile_sm90(w4a16_mma._w4a16_mma_kernel.fn, mma_sig,
                              {"GROUP": 128, "HAS_BIAS": False, "X_BF16": True, "SCALE_FP32": False, "GATED": False,
                               "stride_sg": 1, "TILES": tiles, "PDL": True, **kw}, cfg.num_warps, cfg.num_stages)
             # A chunk a loop iteration: per row block, 32 codes of each of a lane's two rows.
-            report(f"mma M<={8 * tiles} {kw} warps={cfg.num_warps}", k, kw["ROW_BLOCKS"] * 64)
+            report(f"mma M<={8 * tiles} {kw} warps={cfg.num_warps}", k, kw["ROW_BLOCKS"] * kw["STEP_CHUNKS"] * 64)
     attn_sig = {"q_ptr": "*bf16", "k_ptr": "*bf16", "v_ptr": "*bf16", "lens_ptr": "*i32", "ks_ptr": "*fp32",
                 "vs_ptr": "*fp32", "out_ptr": "*bf16", "m_ptr": "*fp32", "l_ptr": "*fp32", "acc_ptr": "*fp32",
                 "qk_scale": "fp32", **dict.fromkeys(("S_MAX", "CHUNK", "B_BUCKET", "NUM_KV_HEADS", "stride_qb",

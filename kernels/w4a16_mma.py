@@ -28,7 +28,7 @@ import triton
 import triton.language as tl
 
 from kernels._launch import (cdiv, first_config_only, graph_bench, interpreting, launch, launch_dependents, pdl_args,
-                             split_k_locks, wait_prior_grid)
+                             wait_prior_grid)
 
 # Codes per chunk: the 4 lanes of a row read 32 each. A group is one or more chunks.
 CHUNK_CODES = 128
@@ -43,32 +43,20 @@ ONES_F16 = tl.constexpr(0x3C003C00)
 LOW_NIBBLES = tl.constexpr(0x000F000F)
 
 
-def _mma_config(row_blocks, warps, split_k):
-    return triton.Config({"ROW_BLOCKS": row_blocks, "WARPS": warps, "SPLIT_K": split_k}, num_warps=warps,
+def _mma_config(row_blocks, warps, step_chunks):
+    return triton.Config({"ROW_BLOCKS": row_blocks, "WARPS": warps, "STEP_CHUNKS": step_chunks}, num_warps=warps,
                          num_stages=1)
 
 
-_CONFIGS = [_mma_config(r, w, s) for r in (2, 1) for w in (4, 8) for s in (1, 2, 4, 8, 16)]
+_CONFIGS = [_mma_config(r, w, s) for r, w, s in [(2, 8, 1), (2, 4, 1), (1, 8, 1), (1, 4, 1), (4, 8, 1), (4, 4, 1),
+                                                 (2, 8, 2), (2, 4, 2), (1, 8, 2), (1, 4, 2)]]
 _CONFIGS_INTERPRET = [_mma_config(2, 2, 2)]
-# Programs a launch should have: at least one per SM, at most a few waves.
-_MIN_PROGRAMS, _MAX_PROGRAMS = 128, 528
 
 
 def _prune(configs, named_args, **kwargs):
-    """Gated launches pair gate and up blocks in a warp, so they need an even ROW_BLOCKS. Of the
-    rest, those whose grid fills the GPU without tiny splits (the smallest grid if none does)."""
-    named = {**named_args, **kwargs}
-    if named.get("GATED", False):
+    """Gated launches pair gate and up blocks, so they need an even ROW_BLOCKS."""
+    if {**named_args, **kwargs}.get("GATED", False):
         configs = [c for c in configs if c.kwargs["ROW_BLOCKS"] % 2 == 0]
-    if "N" in named and "K" in named and len(configs) > 1:
-        n_chunks = named["K"] // CHUNK_CODES
-
-        def programs(c):
-            rows = (8 if named.get("GATED", False) else 16) * c.kwargs["ROW_BLOCKS"] * c.kwargs["WARPS"]
-            return cdiv(named["N"], rows) * c.kwargs["SPLIT_K"]
-        fit = [c for c in configs if _MIN_PROGRAMS <= programs(c) <= _MAX_PROGRAMS
-               and n_chunks >= 2 * c.kwargs["SPLIT_K"]]
-        configs = fit or [min(configs, key=lambda c: abs(programs(c) - _MIN_PROGRAMS))]
     return first_config_only(configs, named_args, **kwargs)
 
 
@@ -226,6 +214,16 @@ def _chunk_loads(lo_ptrs, hi_ptrs, s_lo_ptrs, s_hi_ptrs, z_lo_ptrs, z_hi_ptrs, c
 
 
 @triton.jit
+def _prefetch_x(x_ptrs, chunk, n_chunks):
+    """Asks L1 for the activations of a later chunk, so that its loads, at use, hit there (a
+    register buffer of them would cost 16 registers a tile of tokens)."""
+    if ASM:
+        chunk = tl.where(chunk < n_chunks, chunk, 0)
+        tl.inline_asm_elementwise("prefetch.global.L1 [$1]; mov.u32 $0, 0;", "=r,l", [x_ptrs + chunk * (CHUNK // 2)],
+                                  dtype=tl.int32, is_pure=False, pack=1)
+
+
+@triton.jit
 def _x_loads(x_ptrs, chunk, n_chunks, keep_token):
     """A chunk's 32 activations of each lane's token ([1, W, 32] pointers), as four words of 8;
     ``keep_token`` (-1 or 0) zeroes the tokens past M (their pointers read token 0)."""
@@ -297,33 +295,32 @@ def _scaled(acc0, acc1, acc2, acc3, d0, d1, d2, d3, xs0, xs1, s_lo, s_hi, zz_lo,
 )
 @triton.jit
 def _w4a16_mma_kernel(
-    x_ptr, p_ptr, s_ptr, z_ptr, bias_ptr, out_ptr, part_ptr, lock_ptr,
+    x_ptr, p_ptr, s_ptr, z_ptr, bias_ptr, out_ptr,
     M, N, K, stride_xm, stride_pn, stride_sn, stride_sg, stride_om,
     GROUP: tl.constexpr, HAS_BIAS: tl.constexpr, X_BF16: tl.constexpr, SCALE_FP32: tl.constexpr, GATED: tl.constexpr,
-    TILES: tl.constexpr, ROW_BLOCKS: tl.constexpr, WARPS: tl.constexpr, SPLIT_K: tl.constexpr, PDL: tl.constexpr,
+    TILES: tl.constexpr, ROW_BLOCKS: tl.constexpr, WARPS: tl.constexpr, STEP_CHUNKS: tl.constexpr, PDL: tl.constexpr,
 ):
-    # Tensors are [ROW_BLOCKS, WARPS, 32] (a lane's row blocks) or [1, WARPS, 32] (what a lane's
-    # blocks share: activations, sums of x): one element a lane, lane l of warp w holding
-    # (., w, l), as Triton's default layout lays them out (no tl.load, whose layout could differ,
-    # feeds them); the row-block axis stays in-thread. Warp w owns blocks w * R .. w * R + R - 1
-    # (gated: the first R / 2 gate rows, the rest the up rows N further, for the same outputs),
-    # and all warps walk the same chunks, so each chunk's activations reach the SM once and the
-    # other warps read them from L1. SPLIT_K programs share a tile's K; the last to finish sums
-    # their fp32 partials in split order (as kernels._launch.count_in_split).
+    # Tensors are [ROW_BLOCKS, WARPS, 32] (per row block) or [1, WARPS, 32] (shared by a warp's
+    # blocks: activations, sums of x): one element a lane, lane l of warp w holding (., w, l), as
+    # Triton's default layout lays them out (no tl.load, whose layout could differ, feeds them);
+    # the row-block axis stays in-thread. A step, warp w takes STEP_CHUNKS chunks, the program's
+    # warps side by side, so a row's STEP_CHUNKS * WARPS * 64 bytes are read together.
+    # GATED: N is the output's width; the first half of the blocks are gate rows and the second
+    # the up rows N further, and the program stores silu(gate) * up.
     R: tl.constexpr = ROW_BLOCKS
     W: tl.constexpr = WARPS
-    pid_n = tl.program_id(0)
-    pid_k = tl.program_id(1)
+    S: tl.constexpr = STEP_CHUNKS
+    pid = tl.program_id(0)
     lane = tl.arange(0, 32)[None, None, :]
     warp = tl.arange(0, W)[None, :, None]
     block = tl.arange(0, R)[:, None, None]
     quad = lane // 4
     if GATED:
         HALF: tl.constexpr = R // 2
-        out_lo = pid_n * 16 * HALF * W + (warp * HALF + block % HALF) * 16 + quad
+        out_lo = pid * 16 * HALF + (block % HALF) * 16 + quad
         up = (block // HALF) * N
     else:
-        out_lo = pid_n * 16 * R * W + (warp * R + block) * 16 + quad
+        out_lo = pid * 16 * R + block * 16 + quad
         up = block * 0
     out_hi = out_lo + 8
     live_lo = out_lo < N
@@ -352,9 +349,7 @@ def _w4a16_mma_kernel(
     x_ptrs_b = x_words + tl.where(token_b < M, token_b, 0).to(tl.int64) * x_row + 4 * lane_words
 
     n_chunks = K // CHUNK
-    per_split = tl.cdiv(n_chunks, SPLIT_K)
-    c_begin = pid_k * per_split
-    c_end = tl.minimum(c_begin + per_split, n_chunks)
+    n_steps = tl.cdiv(n_chunks, W * S)
     acc0 = tl.zeros([R, W, 32], dtype=tl.float32)
     acc1 = acc0
     acc2 = acc0
@@ -363,132 +358,109 @@ def _w4a16_mma_kernel(
     acc5 = acc0
     acc6 = acc0
     acc7 = acc0
-    # The next chunk's weights are loaded before this one's arithmetic (a register double buffer);
-    # the first chunk's are read while the previous kernel finishes, activations after it has.
-    lo, hi, s_lo, s_hi, z_lo, z_hi = _chunk_loads(lo_ptrs, hi_ptrs, s_lo_ptrs, s_hi_ptrs, z_lo_ptrs, z_hi_ptrs,
-                                                  c_begin, c_end, stride_sg, GROUP, SCALE_FP32)
+    # The next step's weights are loaded before this one's arithmetic (a register double buffer);
+    # the first step's are read while the previous kernel finishes, activations after it has.
+    first = warp * S
+    cur0 = _chunk_loads(lo_ptrs, hi_ptrs, s_lo_ptrs, s_hi_ptrs, z_lo_ptrs, z_hi_ptrs, first, n_chunks, stride_sg,
+                        GROUP, SCALE_FP32)
+    cur1 = _chunk_loads(lo_ptrs, hi_ptrs, s_lo_ptrs, s_hi_ptrs, z_lo_ptrs, z_hi_ptrs, first + 1, n_chunks, stride_sg,
+                        GROUP, SCALE_FP32) if S == 2 else cur0
     wait_prior_grid(PDL, False)
-    for chunk in range(c_begin, c_end):
-        xa = _x_loads(x_ptrs_a, chunk, c_end, keep_a)
-        xb = _x_loads(x_ptrs_b, chunk, c_end, keep_b) if TILES == 2 else xa
-        n_lo, n_hi, ns_lo, ns_hi, nz_lo, nz_hi = _chunk_loads(lo_ptrs, hi_ptrs, s_lo_ptrs, s_hi_ptrs, z_lo_ptrs,
-                                                              z_hi_ptrs, chunk + 1, c_end, stride_sg, GROUP,
-                                                              SCALE_FP32)
-        zz_lo = -(_offset(X_BF16) + z_lo)
-        zz_hi = -(_offset(X_BF16) + z_hi)
-        da0, da1, da2, da3, xsa0, xsa1, db0, db1, db2, db3, xsb0, xsb1 = _chunk_sums(lo, hi, xa, xb, X_BF16, TILES,
-                                                                                      R, W)
-        acc0, acc1, acc2, acc3 = _scaled(acc0, acc1, acc2, acc3, da0, da1, da2, da3, xsa0, xsa1, s_lo, s_hi, zz_lo,
-                                         zz_hi)
-        if TILES == 2:
-            acc4, acc5, acc6, acc7 = _scaled(acc4, acc5, acc6, acc7, db0, db1, db2, db3, xsb0, xsb1, s_lo, s_hi,
-                                             zz_lo, zz_hi)
-        lo, hi, s_lo, s_hi, z_lo, z_hi = n_lo, n_hi, ns_lo, ns_hi, nz_lo, nz_hi
+    _prefetch_step(x_ptrs_a, x_ptrs_b, first, n_chunks, TILES, S)
+    for step in range(0, n_steps):
+        chunk = (step * W + warp) * S
+        following = chunk + W * S
+        next0 = _chunk_loads(lo_ptrs, hi_ptrs, s_lo_ptrs, s_hi_ptrs, z_lo_ptrs, z_hi_ptrs, following, n_chunks,
+                             stride_sg, GROUP, SCALE_FP32)
+        next1 = _chunk_loads(lo_ptrs, hi_ptrs, s_lo_ptrs, s_hi_ptrs, z_lo_ptrs, z_hi_ptrs, following + 1, n_chunks,
+                             stride_sg, GROUP, SCALE_FP32) if S == 2 else next0
+        _prefetch_step(x_ptrs_a, x_ptrs_b, following, n_chunks, TILES, S)
+        acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7 = _chunk_step(
+            cur0, chunk, n_chunks, x_ptrs_a, x_ptrs_b, keep_a, keep_b, acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7,
+            X_BF16, TILES, R, W)
+        if S == 2:
+            acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7 = _chunk_step(
+                cur1, chunk + 1, n_chunks, x_ptrs_a, x_ptrs_b, keep_a, keep_b, acc0, acc1, acc2, acc3, acc4, acc5,
+                acc6, acc7, X_BF16, TILES, R, W)
+        cur0 = next0
+        cur1 = next1
     launch_dependents(PDL)
 
-    # Output fragment of lane l: tokens 2 (l % 4) and + 1 (+ 8 in tile b), rows lo and hi.
-    t0 = 2 * (lane % 4)
-    if SPLIT_K > 1:
-        # Every split stores its partials; the last to count in sums them into acc0..acc7.
-        parts = part_ptr + t0.to(tl.int64) * (2 * N) + row_lo * 0
-        p_lo = parts + row_lo
-        p_hi = parts + row_hi
-        slice_size = M * 2 * N
-        _store_parts(p_lo, p_hi, acc0, acc1, acc2, acc3, t0, live_lo, live_hi, M, pid_k * slice_size, 2 * N)
-        if TILES == 2:
-            _store_parts(p_lo + 16 * N, p_hi + 16 * N, acc4, acc5, acc6, acc7, t0 + 8, live_lo, live_hi, M,
-                         pid_k * slice_size, 2 * N)
-        tl.debug_barrier()
-        if tl.atomic_add(lock_ptr + pid_n, 1, sem="acq_rel", scope="gpu") == SPLIT_K - 1:
-            acc0, acc1, acc2, acc3 = _sum_parts(p_lo, p_hi, t0, live_lo, live_hi, M, slice_size, 2 * N, SPLIT_K)
-            if TILES == 2:
-                acc4, acc5, acc6, acc7 = _sum_parts(p_lo + 16 * N, p_hi + 16 * N, t0 + 8, live_lo, live_hi, M,
-                                                    slice_size, 2 * N, SPLIT_K)
-            tl.atomic_xchg(lock_ptr + pid_n, 0)
-            _finish(out_ptr, bias_ptr, acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7, t0, out_lo, row_lo, live_lo,
-                    out_hi, row_hi, live_hi, M, stride_om, HAS_BIAS, GATED, TILES, R, W)
-    else:
-        _finish(out_ptr, bias_ptr, acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7, t0, out_lo, row_lo, live_lo,
-                out_hi, row_hi, live_hi, M, stride_om, HAS_BIAS, GATED, TILES, R, W)
-
-
-@triton.jit
-def _store_parts(p_lo, p_hi, acc0, acc1, acc2, acc3, token, live_lo, live_hi, M, offset, stride_t):
-    """A split's fp32 partials of one tile of tokens, at ``offset`` of the partial buffer
-    [SPLIT_K, M, 2N] (gated rows up to 2N)."""
-    tl.store(p_lo + offset, acc0, mask=live_lo & (token < M))
-    tl.store(p_lo + offset + stride_t, acc1, mask=live_lo & (token + 1 < M))
-    tl.store(p_hi + offset, acc2, mask=live_hi & (token < M))
-    tl.store(p_hi + offset + stride_t, acc3, mask=live_hi & (token + 1 < M))
-
-
-@triton.jit
-def _sum_parts(p_lo, p_hi, token, live_lo, live_hi, M, slice_size, stride_t, SPLIT_K: tl.constexpr):
-    """The splits' partials of one tile of tokens, summed in split order."""
-    m0 = live_lo & (token < M)
-    m1 = live_lo & (token + 1 < M)
-    m2 = live_hi & (token < M)
-    m3 = live_hi & (token + 1 < M)
-    acc0 = tl.load(p_lo, mask=m0, other=0.0, cache_modifier=".cg")
-    acc1 = tl.load(p_lo + stride_t, mask=m1, other=0.0, cache_modifier=".cg")
-    acc2 = tl.load(p_hi, mask=m2, other=0.0, cache_modifier=".cg")
-    acc3 = tl.load(p_hi + stride_t, mask=m3, other=0.0, cache_modifier=".cg")
-    for s in tl.static_range(1, SPLIT_K):
-        acc0 += tl.load(p_lo + s * slice_size, mask=m0, other=0.0, cache_modifier=".cg")
-        acc1 += tl.load(p_lo + s * slice_size + stride_t, mask=m1, other=0.0, cache_modifier=".cg")
-        acc2 += tl.load(p_hi + s * slice_size, mask=m2, other=0.0, cache_modifier=".cg")
-        acc3 += tl.load(p_hi + s * slice_size + stride_t, mask=m3, other=0.0, cache_modifier=".cg")
-    return acc0, acc1, acc2, acc3
-
-
-@triton.jit
-def _finish(out_ptr, bias_ptr, acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7, t0, out_lo, row_lo, live_lo, out_hi,
-            row_hi, live_hi, M, stride_om, HAS_BIAS: tl.constexpr, GATED: tl.constexpr, TILES: tl.constexpr,
-            R: tl.constexpr, W: tl.constexpr):
-    """Bias, the gated MLP's silu(gate) * up, and the store of a lane's outputs."""
-    _store_rows(out_ptr, bias_ptr, acc0, acc1, t0, out_lo, row_lo, live_lo, M, stride_om, HAS_BIAS, GATED, R, W)
-    _store_rows(out_ptr, bias_ptr, acc2, acc3, t0, out_hi, row_hi, live_hi, M, stride_om, HAS_BIAS, GATED, R, W)
+    token = 2 * (lane % 4)
+    _store_tile(out_ptr, bias_ptr, acc0, acc1, acc2, acc3, token, out_lo, row_lo, live_lo, out_hi, row_hi, live_hi,
+                M, stride_om, HAS_BIAS, GATED, R)
     if TILES == 2:
-        _store_rows(out_ptr, bias_ptr, acc4, acc5, t0 + 8, out_lo, row_lo, live_lo, M, stride_om, HAS_BIAS, GATED, R,
-                    W)
-        _store_rows(out_ptr, bias_ptr, acc6, acc7, t0 + 8, out_hi, row_hi, live_hi, M, stride_om, HAS_BIAS, GATED, R,
-                    W)
+        _store_tile(out_ptr, bias_ptr, acc4, acc5, acc6, acc7, token + 8, out_lo, row_lo, live_lo, out_hi, row_hi,
+                    live_hi, M, stride_om, HAS_BIAS, GATED, R)
+
+
+@triton.jit
+def _prefetch_step(x_ptrs_a, x_ptrs_b, chunk, n_chunks, TILES: tl.constexpr, S: tl.constexpr):
+    """L1 prefetch of the activations of a step's chunks, each tile of tokens."""
+    _prefetch_x(x_ptrs_a, chunk, n_chunks)
+    if TILES == 2:
+        _prefetch_x(x_ptrs_b, chunk, n_chunks)
+    if S == 2:
+        _prefetch_x(x_ptrs_a, chunk + 1, n_chunks)
+        if TILES == 2:
+            _prefetch_x(x_ptrs_b, chunk + 1, n_chunks)
+
+
+@triton.jit
+def _chunk_step(loaded, chunk, n_chunks, x_ptrs_a, x_ptrs_b, keep_a, keep_b, acc0, acc1, acc2, acc3, acc4, acc5, acc6,
+                acc7, X_BF16: tl.constexpr, TILES: tl.constexpr, R: tl.constexpr, W: tl.constexpr):
+    """One chunk (its weights, scales and zeros ``loaded`` by _chunk_loads) added to the
+    accumulators of tile a (acc0..3) and b (acc4..7)."""
+    lo, hi, s_lo, s_hi, z_lo, z_hi = loaded
+    xa = _x_loads(x_ptrs_a, chunk, n_chunks, keep_a)
+    xb = _x_loads(x_ptrs_b, chunk, n_chunks, keep_b) if TILES == 2 else xa
+    zz_lo = -(_offset(X_BF16) + z_lo)
+    zz_hi = -(_offset(X_BF16) + z_hi)
+    da0, da1, da2, da3, xsa0, xsa1, db0, db1, db2, db3, xsb0, xsb1 = _chunk_sums(lo, hi, xa, xb, X_BF16, TILES, R, W)
+    acc0, acc1, acc2, acc3 = _scaled(acc0, acc1, acc2, acc3, da0, da1, da2, da3, xsa0, xsa1, s_lo, s_hi, zz_lo, zz_hi)
+    if TILES == 2:
+        acc4, acc5, acc6, acc7 = _scaled(acc4, acc5, acc6, acc7, db0, db1, db2, db3, xsb0, xsb1, s_lo, s_hi, zz_lo,
+                                         zz_hi)
+    return acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7
+
+
+@triton.jit
+def _store_tile(out_ptr, bias_ptr, acc0, acc1, acc2, acc3, token, out_lo, row_lo, live_lo, out_hi, row_hi, live_hi,
+                M, stride_om, HAS_BIAS: tl.constexpr, GATED: tl.constexpr, R: tl.constexpr):
+    """Adds the warps' partial sums and stores a lane's tokens ``token`` and + 1 of rows lo and hi."""
+    _store_rows(out_ptr, bias_ptr, tl.sum(acc0, axis=1), tl.sum(acc1, axis=1), token, out_lo, row_lo, live_lo, M,
+                stride_om, HAS_BIAS, GATED, R)
+    _store_rows(out_ptr, bias_ptr, tl.sum(acc2, axis=1), tl.sum(acc3, axis=1), token, out_hi, row_hi, live_hi, M,
+                stride_om, HAS_BIAS, GATED, R)
 
 
 @triton.jit
 def _store_rows(out_ptr, bias_ptr, even, odd, token, out_rows, rows, live, M, stride_om, HAS_BIAS: tl.constexpr,
-                GATED: tl.constexpr, R: tl.constexpr, W: tl.constexpr):
-    """[R, W, 32] sums of tokens ``token`` (even) and + 1 (odd) -> out[token, out_row] (gated: of
-    the first R / 2 blocks, silu(gate) * up with the second half)."""
+                GATED: tl.constexpr, R: tl.constexpr):
+    """[R, 32] sums of tokens ``token`` (even) and + 1 (odd) -> out[token, out_row] (gated: of the
+    first R / 2 blocks, silu(gate) * up with the second half)."""
+    out_rows = tl.reshape(out_rows, [R, 32])
+    rows = tl.reshape(rows, [R, 32])
+    live = tl.reshape(live, [R, 32])
+    token = tl.reshape(token, [1, 32])
     if HAS_BIAS:
         bias = tl.load(bias_ptr + rows, mask=live, other=0.0).to(tl.float32)
         even += bias
         odd += bias
     if GATED:
-        even = _gate_up(even, R, W)
-        odd = _gate_up(odd, R, W)
-        out_rows = _first_half(out_rows + 0 * rows, R, W)
-        live = _first_half(live.to(tl.int32) + 0 * rows, R, W) != 0
+        even = _gate_up(even, R)
+        odd = _gate_up(odd, R)
+        out_rows = tl.split(tl.permute(tl.reshape(out_rows, [2, R // 2, 32]), [1, 2, 0]))[0]
+        live = tl.split(tl.permute(tl.reshape(live.to(tl.int32), [2, R // 2, 32]), [1, 2, 0]))[0] != 0
     ptrs = out_ptr + token.to(tl.int64) * stride_om + out_rows
     tl.store(ptrs, even.to(out_ptr.dtype.element_ty), mask=live & (token < M))
     tl.store(ptrs + stride_om, odd.to(out_ptr.dtype.element_ty), mask=live & (token + 1 < M))
 
 
 @triton.jit
-def _halves_of_blocks(y, R: tl.constexpr, W: tl.constexpr):
-    """[R, W, 32] -> its first R / 2 blocks and its last R / 2, [R / 2, W, 32] each."""
-    return tl.split(tl.permute(tl.reshape(y, [2, R // 2, W, 32]), [1, 2, 3, 0]))
-
-
-@triton.jit
-def _first_half(y, R: tl.constexpr, W: tl.constexpr):
-    return _halves_of_blocks(y, R, W)[0]
-
-
-@triton.jit
-def _gate_up(y, R: tl.constexpr, W: tl.constexpr):
-    """[R, W, 32] sums, gate blocks then up blocks -> silu(gate) * up, [R / 2, W, 32]."""
-    gate, up = _halves_of_blocks(y, R, W)
+def _gate_up(y, R: tl.constexpr):
+    """[R, 32] sums, gate blocks then up blocks -> silu(gate) * up, [R / 2, 32]."""
+    gate, up = tl.split(tl.permute(tl.reshape(y, [2, R // 2, 32]), [1, 2, 0]))
     return gate * tl.sigmoid(gate) * up
 
 
@@ -513,19 +485,13 @@ def gemm_w4a16_mma(x, packed, scales, zeros, group_size: int, bias=None, gated: 
     if zeros.stride() != scales.stride():
         scales, zeros = scales.contiguous(), zeros.contiguous()
     out = torch.empty(m, n_out, dtype=x.dtype, device=x.device)
-    # Split-K partials, [SPLIT_K, M, 2 N_out] fp32 (gated: the gate and up rows), and one count word
-    # per row tile (kernels._launch.split_k_locks).
-    max_split = max(c.kwargs["SPLIT_K"] for c in _w4a16_mma_kernel.configs)
-    parts = torch.empty(max_split, m, 2 * n_out, dtype=torch.float32, device=x.device)
-    rows_per_block = 8 if gated else 16
-    smallest_tile = rows_per_block * min(c.kwargs["ROW_BLOCKS"] * c.kwargs["WARPS"] for c in _w4a16_mma_kernel.configs)
-    locks = split_k_locks(x.device, cdiv(n_out, smallest_tile))
+    rows_per_program = 8 if gated else 16
     launch(
-        _w4a16_mma_kernel,
-        lambda meta: (cdiv(n_out, rows_per_block * meta["ROW_BLOCKS"] * meta["WARPS"]), meta["SPLIT_K"]),
-        x, packed, scales, zeros, bias if bias is not None else scales, out, parts, locks, m, n_out, k, x.stride(0),
+        _w4a16_mma_kernel, lambda meta: (cdiv(n_out, rows_per_program * meta["ROW_BLOCKS"]),),
+        x, packed, scales, zeros, bias if bias is not None else scales, out, m, n_out, k, x.stride(0),
         packed.stride(0), scales.stride(0), scales.stride(1), out.stride(0), GROUP=group_size,
         HAS_BIAS=bias is not None, X_BF16=x.dtype == torch.bfloat16, SCALE_FP32=scales.dtype == torch.float32,
-        GATED=gated, TILES=1 if m <= 8 else 2, **pdl_args(x.device),
+        GATED=gated, TILES=1 if m <= 8 else 2,
+        **pdl_args(x.device),
     )
     return out
