@@ -213,13 +213,13 @@ def bench_w8a8(ceil: dict) -> list[dict]:
     return rows
 
 
-W4_KERNELS = {"gemv": "_w4a16_gemv_kernel", "tc": "_w4a16_tc_kernel"}
+W4_KERNELS = {"gemv": "_w4a16_gemv_kernel", "tc": "_w4a16_tc_kernel", "mma": "w4a16_mma._w4a16_mma_kernel"}
 
 
 def _scales_as_runtime(path: str, s, z, s_gm, z_gm):
     """The scales and zeros the runtime passes to ``path``: CUDA engines keep group-major copies
     for the tensor-core kernel (QuantLinear.keep_group_major_scales)."""
-    return (s_gm, z_gm) if path == "tc" else (s, z)
+    return (s_gm, z_gm) if path in w4_mod.GROUP_MAJOR_PATHS else (s, z)
 
 
 def bench_w4a16(ceil: dict) -> list[dict]:
@@ -242,7 +242,8 @@ def bench_w4a16(ceil: dict) -> list[dict]:
         expect = x0 @ dequantize_w4_triton(packed, scales, zeros, 128, torch.bfloat16).t()
         # Every path that serves this M: checked, timed with do_bench and, at decode sizes, as
         # CUDA-graph device time; the dispatch thresholds in kernels/gemm_w4a16.py come from it.
-        paths = [p for p in ("gemv", "tc", "dequant") if (p != "gemv" or m == 1) and (p != "tc" or m <= 256)]
+        paths = [p for p in ("gemv", "mma", "tc", "dequant")
+                 if (p != "gemv" or m == 1) and (p != "tc" or m <= 256) and (p != "mma" or m <= 16)]
         per_path = {}
         for path in paths:
             def fn(x, w, p, *scales, path=path):
@@ -250,11 +251,12 @@ def bench_w4a16(ceil: dict) -> list[dict]:
             err = check(f"w4a16 {path} {m}x{n}x{k}", rel_err(fn(*sets[0]), expect), 1e-2)
             entry = {"rel_err": err, "us": median_us(fn, sets)}
             if path in W4_KERNELS:
-                entry["config"] = best_config(getattr(w4_mod, W4_KERNELS[path]))
+                owner, _, name = W4_KERNELS[path].rpartition(".")
+                entry["config"] = best_config(getattr(getattr(w4_mod, owner) if owner else w4_mod, name))
             if m <= 128:
                 entry["graph_us"] = graph_us(fn, sets)
             per_path[path] = entry
-        chosen = w4_mod.w4a16_path(m, 128)
+        chosen = w4_mod.w4a16_path(m, 128, n, k, torch.bfloat16)
 
         def dispatched(x, w, p, *scales):
             return gemm_w4a16(x, p, *_scales_as_runtime(chosen, *scales), 128)
@@ -342,11 +344,12 @@ def summarize(result: dict) -> str:
                      f"{r['bf16_graph_us'] / r['fp8_triton_graph_us']:.2f}× | {r['int8_triton_graph_us']:.1f} | {im} |")
     lines += [
         "",
-        f"## W4A16 group 128 (bf16 activations): GEMV up to M = {result['w4a16_gemv_max_m']}, tensor cores up to "
+        f"## W4A16 group 128 (bf16 activations): GEMV up to M = {result['w4a16_gemv_max_m']}, the mma.sync kernel "
+        f"up to {result['w4a16_mma_small_m']} (and {result['w4a16_mma_max_m']} where N >= K), tensor cores up to "
         f"{result['w4a16_tc_max_m']}, then dequant + cuBLAS",
         "",
-        "| M × N × K | path | bf16 µs | dispatched µs | dispatched / bf16 | bf16 µs (graph) | dispatched µs (graph) | dispatched / bf16 (graph) | GEMV µs (graph) | TC µs (graph) | dequant+cuBLAS µs | floor µs |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| M × N × K | path | bf16 µs | dispatched µs | dispatched / bf16 | bf16 µs (graph) | dispatched µs (graph) | dispatched / bf16 (graph) | GEMV µs (graph) | mma µs (graph) | TC µs (graph) | dequant+cuBLAS µs | floor µs |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
 
     def path_col(r, p):
@@ -357,7 +360,8 @@ def summarize(result: dict) -> str:
         gb, gd = r.get("bf16_graph_us"), r.get("dispatched_graph_us")
         graph_cols = f"{gb:.1f} | {gd:.1f} | {gb / gd:.2f}×" if gb else "— | — | —"
         lines.append(f"| {r['m']}×{r['n']}×{r['k']} | {r['path']} | {r['bf16_matmul_us']:.1f} | {r['dispatched_us']:.1f} | "
-                     f"{r['dispatch_vs_bf16']:.2f}× | {graph_cols} | {path_col(r, 'gemv')} | {path_col(r, 'tc')} | "
+                     f"{r['dispatch_vs_bf16']:.2f}× | {graph_cols} | {path_col(r, 'gemv')} | {path_col(r, 'mma')} | "
+                     f"{path_col(r, 'tc')} | "
                      f"{r['dequant_cublas_us']:.1f} | {r['floor_us']:.1f} |")
     lines += [
         "",
@@ -446,7 +450,8 @@ def main() -> None:
         "gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
         "cuda": torch.version.cuda, "python": platform.python_version(),
         "date": time.strftime("%Y-%m-%d"), "pdl": pdl_args(torch.device("cuda"))["PDL"],
-        "w4a16_gemv_max_m": w4_mod.GEMV_MAX_M,
+        "w4a16_gemv_max_m": w4_mod.GEMV_MAX_M, "w4a16_mma_small_m": w4_mod.MMA_SMALL_M,
+        "w4a16_mma_max_m": w4_mod.w4a16_mma.MAX_M,
         "w4a16_tc_max_m": w4_mod.TC_MAX_M, "w8a8_gemv_max_m": {str(q): v for q, v in w8a8_mod.GEMV_MAX_M.items()}, "w8a8_swap_max_m": w8a8_mod.SWAP_MAX_M,
     }
     result["ceilings"] = ceil = measure_ceilings()

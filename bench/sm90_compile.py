@@ -145,6 +145,8 @@ def launches() -> list[tuple[object, dict]]:
                 for m, gated in ((1, False), (16, False), (3, True)):
                     gemm_w4a16_triton(torch.randn(m, 256, generator=g).to(dtype), packed, s, z, 128, path="mma",
                                       gated=gated)
+                # fp32 scales and zeros with 16-bit activations (a reference-quantized fp32 weight)
+                gemm_w4a16_triton(torch.randn(2, 256, generator=g).to(dtype), packed, scales, zeros, 128, path="mma")
             dequantize_w4_triton(packed, s, z, 128, dtype)
         for kv in (torch.bfloat16, torch.float16, torch.float8_e4m3fn):
             for q_dtype in (torch.float32, torch.float16 if kv == torch.float16 else torch.bfloat16):

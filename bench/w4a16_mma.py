@@ -4,8 +4,8 @@ larger than the L2 (as a decode step reads them).
 
     python bench/w4a16_mma.py            # -> bench/results/w4a16-mma-h100.json
 
-Each of the mma kernel's configs is timed alone, and the autotuner's pick; every output is
-checked against the fp32 reference of the dequantized weights.
+Each of the mma kernel's configs is timed alone, and the autotuner's pick, with the scales row-
+and group-major; every output is checked against the fp32 reference of the dequantized weights.
 """
 import os
 import sys
@@ -32,6 +32,9 @@ def main() -> None:
     rows = []
     for n, k, gated in SHAPES:
         sets = weight_sets(n, k)
+        # Group-major views of each set's scales and zeros (the layout the runtime keeps for the
+        # tensor-core kernel), made outside the timing.
+        group_major = {s.data_ptr(): (s.t().contiguous().t(), z.t().contiguous().t()) for _, _, s, z in sets}
         for m in TOKENS:
             x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
             w_ref = w4.dequantize_w4_reference(*sets[0][1:], GROUP)
@@ -55,6 +58,11 @@ def main() -> None:
             err = check(f"{label} mma", rel_err(mma(*sets[0]), ref), 1e-2)
             mma_us = graph_us(mma, sets)
             picked = w4a16_mma._w4a16_mma_kernel.best_config
+
+            def mma_group_major(w, p, s, z, gm=group_major):
+                return w4.gemm_w4a16_triton(x, p, *gm[s.data_ptr()], GROUP, gated=gated, path="mma")
+            check(f"{label} mma group-major", rel_err(mma_group_major(*sets[0]), ref), 1e-2)
+            mma_gm_us = graph_us(mma_group_major, sets)
             per_config = {}
             # The configs the autotuner weighs for this shape (kernels/w4a16_mma.py prunes by grid size).
             kernel = w4a16_mma._w4a16_mma_kernel
@@ -65,10 +73,12 @@ def main() -> None:
             rows.append(dict(m=m, n=n, k=k, gated=gated, bf16_graph_us=round(bf16_us, 2), old_path=old_path,
                              old_graph_us=round(old_us, 2), mma_graph_us=round(mma_us, 2), mma_rel_err=err,
                              mma_config=str(picked.kwargs), mma_per_config=per_config,
+                             mma_group_major_scales_graph_us=round(mma_gm_us, 2),
                              old_x_bf16=round(bf16_us / old_us, 3), mma_x_bf16=round(bf16_us / mma_us, 3)))
             best = min(per_config.values())
             print(f"{label}: bf16 {bf16_us:6.1f} | {old_path} {old_us:6.1f} ({bf16_us / old_us:.2f}x) | mma "
-                  f"{mma_us:6.1f} ({bf16_us / mma_us:.2f}x, {picked.kwargs}; best config {best:.1f}) "
+                  f"{mma_us:6.1f} ({bf16_us / mma_us:.2f}x, {picked.kwargs}; best config {best:.1f}; group-major scales "
+                  f"{mma_gm_us:.1f}) "
                   f"err {err:.1e}", flush=True)
     write_results("w4a16-mma-h100.json", command="python bench/w4a16_mma.py", rows=rows,
                   check_failures=CHECK_FAILURES)

@@ -1,8 +1,10 @@
 """W4A16 GEMM: packed int4 weights with group-wise scales and zeros, 16-bit activations.
 
-Decode is bound by reading the packed weights, N*K/2 bytes. A few tokens take a CUDA-core GEMV
-(one launch, no split-K); up to ``TC_MAX_M`` tokens a tensor-core kernel with the weights on
-the MMA's wide side; prefill dequantizes once to x.dtype and calls cuBLAS.
+Decode is bound by reading the packed weights, N*K/2 bytes. One token takes a CUDA-core GEMV
+(one launch, no split-K); up to 8 tokens, or 16 on weights with N >= K, the mma.sync kernel of
+kernels/w4a16_mma.py (16-bit activations, groups of a multiple of 128); up to ``TC_MAX_M`` tokens
+a tl.dot tensor-core kernel with the weights on the MMA's wide side; prefill dequantizes once to
+x.dtype and calls cuBLAS.
 """
 import torch
 import triton
@@ -665,14 +667,31 @@ def _store_tc_tile(out_ptr, acc, offs_n, offs_m, mask_n, mask_m, stride_om, GATE
 SERIAL_MAX_M = 32
 
 
-def w4a16_path(m: int, group_size: int) -> str:
-    """The W4A16 kernel the launcher runs for ``m`` tokens: ``gemv``, ``tc`` or ``dequant``."""
+# Up to MMA_SMALL_M tokens (16-bit activations, groups of a multiple of 128) the mma.sync kernel
+# (kernels/w4a16_mma.py) runs; up to w4a16_mma.MAX_M where the weight has at least as many rows as
+# columns. CUDA-graph µs on the H100, tensor-core kernel -> mma kernel, autotuned
+# (bench/results/w4a16-mma-h100.json): 8 tokens, 8192 x 8192 28.5 -> 19.7, 28672 x 8192 90.0 -> 60.2,
+# 14336 x 4096 gated 49.8 -> 32.1, 4096 x 14336 24.2 -> 22.6, 1024 x 4096 5.8 -> 5.4; 16 tokens,
+# 8192 x 8192 30.3 -> 26.0, 28672 x 8192 90.6 -> 76.3, gated 51.0 -> 45.8, but 4096 x 14336 26.1 ->
+# 29.2 and 1024 x 4096 6.3 -> 7.2 (long K, few rows: the tensor-core kernel's split-K wins).
+MMA_SMALL_M = 8
+# Paths that read scales and zeros faster group-major ([groups, N] storage viewed as [N, groups]);
+# the runtime keeps such copies for them (QuantLinear.keep_group_major_scales).
+GROUP_MAJOR_PATHS = ("tc",)
+
+
+def w4a16_path(m: int, group_size: int, n: int, k: int, x_dtype: torch.dtype) -> str:
+    """The W4A16 kernel the launcher runs for ``m`` tokens of ``x_dtype`` against an [n, k] weight:
+    ``gemv``, ``mma``, ``tc`` or ``dequant``."""
     # The fused kernels step one group at a time with tl.arange over GROUP / 2 bytes: a power of
     # two of at least 16 bytes. Other groups dequantize first.
     if group_size & (group_size - 1) or group_size < 32:
         return "dequant"
     if m <= GEMV_MAX_M:
         return "gemv"
+    mma = x_dtype in (torch.bfloat16, torch.float16) and group_size % w4a16_mma.CHUNK_CODES == 0
+    if mma and (m <= MMA_SMALL_M or m <= w4a16_mma.MAX_M and n >= k):
+        return "mma"
     return "tc" if m <= TC_MAX_M else "dequant"
 
 
@@ -688,8 +707,8 @@ def gemm_w4a16_triton(x, packed, scales, zeros, group_size: int, bias=None, *, g
     if m == 0 or n == 0:
         return x.new_empty(m, n_out)
     if path == "auto":
-        path = w4a16_path(m, group_size)
-    elif path != "dequant" and w4a16_path(1, group_size) == "dequant":
+        path = w4a16_path(m, group_size, n, k, x.dtype)
+    elif path != "dequant" and w4a16_path(1, group_size, n, k, x.dtype) == "dequant":
         raise ValueError(f"path={path!r} needs a power-of-two group_size >= 32, got {group_size}")
     if path == "gemv" and m != 1:
         raise ValueError(f"path='gemv' serves one token, got M={m}")

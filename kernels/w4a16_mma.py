@@ -48,8 +48,10 @@ def _mma_config(row_blocks, warps, step_chunks):
                          num_stages=1)
 
 
-_CONFIGS = [_mma_config(r, w, s) for r, w, s in [(2, 8, 1), (2, 4, 1), (1, 8, 1), (1, 4, 1), (4, 8, 1), (4, 4, 1),
-                                                 (2, 8, 2), (2, 4, 2), (1, 8, 2), (1, 4, 2)]]
+# Every config that was fastest, or within 3% of it, at some Llama shape and 1..16 tokens in a
+# CUDA-graph sweep on the H100 (python bench/w4a16_mma.py, bench/results/w4a16-mma-h100.json).
+_CONFIGS = [_mma_config(r, w, s) for r, w, s in [(2, 8, 1), (2, 4, 1), (1, 8, 1), (4, 4, 1), (2, 4, 2), (1, 8, 2),
+                                                 (1, 4, 2)]]
 _CONFIGS_INTERPRET = [_mma_config(2, 2, 2)]
 
 
@@ -187,29 +189,33 @@ def _load_scale(ptrs, SCALE_FP32: tl.constexpr):
         if SCALE_FP32:
             bits = tl.inline_asm_elementwise("ld.global.b32 $0, [$1];", "=r,l", [ptrs], dtype=tl.int32,
                                              is_pure=False, pack=1)
-            return bits.to(tl.float32, bitcast=True)
-        bits = tl.inline_asm_elementwise("ld.global.b16 $0, [$1];", "=h,l", [ptrs], dtype=tl.int16, is_pure=False,
-                                         pack=1)
-        return bits.to(ptrs.dtype.element_ty, bitcast=True).to(tl.float32)
-    return tl.load(ptrs).to(tl.float32)
+            value = bits.to(tl.float32, bitcast=True)
+        else:
+            bits = tl.inline_asm_elementwise("ld.global.b16 $0, [$1];", "=h,l", [ptrs], dtype=tl.int16,
+                                             is_pure=False, pack=1)
+            value = bits.to(ptrs.dtype.element_ty, bitcast=True).to(tl.float32)
+    else:
+        value = tl.load(ptrs).to(tl.float32)
+    return value
 
 
 @triton.jit
-def _chunk_loads(lo_ptrs, hi_ptrs, s_lo_ptrs, s_hi_ptrs, z_lo_ptrs, z_hi_ptrs, chunk, n_chunks,
-                 stride_sg, GROUP: tl.constexpr, SCALE_FP32: tl.constexpr):
+def _chunk_loads(words, s_ptr, z_ptr, lo_words, hi_words, lo_scales, hi_scales, chunk, n_chunks, stride_sg,
+                 GROUP: tl.constexpr, SCALE_FP32: tl.constexpr):
     """Words of rows lo and hi (four [R, W, 32] each), and their scales and zeros, of each warp's
-    chunk ([1, W, 1]). A chunk past the end re-reads chunk 0 with a zero scale: it adds nothing."""
+    chunk ([1, W, 1]), from int32 offsets of the rows (pointers would take two registers each).
+    A chunk past the end re-reads chunk 0 with a zero scale: it adds nothing."""
     live = chunk < n_chunks
     chunk = tl.where(live, chunk, 0)
-    words = chunk * (CHUNK // 8)
-    lo = _load4(lo_ptrs + words, True)
-    hi = _load4(hi_ptrs + words, True)
+    at = chunk * (CHUNK // 8)
+    lo = _load4(words + (lo_words + at), True)
+    hi = _load4(words + (hi_words + at), True)
     group = (chunk * CHUNK // GROUP) * stride_sg
     keep = live.to(tl.float32)
-    s_lo = _load_scale(s_lo_ptrs + group, SCALE_FP32) * keep
-    s_hi = _load_scale(s_hi_ptrs + group, SCALE_FP32) * keep
-    z_lo = _load_scale(z_lo_ptrs + group, SCALE_FP32)
-    z_hi = _load_scale(z_hi_ptrs + group, SCALE_FP32)
+    s_lo = _load_scale(s_ptr + (lo_scales + group), SCALE_FP32) * keep
+    s_hi = _load_scale(s_ptr + (hi_scales + group), SCALE_FP32) * keep
+    z_lo = _load_scale(z_ptr + (lo_scales + group), SCALE_FP32)
+    z_hi = _load_scale(z_ptr + (hi_scales + group), SCALE_FP32)
     return lo, hi, s_lo, s_hi, z_lo, z_hi
 
 
@@ -325,18 +331,17 @@ def _w4a16_mma_kernel(
     out_hi = out_lo + 8
     live_lo = out_lo < N
     live_hi = out_hi < N
-    row_lo = (tl.where(live_lo, out_lo, 0) + up).to(tl.int64)
-    row_hi = (tl.where(live_hi, out_hi, 0) + up).to(tl.int64)
+    row_lo = tl.where(live_lo, out_lo, 0) + up
+    row_hi = tl.where(live_hi, out_hi, 0) + up
     lane_words = 4 * (lane % 4)
     words = p_ptr.to(tl.pointer_type(tl.int32))
     # Rows and chunks start at multiples of 16 words (K is a multiple of 128): 16-byte loads.
+    # Offsets are int32 (the launcher checks that the weights' words fit).
     row_words = tl.multiple_of(stride_pn // 4, 16)
-    lo_ptrs = words + row_lo * row_words + lane_words
-    hi_ptrs = words + row_hi * row_words + lane_words
-    s_lo_ptrs = s_ptr + row_lo * stride_sn
-    s_hi_ptrs = s_ptr + row_hi * stride_sn
-    z_lo_ptrs = z_ptr + row_lo * stride_sn
-    z_hi_ptrs = z_ptr + row_hi * stride_sn
+    lo_words = row_lo * row_words + lane_words
+    hi_words = row_hi * row_words + lane_words
+    lo_scales = row_lo * stride_sn
+    hi_scales = row_hi * stride_sn
     # Lane l's token in tile t is 8 t + l // 4 (token 0's row past M, zeroed); its 32 activations
     # of a chunk are the k of its words.
     x_words = x_ptr.to(tl.pointer_type(tl.int32))
@@ -361,18 +366,18 @@ def _w4a16_mma_kernel(
     # The next step's weights are loaded before this one's arithmetic (a register double buffer);
     # the first step's are read while the previous kernel finishes, activations after it has.
     first = warp * S
-    cur0 = _chunk_loads(lo_ptrs, hi_ptrs, s_lo_ptrs, s_hi_ptrs, z_lo_ptrs, z_hi_ptrs, first, n_chunks, stride_sg,
+    cur0 = _chunk_loads(words, s_ptr, z_ptr, lo_words, hi_words, lo_scales, hi_scales, first, n_chunks, stride_sg,
                         GROUP, SCALE_FP32)
-    cur1 = _chunk_loads(lo_ptrs, hi_ptrs, s_lo_ptrs, s_hi_ptrs, z_lo_ptrs, z_hi_ptrs, first + 1, n_chunks, stride_sg,
+    cur1 = _chunk_loads(words, s_ptr, z_ptr, lo_words, hi_words, lo_scales, hi_scales, first + 1, n_chunks, stride_sg,
                         GROUP, SCALE_FP32) if S == 2 else cur0
     wait_prior_grid(PDL, False)
     _prefetch_step(x_ptrs_a, x_ptrs_b, first, n_chunks, TILES, S)
     for step in range(0, n_steps):
         chunk = (step * W + warp) * S
         following = chunk + W * S
-        next0 = _chunk_loads(lo_ptrs, hi_ptrs, s_lo_ptrs, s_hi_ptrs, z_lo_ptrs, z_hi_ptrs, following, n_chunks,
+        next0 = _chunk_loads(words, s_ptr, z_ptr, lo_words, hi_words, lo_scales, hi_scales, following, n_chunks,
                              stride_sg, GROUP, SCALE_FP32)
-        next1 = _chunk_loads(lo_ptrs, hi_ptrs, s_lo_ptrs, s_hi_ptrs, z_lo_ptrs, z_hi_ptrs, following + 1, n_chunks,
+        next1 = _chunk_loads(words, s_ptr, z_ptr, lo_words, hi_words, lo_scales, hi_scales, following + 1, n_chunks,
                              stride_sg, GROUP, SCALE_FP32) if S == 2 else next0
         _prefetch_step(x_ptrs_a, x_ptrs_b, following, n_chunks, TILES, S)
         acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7 = _chunk_step(
@@ -464,18 +469,21 @@ def _gate_up(y, R: tl.constexpr):
     return gate * tl.sigmoid(gate) * up
 
 
-def supports(x: torch.Tensor, group_size: int) -> bool:
-    """Whether this kernel serves ``x`` (16-bit, at most MAX_M tokens) with groups of ``group_size``."""
-    return x.dtype in (torch.bfloat16, torch.float16) and 1 <= x.shape[0] <= MAX_M and group_size % CHUNK_CODES == 0
+def supports(x: torch.Tensor, group_size: int, packed: torch.Tensor | None = None) -> bool:
+    """Whether this kernel serves ``x`` (16-bit, at most MAX_M tokens) with groups of ``group_size``
+    (and ``packed``, whose int32 words it addresses with 32-bit offsets)."""
+    return (x.dtype in (torch.bfloat16, torch.float16) and 1 <= x.shape[0] <= MAX_M and group_size % CHUNK_CODES == 0
+            and (packed is None or packed.numel() // 4 < 2**31))
 
 
 def gemm_w4a16_mma(x, packed, scales, zeros, group_size: int, bias=None, gated: bool = False) -> torch.Tensor:
     """The W4A16 product of :func:`kernels.gemm_w4a16.gemm_w4a16` (arguments checked there) on this
     kernel: ``x`` [M, K] bf16 or fp16 with M <= 16, ``group_size`` a multiple of 128. Scales and
     zeros may be row- or group-major, with the same strides."""
-    if not supports(x, group_size):
-        raise ValueError(f"the mma kernel serves 1..{MAX_M} bf16 or fp16 tokens and groups of a multiple of "
-                         f"{CHUNK_CODES}; got x {x.dtype} with M={x.shape[0]}, group_size={group_size}")
+    if not supports(x, group_size, packed):
+        raise ValueError(f"the mma kernel serves 1..{MAX_M} bf16 or fp16 tokens, groups of a multiple of "
+                         f"{CHUNK_CODES} and under 2**31 words of weights; got x {x.dtype} with M={x.shape[0]}, "
+                         f"group_size={group_size}, packed {list(packed.shape)}")
     m, k = x.shape
     n = packed.shape[0]
     n_out = n // 2 if gated else n

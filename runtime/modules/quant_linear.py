@@ -8,7 +8,8 @@ from torch import nn
 from kernels.act_quant import act_quant, act_quant_reference
 from kernels.gemm_fp8 import gemm_fp8
 from kernels.gemm_int8 import gemm_int8
-from kernels.gemm_w4a16 import dequantize_w4_reference, gemm_w4a16, quantize_w4_reference, silu_mul, w4a16_path
+from kernels.gemm_w4a16 import (GROUP_MAJOR_PATHS, dequantize_w4_reference, gemm_w4a16, quantize_w4_reference,
+                                 silu_mul, w4a16_path)
 from kernels.ops import gemm_w4a16_op, gemm_w8a8_op
 from runtime.formats import WIDE_FORMATS, get_format, quantize
 from runtime.plans import OpPlan
@@ -133,7 +134,8 @@ class QuantLinear(nn.Module):
     def _w4_scales(self, x2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         dtype = _w4_scale_dtype(x2)
         if (getattr(self, "weight_scale_gm", None) is not None
-                and w4a16_path(x2.shape[0], self.group_size) == "tc"):
+                and w4a16_path(x2.shape[0], self.group_size, *self.weight_packed.shape[:1], x2.shape[1],
+                               x2.dtype) in GROUP_MAJOR_PATHS):
             # [out, groups] views of the group-major copies; .to keeps their strides.
             return self.weight_scale_gm.t().to(dtype), self.weight_zero_gm.t().to(dtype)
         return self.weight_scale.to(dtype), self.weight_zero.to(dtype)
