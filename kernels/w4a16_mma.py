@@ -13,7 +13,10 @@ x over the same k, and per group ``scale * (sum - (OFFSET + zero) * sum x)`` is 
 OFFSET, ~8 of fp16's, of fp32's 24).
 
 Layout: a program owns ROW_BLOCKS blocks of 16 weight rows; its WARPS warps split K in chunks of
-128 codes (chunk c to warp c % WARPS), and their partial sums are added at the end. In a chunk,
+128 codes, STEP_CHUNKS adjacent chunks a warp and step and the warps side by side (a row's bytes
+are read in runs of STEP_CHUNKS * WARPS * 64), and their partial sums are added at the end.
+(Warps that split the rows instead, all walking the same chunks with K split across programs,
+ran 20-50% slower on the H100 at every shape: each row read in 64-byte pieces.) In a chunk,
 lane l reads 32 codes (four int32 words, one 16-byte load) of rows l // 4 and l // 4 + 8, the
 words 4 (l % 4) .. 4 (l % 4) + 3 of the chunk's 16. The sum over k is order-free, so the MMA's
 k slots take whatever codes a lane holds as long as the right operand (x, lane l's token l // 4)
@@ -48,17 +51,35 @@ def _mma_config(row_blocks, warps, step_chunks):
                          num_stages=1)
 
 
-# Every config that was fastest, or within 3% of it, at some Llama shape and 1..16 tokens in a
-# CUDA-graph sweep on the H100 (python bench/w4a16_mma.py, bench/results/w4a16-mma-h100.json).
-_CONFIGS = [_mma_config(r, w, s) for r, w, s in [(2, 8, 1), (2, 4, 1), (1, 8, 1), (4, 4, 1), (2, 4, 2), (1, 8, 2),
-                                                 (1, 4, 2)]]
+# From CUDA-graph sweeps on the H100 (python bench/w4a16_mma.py, bench/results/w4a16-mma-h100.json;
+# µs, best of each config at 8 and 16 tokens). Up to 8 tokens, every config that won some Llama
+# shape: R2 W8 S1 at 8192 x 8192 (19.3) and 4096 x 4096, R2 W4 S1 where N is large (28672 x 8192:
+# 60.2), R1 W8 S2 where K is long (4096 x 14336: 22.4), R2 W4 S2 and R1 W8 S1 within 3% elsewhere.
+# At 9..16 tokens the autotuner's CUDA-graph timing twice picked a config 25% slower than the
+# best at 8192 x 8192 (33.2 against 26.4 for R2 W4 S2), so the pick there is a rule from the same
+# sweeps: R4 W4 S1 on weights of 16384 rows or more (28672 x 8192: 75.4 against 91.4; 14336 x 4096
+# gated: 43.9 against 49.1), R2 W4 S2 below (8192 x 8192: 26.4 against 35.2; 6144 x 4096: 15.1
+# against 16.7).
+TWO_TILE_LARGE = _mma_config(4, 4, 1)
+TWO_TILE_SMALL = _mma_config(2, 4, 2)
+_CONFIGS = [_mma_config(r, w, s) for r, w, s in [(2, 8, 1), (2, 4, 1), (1, 8, 2), (1, 8, 1)]] + [TWO_TILE_SMALL,
+                                                                                             TWO_TILE_LARGE]
 _CONFIGS_INTERPRET = [_mma_config(2, 2, 2)]
+LARGE_ROWS = 16384
 
 
 def _prune(configs, named_args, **kwargs):
-    """Gated launches pair gate and up blocks, so they need an even ROW_BLOCKS."""
-    if {**named_args, **kwargs}.get("GATED", False):
+    """Gated launches pair gate and up blocks, so they need an even ROW_BLOCKS; 9..16 tokens
+    (TILES = 2) take the config the rule above picks, 1..8 are tuned among the others."""
+    named = {**named_args, **kwargs}
+    if named.get("GATED", False):
         configs = [c for c in configs if c.kwargs["ROW_BLOCKS"] % 2 == 0]
+    if len(configs) > 1:  # not one config forced (kernels._launch.only_config)
+        if named.get("TILES", 1) == 2 and not interpreting():
+            rows = named["N"] * (2 if named.get("GATED", False) else 1)
+            configs = [TWO_TILE_LARGE if rows >= LARGE_ROWS else TWO_TILE_SMALL]
+        else:
+            configs = [c for c in configs if c is not TWO_TILE_LARGE]
     return first_config_only(configs, named_args, **kwargs)
 
 
