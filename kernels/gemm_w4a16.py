@@ -6,6 +6,8 @@ kernels/w4a16_mma.py (16-bit activations, groups of a multiple of 128); up to ``
 a tl.dot tensor-core kernel with the weights on the MMA's wide side; prefill dequantizes once to
 x.dtype and calls cuBLAS.
 """
+import os
+
 import torch
 import triton
 import triton.language as tl
@@ -682,14 +684,16 @@ GROUP_MAJOR_PATHS = ("tc",)
 
 def w4a16_path(m: int, group_size: int, n: int, k: int, x_dtype: torch.dtype) -> str:
     """The W4A16 kernel the launcher runs for ``m`` tokens of ``x_dtype`` against an [n, k] weight:
-    ``gemv``, ``mma``, ``tc`` or ``dequant``."""
+    ``gemv``, ``mma``, ``tc`` or ``dequant``. ``PRECISIONOPS_W4A16_MMA=0`` turns the mma path off
+    (A/B runs; the tensor-core kernel serves its calls)."""
     # The fused kernels step one group at a time with tl.arange over GROUP / 2 bytes: a power of
     # two of at least 16 bytes. Other groups dequantize first.
     if group_size & (group_size - 1) or group_size < 32:
         return "dequant"
     if m <= GEMV_MAX_M:
         return "gemv"
-    mma = x_dtype in (torch.bfloat16, torch.float16) and group_size % w4a16_mma.CHUNK_CODES == 0
+    mma = (x_dtype in (torch.bfloat16, torch.float16) and group_size % w4a16_mma.CHUNK_CODES == 0
+           and os.environ.get("PRECISIONOPS_W4A16_MMA", "1") != "0")
     if mma and (m <= MMA_SMALL_M or m <= w4a16_mma.MAX_M and n >= k):
         return "mma"
     return "tc" if m <= TC_MAX_M else "dequant"

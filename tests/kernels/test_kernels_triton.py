@@ -447,6 +447,20 @@ def test_w4a16_mma_refuses_what_it_does_not_serve():
             gemm_w4a16_mod.gemm_w4a16_triton(x, packed, s, z, group, path="mma")
 
 
+def test_w4a16_dispatch_by_tokens_shape_and_dtype(monkeypatch):
+    path = gemm_w4a16_mod.w4a16_path
+    bf16 = torch.bfloat16
+    assert path(1, 128, 8192, 8192, bf16) == "gemv"
+    assert [path(m, 128, 4096, 14336, bf16) for m in (2, 8, 9, 16, 17)] == ["mma", "mma", "tc", "tc", "tc"]
+    assert [path(m, 128, 8192, 8192, torch.float16) for m in (2, 16, 17)] == ["mma", "mma", "tc"]
+    # fp32 activations, groups the mma kernel's chunks do not tile, and its switch: the tl.dot kernel.
+    assert path(4, 128, 8192, 8192, torch.float32) == "tc"
+    assert path(4, 64, 8192, 8192, bf16) == "tc"
+    monkeypatch.setenv("PRECISIONOPS_W4A16_MMA", "0")
+    assert path(4, 128, 8192, 8192, bf16) == "tc"
+    assert path(300, 128, 8192, 8192, bf16) == "dequant" and path(2, 48, 8192, 8192, bf16) == "dequant"
+
+
 def test_w4a16_path_errors():
     x = torch.randn(9, 64)
     packed, scales, zeros = quantize_w4_reference(torch.randn(8, 64), 32, True)
