@@ -208,6 +208,52 @@ def gemv_trigger_order() -> dict:
     return order
 
 
+MMA_LAYOUT = re.compile(r"#ttg\.blocked<\{sizePerThread = \[1, 1, 1\], threadsPerWarp = \[1, 1, 32\], "
+                        r"warpsPerCTA = \[1, (\d+), 1\], order = \[2, 1, 0\]\}>")
+
+
+def mma_operand_layouts() -> list[dict]:
+    """For each config of the mma.sync W4A16 kernel (kernels/w4a16_mma.py), 8 and 16 tokens, compiled
+    for sm_90 as a launch on aligned tensors: the layouts of its MMAs' operands in the TTGIR and the
+    layout conversions and shared-memory copies inside its main loop. Each MMA reads its fragment
+    from the lane that holds it, so every operand must be one element a lane, lane l of warp w
+    holding element (., w, l) (``ok``), with nothing moved between lanes in the loop."""
+    from kernels import w4a16_mma
+
+    fn = w4a16_mma._w4a16_mma_kernel.fn
+    signature = {"x_ptr": "*bf16", "p_ptr": "*u8", "s_ptr": "*bf16", "z_ptr": "*bf16", "bias_ptr": "*bf16",
+                 "out_ptr": "*bf16", **dict.fromkeys(("M", "N", "K", "stride_xm", "stride_pn", "stride_sn"), "i32"),
+                 "stride_sg": "constexpr", "stride_om": "i32"}
+    signature.update({p.name: "constexpr" for p in fn.params if p.is_constexpr or p.name not in signature})
+    aligned = {(i,): [["tt.divisibility", 16]] for i, (name, kind) in enumerate(signature.items())
+               if kind[0] in "*i" and name != "M"}
+    out = []
+    for tiles in (1, 2):
+        for config in w4a16_mma._CONFIGS:
+            constexprs = {"GROUP": 128, "HAS_BIAS": False, "X_BF16": True, "SCALE_FP32": False, "GATED": False,
+                          "stride_sg": 1, "TILES": tiles, "PDL": True, **config.kwargs}
+            ttgir = compile_sm90(fn, signature, constexprs, config.num_warps, config.num_stages,
+                                 attrs=aligned).asm["ttgir"]
+            layouts = dict(re.findall(r"^(#\w+) = (#ttg\.\w+<.*>)$", ttgir, re.M))
+            used = set()
+            for line in ttgir.splitlines():
+                if "mma.sync" in line:
+                    used |= set(re.findall(r"tensor<[0-9x]+x(?:i32|f32), (#\w+)>", line))
+            start = ttgir.index("scf.for")
+            depth, end = 0, len(ttgir)
+            for m in re.finditer(r"[{}]", ttgir[start:]):
+                depth += 1 if m.group() == "{" else -1
+                if depth == 0:
+                    end = start + m.end()
+                    break
+            loop = ttgir[start:end]
+            warps = {int(m.group(1)) if (m := MMA_LAYOUT.fullmatch(layouts[name])) else None for name in used}
+            out.append({"tiles": tiles, **config.kwargs, "operand_layouts": sorted(layouts[n] for n in used),
+                        "ok": bool(used) and warps == {config.kwargs["WARPS"]},
+                        "loop_conversions": loop.count("ttg.convert_layout") + loop.count("ttg.local_alloc")})
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true",
@@ -217,11 +263,16 @@ def main() -> None:
     ap.add_argument("--list", action="store_true", help="print each compiled kernel and config")
     ap.add_argument("--gemv-trigger", action="store_true",
                     help="print where the GEMVs' PDL wait and trigger sit in their PTX (JSON) and exit")
+    ap.add_argument("--mma-layout", action="store_true",
+                    help="print the layouts of the mma W4A16 kernel's MMA operands in every config (JSON) and exit")
     args = ap.parse_args()
     if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
         sys.exit("unset TRITON_INTERPRET: the interpreter compiles nothing")
     if args.gemv_trigger:
         print(json.dumps(gemv_trigger_order()))
+        return
+    if args.mma_layout:
+        print(json.dumps(mma_operand_layouts()))
         return
     index, count = (int(v) for v in args.shard.split("/"))
     start = time.perf_counter()

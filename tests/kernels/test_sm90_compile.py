@@ -48,3 +48,19 @@ def test_gemvs_let_the_next_kernel_launch_after_their_loop():
         assert late["wait"][0] < late["last_weight_load"], (name, late)
         assert late["launch"][0] > max(late["last_weight_load"], late["last_branch"]), (name, late)
         assert early["wait"][0] < early["launch"][0] < early["last_weight_load"], (name, early)
+
+
+@pytest.mark.slow
+def test_mma_operands_stay_in_their_lanes():
+    """The mma.sync W4A16 kernel's inline-assembly MMAs read each operand's fragment from the lane
+    that holds it, which Triton does not know: every operand must be one element a lane in
+    Triton's default layout, with no conversion between lanes in the loop (under Triton 3.6 a
+    tl.load's coalesced layout once moved them). Checked on every config's sm_90 TTGIR."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    run = subprocess.run([sys.executable, "bench/sm90_compile.py", "--mma-layout"], cwd=REPO, env=env,
+                         capture_output=True, text=True, timeout=540)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    configs = json.loads(run.stdout.strip().splitlines()[-1])
+    assert len(configs) >= 10
+    for config in configs:
+        assert config["ok"] and config["loop_conversions"] == 0, config
