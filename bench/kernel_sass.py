@@ -97,7 +97,7 @@ def main() -> None:
                **dict.fromkeys(("M", "N", "K", "stride_xm", "stride_pn", "stride_sn"), "i32"),
                "stride_sg": "constexpr", "stride_om": "i32",
                **dict.fromkeys(("GROUP", "HAS_BIAS", "X_BF16", "SCALE_FP32", "GATED", "TILES", "ROW_BLOCKS", "WARPS",
-                                "STEP_CHUNKS", "L2_AHEAD", "PDL"), "constexpr")}
+                                "STEP_CHUNKS", "PDL"), "constexpr")}
     for tiles in (1, 2):
         for cfg in w4a16_mma._CONFIGS:
             kw = cfg.kwargs

@@ -342,14 +342,19 @@ def summarize(result: dict) -> str:
         lines.append(f"| {r['m']}×{r['n']}×{r['k']} | {r['bf16_graph_us']:.1f} | {r['fp8_triton_graph_us']:.1f} | "
                      f"{r['scaled_mm_graph_us']:.1f} | {r['scaled_mm_graph_us'] / r['fp8_triton_graph_us']:.2f}× | "
                      f"{r['bf16_graph_us'] / r['fp8_triton_graph_us']:.2f}× | {r['int8_triton_graph_us']:.1f} | {im} |")
+    # Runs before the mma kernel (kernels/w4a16_mma.py) have no column for it.
+    mma_head = "mma µs (graph) | " if "w4a16_mma_small_m" in result else ""
+    w4_header = (f"## W4A16 group 128 (bf16 activations): GEMV up to M = {result['w4a16_gemv_max_m']}, "
+                 + (f"the mma.sync kernel up to {result['w4a16_mma_small_m']} (and {result['w4a16_mma_max_m']} where "
+                    "N >= K), " if mma_head else "")
+                 + f"tensor cores up to {result['w4a16_tc_max_m']}, then dequant + cuBLAS")
     lines += [
         "",
-        f"## W4A16 group 128 (bf16 activations): GEMV up to M = {result['w4a16_gemv_max_m']}, the mma.sync kernel "
-        f"up to {result['w4a16_mma_small_m']} (and {result['w4a16_mma_max_m']} where N >= K), tensor cores up to "
-        f"{result['w4a16_tc_max_m']}, then dequant + cuBLAS",
+        w4_header,
         "",
-        "| M × N × K | path | bf16 µs | dispatched µs | dispatched / bf16 | bf16 µs (graph) | dispatched µs (graph) | dispatched / bf16 (graph) | GEMV µs (graph) | mma µs (graph) | TC µs (graph) | dequant+cuBLAS µs | floor µs |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| M × N × K | path | bf16 µs | dispatched µs | dispatched / bf16 | bf16 µs (graph) | dispatched µs (graph) | "
+        f"dispatched / bf16 (graph) | GEMV µs (graph) | {mma_head}TC µs (graph) | dequant+cuBLAS µs | floor µs |",
+        "| --- " * (12 + bool(mma_head)) + "|",
     ]
 
     def path_col(r, p):
@@ -359,10 +364,10 @@ def summarize(result: dict) -> str:
     for r in result["w4a16"]:
         gb, gd = r.get("bf16_graph_us"), r.get("dispatched_graph_us")
         graph_cols = f"{gb:.1f} | {gd:.1f} | {gb / gd:.2f}×" if gb else "— | — | —"
+        mma_col = f"{path_col(r, 'mma')} | " if mma_head else ""
         lines.append(f"| {r['m']}×{r['n']}×{r['k']} | {r['path']} | {r['bf16_matmul_us']:.1f} | {r['dispatched_us']:.1f} | "
-                     f"{r['dispatch_vs_bf16']:.2f}× | {graph_cols} | {path_col(r, 'gemv')} | {path_col(r, 'mma')} | "
-                     f"{path_col(r, 'tc')} | "
-                     f"{r['dequant_cublas_us']:.1f} | {r['floor_us']:.1f} |")
+                     f"{r['dispatch_vs_bf16']:.2f}× | {graph_cols} | {path_col(r, 'gemv')} | {mma_col}"
+                     f"{path_col(r, 'tc')} | {r['dequant_cublas_us']:.1f} | {r['floor_us']:.1f} |")
     lines += [
         "",
         "W8A8 paths at decode sizes (CUDA-graph device time, µs; the dispatched one is marked *):",

@@ -7,7 +7,6 @@ larger than the L2 (as a decode step reads them).
 Each of the mma kernel's configs is timed alone, and the autotuner's pick, with the scales row-
 and group-major; every output is checked against the fp32 reference of the dequantized weights.
 """
-import argparse
 import os
 import sys
 
@@ -30,23 +29,13 @@ TOKENS = [1, 4, 8, 16]
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--l2-ahead", action="store_true",
-                        help="also each config with the weights 1 and 2 steps further ahead prefetched into L2, at "
-                             "8 and 16 tokens on three shapes (-> w4a16-mma-l2-ahead-h100.json)")
-    args = parser.parse_args()
-    shapes, tokens, configs = SHAPES, TOKENS, list(w4a16_mma._CONFIGS)
-    if args.l2_ahead:
-        shapes, tokens = [SHAPES[0], SHAPES[5], SHAPES[4]], [8, 16]
-        configs += [w4a16_mma._mma_config(**{k.lower(): v for k, v in c.kwargs.items() if k != "L2_AHEAD"},
-                                          l2_ahead=ahead) for c in w4a16_mma._CONFIGS for ahead in (1, 2)]
     rows = []
-    for n, k, gated in shapes:
+    for n, k, gated in SHAPES:
         sets = weight_sets(n, k)
         # Group-major views of each set's scales and zeros (the layout the runtime keeps for the
         # tensor-core kernel), made outside the timing.
         group_major = {s.data_ptr(): (s.t().contiguous().t(), z.t().contiguous().t()) for _, _, s, z in sets}
-        for m in tokens:
+        for m in TOKENS:
             x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
             w_ref = w4.dequantize_w4_reference(*sets[0][1:], GROUP)
             ref = x.float() @ w_ref.t()
@@ -77,7 +66,7 @@ def main() -> None:
             per_config = {}
             # Every config alone (the launcher tunes among some, or picks one by rule: kernels/w4a16_mma.py).
             kernel = w4a16_mma._w4a16_mma_kernel
-            for cfg in [c for c in configs if not gated or c.kwargs["ROW_BLOCKS"] % 2 == 0]:
+            for cfg in [c for c in kernel.configs if not gated or c.kwargs["ROW_BLOCKS"] % 2 == 0]:
                 with only_config(w4a16_mma._w4a16_mma_kernel, cfg):
                     check(f"{label} mma {cfg.kwargs}", rel_err(mma(*sets[0]), ref), 1e-2)
                     per_config[str(cfg.kwargs)] = round(graph_us(mma, sets), 2)
@@ -91,8 +80,7 @@ def main() -> None:
                   f"{mma_us:6.1f} ({bf16_us / mma_us:.2f}x, {picked.kwargs}; best config {best:.1f}; group-major scales "
                   f"{mma_gm_us:.1f}) "
                   f"err {err:.1e}", flush=True)
-    name = "w4a16-mma-l2-ahead-h100.json" if args.l2_ahead else "w4a16-mma-h100.json"
-    write_results(name, command="python bench/w4a16_mma.py" + (" --l2-ahead" if args.l2_ahead else ""), rows=rows,
+    write_results("w4a16-mma-h100.json", command="python bench/w4a16_mma.py", rows=rows,
                   check_failures=CHECK_FAILURES)
 
 

@@ -678,8 +678,11 @@ SERIAL_MAX_M = 32
 # 29.2 and 1024 x 4096 6.3 -> 7.2 (long K, few rows: the tensor-core kernel's split-K wins).
 MMA_SMALL_M = 8
 # Paths that read scales and zeros faster group-major ([groups, N] storage viewed as [N, groups]);
-# the runtime keeps such copies for them (QuantLinear.keep_group_major_scales).
-GROUP_MAJOR_PATHS = ("tc",)
+# the runtime keeps such copies for them (QuantLinear.keep_group_major_scales). The mma kernel, its
+# config fixed, in two runs on the H100 (bench/results/w4a16-mma-h100.json, -l2-ahead-h100.json;
+# CUDA-graph µs, row- -> group-major): 8192 x 8192 at 8 tokens 19.3 -> 18.5 and 18.7 -> 17.9, at 16
+# 25.1 -> 24.6; 28672 x 8192 at 8 60.0 -> 57.0 and 59.4 -> 56.0, at 16 75.4 -> 72.7 and 75.3 -> 72.1.
+GROUP_MAJOR_PATHS = ("tc", "mma")
 
 
 def w4a16_path(m: int, group_size: int, n: int, k: int, x_dtype: torch.dtype) -> str:

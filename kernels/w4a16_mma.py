@@ -46,9 +46,9 @@ ONES_F16 = tl.constexpr(0x3C003C00)
 LOW_NIBBLES = tl.constexpr(0x000F000F)
 
 
-def _mma_config(row_blocks, warps, step_chunks, l2_ahead=0):
-    return triton.Config({"ROW_BLOCKS": row_blocks, "WARPS": warps, "STEP_CHUNKS": step_chunks, "L2_AHEAD": l2_ahead},
-                         num_warps=warps, num_stages=1)
+def _mma_config(row_blocks, warps, step_chunks):
+    return triton.Config({"ROW_BLOCKS": row_blocks, "WARPS": warps, "STEP_CHUNKS": step_chunks}, num_warps=warps,
+                         num_stages=1)
 
 
 # From CUDA-graph sweeps on the H100 (python bench/w4a16_mma.py, bench/results/w4a16-mma-h100.json;
@@ -325,8 +325,7 @@ def _w4a16_mma_kernel(
     x_ptr, p_ptr, s_ptr, z_ptr, bias_ptr, out_ptr,
     M, N, K, stride_xm, stride_pn, stride_sn, stride_sg, stride_om,
     GROUP: tl.constexpr, HAS_BIAS: tl.constexpr, X_BF16: tl.constexpr, SCALE_FP32: tl.constexpr, GATED: tl.constexpr,
-    TILES: tl.constexpr, ROW_BLOCKS: tl.constexpr, WARPS: tl.constexpr, STEP_CHUNKS: tl.constexpr,
-    L2_AHEAD: tl.constexpr, PDL: tl.constexpr,
+    TILES: tl.constexpr, ROW_BLOCKS: tl.constexpr, WARPS: tl.constexpr, STEP_CHUNKS: tl.constexpr, PDL: tl.constexpr,
 ):
     # Tensors are [ROW_BLOCKS, WARPS, 32] (per row block) or [1, WARPS, 32] (shared by a warp's
     # blocks: activations, sums of x): one element a lane, lane l of warp w holding (., w, l), as
@@ -402,10 +401,6 @@ def _w4a16_mma_kernel(
         next1 = _chunk_loads(words, s_ptr, z_ptr, lo_words, hi_words, lo_scales, hi_scales, following + 1, n_chunks,
                              stride_sg, GROUP, SCALE_FP32) if S == 2 else next0
         _prefetch_step(x_ptrs_a, x_ptrs_b, following, n_chunks, TILES, S)
-        if L2_AHEAD > 0:
-            # The weights L2_AHEAD steps past the register buffer's, into L2 (no registers held).
-            for s in tl.static_range(S):
-                _prefetch_l2(words, lo_words, hi_words, following + L2_AHEAD * W * S + s, n_chunks)
         acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7 = _chunk_step(
             cur0, chunk, n_chunks, x_ptrs_a, x_ptrs_b, keep_a, keep_b, acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7,
             X_BF16, TILES, R, W)
@@ -423,17 +418,6 @@ def _w4a16_mma_kernel(
     if TILES == 2:
         _store_tile(out_ptr, bias_ptr, acc4, acc5, acc6, acc7, token + 8, out_lo, row_lo, live_lo, out_hi, row_hi,
                     live_hi, M, stride_om, HAS_BIAS, GATED, R)
-
-
-@triton.jit
-def _prefetch_l2(words, lo_words, hi_words, chunk, n_chunks):
-    """Asks L2 for rows lo and hi of a later chunk (a 64-byte run per row)."""
-    if ASM:
-        chunk = tl.where(chunk < n_chunks, chunk, 0)
-        at = chunk * (CHUNK // 8)
-        tl.inline_asm_elementwise("prefetch.global.L2 [$1]; prefetch.global.L2 [$2]; mov.u32 $0, 0;", "=r,l,l",
-                                  [words + (lo_words + at), words + (hi_words + at)], dtype=tl.int32, is_pure=False,
-                                  pack=1)
 
 
 @triton.jit

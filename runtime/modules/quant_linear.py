@@ -121,11 +121,12 @@ class QuantLinear(nn.Module):
 
     def keep_group_major_scales(self) -> None:
         """Keeps [groups, out] copies of an int4 op's scales and zeros for the calls the W4A16
-        tensor-core kernel serves (2..128 tokens): one of its steps reads a block of rows' scales of
-        one group, side by side in this layout and 32-byte sectors apart in the stored one. On the
-        H100 that ran 2-10% faster (bench/results/w4a16-tc-scale-layout-h100.json), for 4 more
-        bytes a group (6% of the packed weights at group 128). The one-token GEMV reads a row's
-        groups and keeps the stored layout."""
+        tensor-core and mma kernels serve (2..128 tokens; kernels.gemm_w4a16.GROUP_MAJOR_PATHS): a
+        step reads a block of rows' scales of one group, side by side in this layout and 32-byte
+        sectors apart in the stored one. On the H100 that ran 2-10% faster for the tensor-core
+        kernel (bench/results/w4a16-tc-scale-layout-h100.json) and 3-6% for the mma kernel, for 4
+        more bytes a group (6% of the packed weights at group 128). The one-token GEMV reads a
+        row's groups and keeps the stored layout."""
         if self.weight_format != "int4":
             return
         self.register_buffer("weight_scale_gm", self.weight_scale.t().contiguous(), persistent=False)
