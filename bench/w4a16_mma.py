@@ -4,8 +4,8 @@ larger than the L2 (as a decode step reads them).
 
     python bench/w4a16_mma.py            # -> bench/results/w4a16-mma-h100.json
 
-Each of the mma kernel's configs is timed alone, and the autotuner's pick, with the scales row-
-and group-major; every output is checked against the fp32 reference of the dequantized weights.
+Each of the sweep's configs is timed alone, and the launcher's pick, with the scales row- and
+group-major; every output is checked against the fp32 reference of the dequantized weights.
 """
 import os
 import sys
@@ -26,6 +26,8 @@ from kernels._launch import only_config  # noqa: E402
 SHAPES = [(8192, 8192, False), (6144, 4096, False), (4096, 4096, False), (28672, 4096, True),
           (4096, 14336, False), (28672, 8192, False), (1024, 4096, False)]
 TOKENS = [1, 4, 8, 16]
+# Every config the sweeps behind kernels/w4a16_mma.py's rule weighed (ROW_BLOCKS, WARPS, STEP_CHUNKS).
+SWEEP = [(2, 8, 1), (2, 4, 1), (1, 8, 1), (1, 4, 1), (4, 8, 1), (4, 4, 1), (2, 8, 2), (2, 4, 2), (1, 8, 2), (1, 4, 2)]
 
 
 def main() -> None:
@@ -64,9 +66,8 @@ def main() -> None:
             check(f"{label} mma group-major", rel_err(mma_group_major(*sets[0]), ref), 1e-2)
             mma_gm_us = graph_us(mma_group_major, sets)
             per_config = {}
-            # Every config alone (the launcher tunes among some, or picks one by rule: kernels/w4a16_mma.py).
-            kernel = w4a16_mma._w4a16_mma_kernel
-            for cfg in [c for c in kernel.configs if not gated or c.kwargs["ROW_BLOCKS"] % 2 == 0]:
+            # Every config alone (the launcher picks one by rule: kernels/w4a16_mma.py).
+            for cfg in [w4a16_mma._mma_config(*c) for c in SWEEP if not gated or c[0] % 2 == 0]:
                 with only_config(w4a16_mma._w4a16_mma_kernel, cfg):
                     check(f"{label} mma {cfg.kwargs}", rel_err(mma(*sets[0]), ref), 1e-2)
                     per_config[str(cfg.kwargs)] = round(graph_us(mma, sets), 2)

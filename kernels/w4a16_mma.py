@@ -51,35 +51,42 @@ def _mma_config(row_blocks, warps, step_chunks):
                          num_stages=1)
 
 
-# From CUDA-graph sweeps on the H100 (python bench/w4a16_mma.py, bench/results/w4a16-mma-h100.json;
-# µs, best of each config at 8 and 16 tokens). Up to 8 tokens, every config that won some Llama
-# shape: R2 W8 S1 at 8192 x 8192 (19.3) and 4096 x 4096, R2 W4 S1 where N is large (28672 x 8192:
-# 60.2), R1 W8 S2 where K is long (4096 x 14336: 22.4), R2 W4 S2 and R1 W8 S1 within 3% elsewhere.
-# At 9..16 tokens the autotuner's CUDA-graph timing twice picked a config 25% slower than the
-# best at 8192 x 8192 (33.2 against 26.4 for R2 W4 S2), so the pick there is a rule from the same
-# sweeps: R4 W4 S1 on weights of 16384 rows or more (28672 x 8192: 75.4 against 91.4; 14336 x 4096
-# gated: 43.9 against 49.1), R2 W4 S2 below (8192 x 8192: 26.4 against 35.2; 6144 x 4096: 15.1
-# against 16.7).
+# Configs by rule, from CUDA-graph sweeps on the H100 (python bench/w4a16_mma.py,
+# bench/results/w4a16-mma-h100.json; µs, each config alone over rotating weight sets): the
+# autotuner's own CUDA-graph timing (kernels._launch.graph_bench) picked configs 20-25% slower than
+# the best in two of five runs (8192 x 8192: 33.2 against 26.4 at 16 tokens, 22.2 against 18.0 at
+# 2-8), so the launcher does not tune this kernel. Up to 8 tokens: R2 W8 S1 (8192 x 8192 at 8
+# tokens 18.7-19.7, against 21.9-23.6 for the next); on weights of 16384 rows or more R2 W4 S1
+# (28672 x 8192: 59.3-60.2 against 62.8-65.7); where K is at least twice the rows R1 W8 S2 (4096 x
+# 14336 at 1 token 17.2 against 22.5; 1024 x 4096 4.6 against 6.8). At 9..16 tokens: R2 W4 S2
+# (8192 x 8192: 25.1-26.4 against 29.9-35.2; 6144 x 4096: 15.1 against 16.7), and on 16384 rows or
+# more R4 W4 S1 (28672 x 8192: 75.2-76.3 against 91.4; 14336 x 4096 gated: 43.9 against 49.1).
+ONE_TILE = _mma_config(2, 8, 1)
+ONE_TILE_LARGE = _mma_config(2, 4, 1)
+ONE_TILE_LONG_K = _mma_config(1, 8, 2)
+TWO_TILE = _mma_config(2, 4, 2)
 TWO_TILE_LARGE = _mma_config(4, 4, 1)
-TWO_TILE_SMALL = _mma_config(2, 4, 2)
-_CONFIGS = [_mma_config(r, w, s) for r, w, s in [(2, 8, 1), (2, 4, 1), (1, 8, 2), (1, 8, 1)]] + [TWO_TILE_SMALL,
-                                                                                             TWO_TILE_LARGE]
+_CONFIGS = [ONE_TILE, ONE_TILE_LARGE, ONE_TILE_LONG_K, TWO_TILE, TWO_TILE_LARGE]
 _CONFIGS_INTERPRET = [_mma_config(2, 2, 2)]
 LARGE_ROWS = 16384
 
 
+def pick_config(rows: int, k: int, tiles: int, gated: bool = False) -> triton.Config:
+    """The config the rule above gives a weight of ``rows`` x ``k`` and 1 or 2 tiles of 8 tokens
+    (gated launches pair gate and up blocks, so they take an even ROW_BLOCKS)."""
+    if tiles == 2:
+        return TWO_TILE_LARGE if rows >= LARGE_ROWS else TWO_TILE
+    if rows >= LARGE_ROWS:
+        return ONE_TILE_LARGE
+    return ONE_TILE_LONG_K if k >= 2 * rows and not gated else ONE_TILE
+
+
 def _prune(configs, named_args, **kwargs):
-    """Gated launches pair gate and up blocks, so they need an even ROW_BLOCKS; 9..16 tokens
-    (TILES = 2) take the config the rule above picks, 1..8 are tuned among the others."""
+    """The rule's config, unless one config is forced (kernels._launch.only_config: sweeps, tests)."""
     named = {**named_args, **kwargs}
-    if named.get("GATED", False):
-        configs = [c for c in configs if c.kwargs["ROW_BLOCKS"] % 2 == 0]
-    if len(configs) > 1:  # not one config forced (kernels._launch.only_config)
-        if named.get("TILES", 1) == 2 and not interpreting():
-            rows = named["N"] * (2 if named.get("GATED", False) else 1)
-            configs = [TWO_TILE_LARGE if rows >= LARGE_ROWS else TWO_TILE_SMALL]
-        else:
-            configs = [c for c in configs if c is not TWO_TILE_LARGE]
+    if len(configs) > 1 and not interpreting():
+        gated = named.get("GATED", False)
+        configs = [pick_config(named["N"] * (2 if gated else 1), named["K"], named.get("TILES", 1), gated)]
     return first_config_only(configs, named_args, **kwargs)
 
 

@@ -461,6 +461,17 @@ def test_w4a16_dispatch_by_tokens_shape_and_dtype(monkeypatch):
     assert path(300, 128, 8192, 8192, bf16) == "dequant" and path(2, 48, 8192, 8192, bf16) == "dequant"
 
 
+def test_w4a16_mma_config_rule():
+    pick = gemm_w4a16_mod.w4a16_mma.pick_config
+    names = {id(c): n for n, c in vars(gemm_w4a16_mod.w4a16_mma).items() if n.startswith(("ONE_TILE", "TWO_TILE"))}
+    assert names[id(pick(8192, 8192, 1))] == "ONE_TILE" and names[id(pick(8192, 8192, 2))] == "TWO_TILE"
+    assert names[id(pick(28672, 8192, 1))] == "ONE_TILE_LARGE" and names[id(pick(28672, 8192, 2))] == "TWO_TILE_LARGE"
+    assert names[id(pick(4096, 14336, 1))] == "ONE_TILE_LONG_K"
+    # A gated launch pairs gate and up blocks: never an odd ROW_BLOCKS, whatever the shape.
+    for rows, k, tiles in [(2048, 4096, 1), (2048, 4096, 2), (28672, 4096, 1), (2 * 37, 256, 1)]:
+        assert pick(rows, k, tiles, gated=True).kwargs["ROW_BLOCKS"] % 2 == 0
+
+
 def test_w4a16_path_errors():
     x = torch.randn(9, 64)
     packed, scales, zeros = quantize_w4_reference(torch.randn(8, 64), 32, True)
