@@ -95,28 +95,31 @@ def _offset(X_BF16: tl.constexpr):
     return 128.0 if X_BF16 else 1024.0
 
 
+def _codes_asm(magic: int) -> str:
+    """PTX: a word's codes 0..3 shifted to bits 0 and 16 of four registers, under ``magic``."""
+    expand = [f"lop3.b32 $0, $4, 0x000F000F, {magic:#x}, 0xEA;"]
+    expand += [f"shr.u32 t, $4, {4 * i}; lop3.b32 ${i}, t, 0x000F000F, {magic:#x}, 0xEA;" for i in (1, 2, 3)]
+    return "{\n.reg .b32 t;\n" + "\n".join(expand) + "\n}"
+
+
+def _mma_asm(ab_type: str) -> str:
+    return (f"mma.sync.aligned.m16n8k16.row.col.f32.{ab_type}.{ab_type}.f32 {{$0,$1,$2,$3}}, {{$4,$5,$6,$7}}, "
+            "{$8,$9}, {$10,$11,$12,$13};")
+
+
+CODES_ASM_BF16 = tl.constexpr(_codes_asm(0x43004300))
+CODES_ASM_F16 = tl.constexpr(_codes_asm(0x64006400))
+MMA_ASM_BF16 = tl.constexpr(_mma_asm("bf16"))
+MMA_ASM_F16 = tl.constexpr(_mma_asm("f16"))
+
+
 @triton.jit
 def _codes(word, X_BF16: tl.constexpr):
     """The 8 codes of int32 words as four registers of 16-bit pairs (OFFSET + q): shifts 0, 4, 8 and
     12 pair codes (0, 4), (1, 5), (2, 6) and (3, 7)."""
     if ASM:
-        if X_BF16:
-            return tl.inline_asm_elementwise(
-                """{
-                .reg .b32 t;
-                lop3.b32 $0, $4, 0x000F000F, 0x43004300, 0xEA;
-                shr.u32 t, $4, 4; lop3.b32 $1, t, 0x000F000F, 0x43004300, 0xEA;
-                shr.u32 t, $4, 8; lop3.b32 $2, t, 0x000F000F, 0x43004300, 0xEA;
-                shr.u32 t, $4, 12; lop3.b32 $3, t, 0x000F000F, 0x43004300, 0xEA;
-                }""", "=r,=r,=r,=r,r", [word], dtype=(tl.int32,) * 4, is_pure=True, pack=1)
-        return tl.inline_asm_elementwise(
-            """{
-            .reg .b32 t;
-            lop3.b32 $0, $4, 0x000F000F, 0x64006400, 0xEA;
-            shr.u32 t, $4, 4; lop3.b32 $1, t, 0x000F000F, 0x64006400, 0xEA;
-            shr.u32 t, $4, 8; lop3.b32 $2, t, 0x000F000F, 0x64006400, 0xEA;
-            shr.u32 t, $4, 12; lop3.b32 $3, t, 0x000F000F, 0x64006400, 0xEA;
-            }""", "=r,=r,=r,=r,r", [word], dtype=(tl.int32,) * 4, is_pure=True, pack=1)
+        return tl.inline_asm_elementwise(CODES_ASM_BF16 if X_BF16 else CODES_ASM_F16, "=r,=r,=r,=r,r", [word],
+                                         dtype=(tl.int32,) * 4, is_pure=True, pack=1)
     magic = MAGIC_BF16 if X_BF16 else MAGIC_F16
     return ((word & LOW_NIBBLES) | magic, ((word >> 4) & LOW_NIBBLES) | magic,
             ((word >> 8) & LOW_NIBBLES) | magic, ((word >> 12) & LOW_NIBBLES) | magic)
@@ -135,15 +138,9 @@ def _mma(a0, a1, a2, a3, b0, b1, c0, c1, c2, c3, X_BF16: tl.constexpr, P: tl.con
     """D = C + A B of one ``mma.m16n8k16`` per warp, fp32 accumulation; every operand a [P, W, 32]
     tensor with element (p, w, l) in lane l of warp w (p: the P independent MMAs a lane issues)."""
     if ASM:
-        if X_BF16:
-            return tl.inline_asm_elementwise(
-                "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {$0,$1,$2,$3}, {$4,$5,$6,$7}, {$8,$9}, "
-                "{$10,$11,$12,$13};", "=f,=f,=f,=f,r,r,r,r,r,r,0,1,2,3",
-                [a0, a1, a2, a3, b0, b1, c0, c1, c2, c3], dtype=(tl.float32,) * 4, is_pure=True, pack=1)
-        return tl.inline_asm_elementwise(
-            "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {$0,$1,$2,$3}, {$4,$5,$6,$7}, {$8,$9}, "
-            "{$10,$11,$12,$13};", "=f,=f,=f,=f,r,r,r,r,r,r,0,1,2,3",
-            [a0, a1, a2, a3, b0, b1, c0, c1, c2, c3], dtype=(tl.float32,) * 4, is_pure=True, pack=1)
+        return tl.inline_asm_elementwise(MMA_ASM_BF16 if X_BF16 else MMA_ASM_F16, "=f,=f,=f,=f,r,r,r,r,r,r,0,1,2,3",
+                                         [a0, a1, a2, a3, b0, b1, c0, c1, c2, c3], dtype=(tl.float32,) * 4,
+                                         is_pure=True, pack=1)
     return _mma_emulated(a0, a1, a2, a3, b0, b1, c0, c1, c2, c3, X_BF16, P, W)
 
 
