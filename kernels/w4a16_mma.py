@@ -6,11 +6,11 @@ are bound by issue and latency, not by the N*K/2 bytes they read. Here each warp
 Hopper's legacy ``mma.m16n8k16`` itself (inline assembly, one element per thread so that each
 lane holds exactly its fragment) and builds the left operand straight from the packed words:
 ``lop3(word >> s, 0x000F000F, MAGIC)`` puts two codes into the mantissas of a 16-bit pair that
-reads OFFSET + q (bf16 0x4300: 128 + q; fp16 0x6400: 1024 + q), 3.5 instructions per 8 codes.
+reads OFFSET + q (bf16 0x4300: 128 + q; fp16 0x6400: 1024 + q), seven instructions per 8 codes.
 The MMA sums sum_k (OFFSET + q_k) x_k in fp32; a second MMA with an all-ones left operand sums
 x over the same k, and per group ``scale * (sum - (OFFSET + zero) * sum x)`` is the exact
-``sum (q - zero) scale x`` up to fp32 rounding (the cancellation costs ~5 bits of bf16's
-OFFSET, ~8 of fp16's, of fp32's 24).
+``sum (q - zero) scale x`` up to fp32 rounding (the cancellation costs about 5 of fp32's 24
+bits with bf16's OFFSET, 8 with fp16's).
 
 Layout: a program owns ROW_BLOCKS blocks of 16 weight rows; its WARPS warps split K in chunks of
 128 codes, STEP_CHUNKS adjacent chunks a warp and step and the warps side by side (a row's bytes
