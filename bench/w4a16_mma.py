@@ -18,7 +18,6 @@ import kernels.gemm_w4a16 as w4  # noqa: E402
 from bench.timing import CHECK_FAILURES, check, graph_us, rel_err, write_results  # noqa: E402
 from bench.w4a16_sweep import GROUP, weight_sets  # noqa: E402
 from kernels import w4a16_mma  # noqa: E402
-from kernels import _launch  # noqa: E402
 from kernels._launch import only_config  # noqa: E402
 
 # (N, K, gated): Llama-3-8B's qkv, o, gate+up (gated: 2 x 14336 rows, 14336 outputs), down;
@@ -35,7 +34,7 @@ def main() -> None:
     for n, k, gated in SHAPES:
         sets = weight_sets(n, k)
         # Group-major views of each set's scales and zeros (the layout the runtime keeps for the
-        # tensor-core kernel), made outside the timing.
+        # tl.dot and mma kernels), made outside the timing.
         group_major = {s.data_ptr(): (s.t().contiguous().t(), z.t().contiguous().t()) for _, _, s, z in sets}
         for m in TOKENS:
             x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
