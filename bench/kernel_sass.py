@@ -44,12 +44,7 @@ def loop_body(sass: str) -> list[str]:
     return best
 
 
-def compile_sm90(fn, signature: dict, constexprs: dict, warps: int, stages: int):
-    """As Triton specializes a launch on aligned tensors: 16-divisible pointers and ints (M aside)."""
-    aligned = [i for i, (name, kind) in enumerate(signature.items())
-               if (kind.startswith("*") or kind.startswith("i")) and name != "M"]
-    return sm90.compile_sm90(fn, signature, constexprs, warps, stages,
-                             attrs={(i,): [["tt.divisibility", 16]] for i in aligned})
+compile_sm90 = sm90.compile_sm90_aligned
 
 
 def report(name: str, kernel, weights_per_thread: float, unit: str = "weight") -> None:
@@ -93,17 +88,10 @@ def main() -> None:
                          cfg.num_warps, cfg.num_stages)
         report(f"tc M=16 {kw} warps={cfg.num_warps}", k,
                kw["BLOCK_N"] * kw["GROUPS_PER_STEP"] * 128 / (cfg.num_warps * 32))
-    mma_sig = {**POINTERS, "out_ptr": "*bf16",
-               **dict.fromkeys(("M", "N", "K", "stride_xm", "stride_pn", "stride_sn"), "i32"),
-               "stride_sg": "constexpr", "stride_om": "i32",
-               **dict.fromkeys(("GROUP", "HAS_BIAS", "X_BF16", "SCALE_FP32", "GATED", "TILES", "ROW_BLOCKS", "WARPS",
-                                "STEP_CHUNKS", "PDL"), "constexpr")}
     for tiles in (1, 2):
         for cfg in w4a16_mma._CONFIGS:
             kw = cfg.kwargs
-            k = compile_sm90(w4a16_mma._w4a16_mma_kernel.fn, mma_sig,
-                             {"GROUP": 128, "HAS_BIAS": False, "X_BF16": True, "SCALE_FP32": False, "GATED": False,
-                              "stride_sg": 1, "TILES": tiles, "PDL": True, **kw}, cfg.num_warps, cfg.num_stages)
+            k = sm90.compile_mma_sm90(cfg, tiles)
             # A chunk a loop iteration: per row block, 32 codes of each of a lane's two rows.
             report(f"mma M<={8 * tiles} {kw} warps={cfg.num_warps}", k, kw["ROW_BLOCKS"] * kw["STEP_CHUNKS"] * 64)
     attn_sig = {"q_ptr": "*bf16", "k_ptr": "*bf16", "v_ptr": "*bf16", "lens_ptr": "*i32", "ks_ptr": "*fp32",

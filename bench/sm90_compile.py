@@ -208,6 +208,30 @@ def gemv_trigger_order() -> dict:
     return order
 
 
+def compile_sm90_aligned(fn, signature: dict, constexprs: dict, warps: int, stages: int):
+    """:func:`compile_sm90` as Triton specializes a launch on aligned tensors: 16-divisible pointers
+    and ints (M aside)."""
+    aligned = [i for i, (name, kind) in enumerate(signature.items())
+               if (kind.startswith("*") or kind.startswith("i")) and name != "M"]
+    return compile_sm90(fn, signature, constexprs, warps, stages,
+                        attrs={(i,): [["tt.divisibility", 16]] for i in aligned})
+
+
+def compile_mma_sm90(config, tiles: int):
+    """The mma.sync W4A16 kernel (kernels/w4a16_mma.py) in ``config`` for 1 or 2 tiles of 8 tokens:
+    bf16 activations, row-major bf16 scales, no bias, aligned tensors."""
+    from kernels import w4a16_mma
+
+    fn = w4a16_mma._w4a16_mma_kernel.fn
+    signature = {"x_ptr": "*bf16", "p_ptr": "*u8", "s_ptr": "*bf16", "z_ptr": "*bf16", "bias_ptr": "*bf16",
+                 "out_ptr": "*bf16", **dict.fromkeys(("M", "N", "K", "stride_xm", "stride_pn", "stride_sn"), "i32"),
+                 "stride_sg": "constexpr", "stride_om": "i32"}
+    signature.update({p.name: "constexpr" for p in fn.params if p.name not in signature})
+    constexprs = {"GROUP": 128, "HAS_BIAS": False, "X_BF16": True, "SCALE_FP32": False, "GATED": False,
+                  "stride_sg": 1, "TILES": tiles, "PDL": True, **config.kwargs}
+    return compile_sm90_aligned(fn, signature, constexprs, config.num_warps, config.num_stages)
+
+
 MMA_LAYOUT = re.compile(r"#ttg\.blocked<\{sizePerThread = \[1, 1, 1\], threadsPerWarp = \[1, 1, 32\], "
                         r"warpsPerCTA = \[1, (\d+), 1\], order = \[2, 1, 0\]\}>")
 
@@ -220,20 +244,10 @@ def mma_operand_layouts() -> list[dict]:
     holding element (., w, l) (``ok``), with nothing moved between lanes in the loop."""
     from kernels import w4a16_mma
 
-    fn = w4a16_mma._w4a16_mma_kernel.fn
-    signature = {"x_ptr": "*bf16", "p_ptr": "*u8", "s_ptr": "*bf16", "z_ptr": "*bf16", "bias_ptr": "*bf16",
-                 "out_ptr": "*bf16", **dict.fromkeys(("M", "N", "K", "stride_xm", "stride_pn", "stride_sn"), "i32"),
-                 "stride_sg": "constexpr", "stride_om": "i32"}
-    signature.update({p.name: "constexpr" for p in fn.params if p.is_constexpr or p.name not in signature})
-    aligned = {(i,): [["tt.divisibility", 16]] for i, (name, kind) in enumerate(signature.items())
-               if kind[0] in "*i" and name != "M"}
     out = []
     for tiles in (1, 2):
         for config in w4a16_mma._CONFIGS:
-            constexprs = {"GROUP": 128, "HAS_BIAS": False, "X_BF16": True, "SCALE_FP32": False, "GATED": False,
-                          "stride_sg": 1, "TILES": tiles, "PDL": True, **config.kwargs}
-            ttgir = compile_sm90(fn, signature, constexprs, config.num_warps, config.num_stages,
-                                 attrs=aligned).asm["ttgir"]
+            ttgir = compile_mma_sm90(config, tiles).asm["ttgir"]
             layouts = dict(re.findall(r"^(#\w+) = (#ttg\.\w+<.*>)$", ttgir, re.M))
             used = set()
             for line in ttgir.splitlines():

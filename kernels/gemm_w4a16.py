@@ -695,9 +695,8 @@ def w4a16_path(m: int, group_size: int, n: int, k: int, x_dtype: torch.dtype) ->
         return "dequant"
     if m <= GEMV_MAX_M:
         return "gemv"
-    mma = (x_dtype in (torch.bfloat16, torch.float16) and group_size % w4a16_mma.CHUNK_CODES == 0
-           and os.environ.get("PRECISIONOPS_W4A16_MMA", "1") != "0")
-    if mma and (m <= MMA_SMALL_M or m <= w4a16_mma.MAX_M and n >= k):
+    if ((m <= MMA_SMALL_M or n >= k) and w4a16_mma.supports(x_dtype, m, group_size, n, k)
+            and os.environ.get("PRECISIONOPS_W4A16_MMA", "1") != "0"):
         return "mma"
     return "tc" if m <= TC_MAX_M else "dequant"
 

@@ -494,18 +494,18 @@ def _gate_up(y, R: tl.constexpr):
     return gate * tl.sigmoid(gate) * up
 
 
-def supports(x: torch.Tensor, group_size: int, packed: torch.Tensor | None = None) -> bool:
-    """Whether this kernel serves ``x`` (16-bit, at most MAX_M tokens) with groups of ``group_size``
-    (and ``packed``, whose int32 words it addresses with 32-bit offsets)."""
-    return (x.dtype in (torch.bfloat16, torch.float16) and 1 <= x.shape[0] <= MAX_M and group_size % CHUNK_CODES == 0
-            and (packed is None or packed.numel() // 4 < 2**31))
+def supports(x_dtype: torch.dtype, m: int, group_size: int, n: int, k: int) -> bool:
+    """Whether this kernel serves ``m`` tokens of ``x_dtype`` (16-bit, at most MAX_M) against an
+    [n, k] weight with groups of ``group_size`` (whose int32 words it addresses with 32-bit offsets)."""
+    return (x_dtype in (torch.bfloat16, torch.float16) and 1 <= m <= MAX_M and group_size % CHUNK_CODES == 0
+            and n * k // 8 < 2**31)
 
 
 def gemm_w4a16_mma(x, packed, scales, zeros, group_size: int, bias=None, gated: bool = False) -> torch.Tensor:
     """The W4A16 product of :func:`kernels.gemm_w4a16.gemm_w4a16` (arguments checked there) on this
     kernel: ``x`` [M, K] bf16 or fp16 with M <= 16, ``group_size`` a multiple of 128. Scales and
     zeros may be row- or group-major, with the same strides."""
-    if not supports(x, group_size, packed):
+    if not supports(x.dtype, x.shape[0], group_size, packed.shape[0], x.shape[1]):
         raise ValueError(f"the mma kernel serves 1..{MAX_M} bf16 or fp16 tokens, groups of a multiple of "
                          f"{CHUNK_CODES} and under 2**31 words of weights; got x {x.dtype} with M={x.shape[0]}, "
                          f"group_size={group_size}, packed {list(packed.shape)}")

@@ -135,7 +135,7 @@ class QuantLinear(nn.Module):
     def _w4_scales(self, x2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         dtype = _w4_scale_dtype(x2)
         if (getattr(self, "weight_scale_gm", None) is not None
-                and w4a16_path(x2.shape[0], self.group_size, *self.weight_packed.shape[:1], x2.shape[1],
+                and w4a16_path(x2.shape[0], self.group_size, self.weight_packed.shape[0], x2.shape[1],
                                x2.dtype) in GROUP_MAJOR_PATHS):
             # [out, groups] views of the group-major copies; .to keeps their strides.
             return self.weight_scale_gm.t().to(dtype), self.weight_zero_gm.t().to(dtype)
