@@ -218,7 +218,8 @@ W4_KERNELS = {"gemv": "_w4a16_gemv_kernel", "tc": "_w4a16_tc_kernel", "mma": "w4
 
 def _scales_as_runtime(path: str, s, z, s_gm, z_gm):
     """The scales and zeros the runtime passes to ``path``: CUDA engines keep group-major copies
-    for the tensor-core kernel (QuantLinear.keep_group_major_scales)."""
+    for the tensor-core and mma kernels (runtime.modules.quant_linear.prepare_w4a16), and pass
+    integer_zeros=True (its quantizer rounds zeros; so does quantize_w4_reference)."""
     return (s_gm, z_gm) if path in w4_mod.GROUP_MAJOR_PATHS else (s, z)
 
 
@@ -247,7 +248,8 @@ def bench_w4a16(ceil: dict) -> list[dict]:
         per_path = {}
         for path in paths:
             def fn(x, w, p, *scales, path=path):
-                return w4_mod.gemm_w4a16_triton(x, p, *_scales_as_runtime(path, *scales), 128, path=path)
+                return w4_mod.gemm_w4a16_triton(x, p, *_scales_as_runtime(path, *scales), 128, path=path,
+                                                integer_zeros=True)
             err = check(f"w4a16 {path} {m}x{n}x{k}", rel_err(fn(*sets[0]), expect), 1e-2)
             entry = {"rel_err": err, "us": median_us(fn, sets)}
             if path in W4_KERNELS:
@@ -259,7 +261,7 @@ def bench_w4a16(ceil: dict) -> list[dict]:
         chosen = w4_mod.w4a16_path(m, 128, n, k, torch.bfloat16)
 
         def dispatched(x, w, p, *scales):
-            return gemm_w4a16(x, p, *_scales_as_runtime(chosen, *scales), 128)
+            return gemm_w4a16(x, p, *_scales_as_runtime(chosen, *scales), 128, integer_zeros=True)
         err_disp = check(f"w4a16 dispatched {m}x{n}x{k}", rel_err(dispatched(*sets[0]), expect), 1e-2)
         del expect
         t_bf16 = median_us(lambda x, w, *r: x @ w.t(), sets)

@@ -14,6 +14,7 @@ their autotuners hold the interpreter's single config.
 """
 import argparse
 import json
+import itertools
 import os
 import re
 import sys
@@ -217,9 +218,9 @@ def compile_sm90_aligned(fn, signature: dict, constexprs: dict, warps: int, stag
                         attrs={(i,): [["tt.divisibility", 16]] for i in aligned})
 
 
-def compile_mma_sm90(config, tiles: int):
+def compile_mma_sm90(config, tiles: int, int_zeros: bool = False):
     """The mma.sync W4A16 kernel (kernels/w4a16_mma.py) in ``config`` for 1 or 2 tiles of 8 tokens:
-    bf16 activations, row-major bf16 scales, no bias, aligned tensors."""
+    bf16 activations, row-major bf16 scales, no bias, aligned tensors (``int_zeros``: INT_ZEROS)."""
     from kernels import w4a16_mma
 
     fn = w4a16_mma._w4a16_mma_kernel.fn
@@ -228,7 +229,7 @@ def compile_mma_sm90(config, tiles: int):
                  "stride_sg": "constexpr", "stride_om": "i32"}
     signature.update({p.name: "constexpr" for p in fn.params if p.name not in signature})
     constexprs = {"GROUP": 128, "HAS_BIAS": False, "X_BF16": True, "SCALE_FP32": False, "GATED": False,
-                  "stride_sg": 1, "TILES": tiles, "PDL": True, **config.kwargs}
+                  "stride_sg": 1, "TILES": tiles, "INT_ZEROS": int_zeros, "PDL": True, **config.kwargs}
     return compile_sm90_aligned(fn, signature, constexprs, config.num_warps, config.num_stages)
 
 
@@ -245,9 +246,9 @@ def mma_operand_layouts() -> list[dict]:
     from kernels import w4a16_mma
 
     out = []
-    for tiles in (1, 2):
+    for tiles, int_zeros in itertools.product((1, 2), (False, True)):
         for config in w4a16_mma._CONFIGS:
-            ttgir = compile_mma_sm90(config, tiles).asm["ttgir"]
+            ttgir = compile_mma_sm90(config, tiles, int_zeros).asm["ttgir"]
             layouts = dict(re.findall(r"^(#\w+) = (#ttg\.\w+<.*>)$", ttgir, re.M))
             used = set()
             for line in ttgir.splitlines():
@@ -262,7 +263,7 @@ def mma_operand_layouts() -> list[dict]:
                     break
             loop = ttgir[start:end]
             warps = {int(m.group(1)) if (m := MMA_LAYOUT.fullmatch(layouts[name])) else None for name in used}
-            out.append({"tiles": tiles, **config.kwargs, "operand_layouts": sorted(layouts[n] for n in used),
+            out.append({"tiles": tiles, "INT_ZEROS": int_zeros, **config.kwargs, "operand_layouts": sorted(layouts[n] for n in used),
                         "ok": bool(used) and warps == {config.kwargs["WARPS"]},
                         "loop_conversions": loop.count("ttg.convert_layout") + loop.count("ttg.local_alloc")})
     return out

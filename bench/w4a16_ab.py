@@ -1,16 +1,21 @@
-"""Two W4A16 A/Bs on the H100, by CUDA-graph device time over rotating weight sets larger than the L2.
+"""W4A16 A/Bs on the H100, by CUDA-graph device time over rotating weight sets larger than the L2.
 
     python bench/w4a16_ab.py maxnreg        # GEMV configs uncapped and capped at 64 / 72 registers
                                             # -> bench/results/w4a16-gemv-maxnreg-h100.json
     python bench/w4a16_ab.py scale-layout   # tensor-core configs reading scales row- or group-major
                                             # -> bench/results/w4a16-tc-scale-layout-h100.json
+    python bench/w4a16_ab.py mma-zeros      # mma kernel: integer zeros subtracted or summed, L2_256B
+                                            # -> bench/results/w4a16-mma-zeros-h100.json
 
 maxnreg: Nsight Compute showed the one-token GEMV at 80 registers a thread, which caps an SM at
 24 warps, with 40% of its cycles between issues stalled on L1TEX; each autotune config runs as it
 is and capped (kernels/gemm_w4a16.py keeps the capped configs that won). scale-layout: the
 tensor-core kernel at 16 and 64 tokens with the scales and zeros as stored ([N, G]) and as a
-group-major view (one step's rows side by side; QuantLinear.keep_group_major_scales). Every
-output is checked against the fp32 reference.
+group-major view (one step's rows side by side; QuantLinear.keep_group_major_scales). mma-zeros:
+the mma kernel in the config its rule picks, with the zeros summed by an all-ones MMA or (integer
+zeros, as the runtime passes them) subtracted from the codes, and with the config's L2_256B load
+hint and the other; three interleaved rounds, medians. Every output is checked against the fp32
+reference.
 
 The committed results came from one-off scripts with this logic, run on the H100 on 2026-11-24;
 this form of them has not yet run on a GPU (no device time was left).
@@ -92,11 +97,51 @@ def scale_layout() -> None:
     write_results("w4a16-tc-scale-layout-h100.json", group_size=GROUP, rows=rows)
 
 
+MMA_CASES = [(8192, 8192, 16), (8192, 8192, 8), (28672, 8192, 16), (28672, 8192, 8), (14336, 4096, 16),
+             (4096, 4096, 16), (6144, 4096, 8), (4096, 14336, 8)]
+
+
+def mma_zeros() -> None:
+    from kernels import w4a16_mma
+
+    kernel = w4a16_mma._w4a16_mma_kernel
+    rows = []
+    for n, k, m in MMA_CASES:
+        sets = [s[:2] + s[4:] for s in with_group_major(weight_sets(n, k))]  # scales as the runtime passes them
+        x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
+        ref = x.float() @ w4.dequantize_w4_reference(*sets[0][1:4], GROUP).t()
+        rule = w4a16_mma.pick_config(n, k, 1 if m <= 8 else 2)
+        variants = [(int_zeros, hint) for int_zeros in (False, True) for hint in (True, False)]
+        times = {v: [] for v in variants}
+        bf16 = []
+        for round_ in range(3):
+            bf16.append(graph_us(lambda w, *r: x @ w.t(), sets))
+            for int_zeros, hint in variants:
+                cfg = triton.Config({**rule.kwargs, "L2_256B": hint}, num_warps=rule.num_warps, num_stages=1)
+
+                def launch(w, p, s, z, int_zeros=int_zeros):
+                    return w4.gemm_w4a16_triton(x, p, s, z, GROUP, path="mma", integer_zeros=int_zeros)
+                with only_config(kernel, cfg):
+                    if round_ == 0:
+                        err = rel_err(launch(*sets[0]), ref)
+                        if not err < 1e-2:
+                            raise SystemExit(f"{n}x{k} M={m} {cfg.kwargs} int_zeros={int_zeros}: rel err {err:.2e}")
+                    times[(int_zeros, hint)].append(graph_us(launch, sets))
+        bf16_us = sorted(bf16)[1]
+        for (int_zeros, hint), ts in times.items():
+            rows.append(dict(n=n, k=k, m=m, config={**rule.kwargs, "L2_256B": hint}, rule_hint=rule.kwargs["L2_256B"],
+                             integer_zeros=int_zeros, us=sorted(ts)[1], rounds=ts, bf16_us=bf16_us, bf16_rounds=bf16))
+        print(f"{n}x{k} M={m} bf16 {bf16_us:.1f} | rule {rule.kwargs} | " + " | ".join(
+            f"zeros {'sub' if z else 'mma'} L2_256B {int(h)}: {sorted(t)[1]:.2f} ({bf16_us / sorted(t)[1]:.2f}x)"
+            for (z, h), t in times.items()), flush=True)
+    write_results("w4a16-mma-zeros-h100.json", group_size=GROUP, rows=rows)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("experiment", choices=["maxnreg", "scale-layout"])
+    ap.add_argument("experiment", choices=["maxnreg", "scale-layout", "mma-zeros"])
     args = ap.parse_args()
-    maxnreg() if args.experiment == "maxnreg" else scale_layout()
+    {"maxnreg": maxnreg, "scale-layout": scale_layout, "mma-zeros": mma_zeros}[args.experiment]()
 
 
 if __name__ == "__main__":

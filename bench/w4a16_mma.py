@@ -55,13 +55,14 @@ def main() -> None:
             old_us = graph_us(old, sets)
 
             def mma(w, p, s, z):
-                return w4.gemm_w4a16_triton(x, p, s, z, GROUP, gated=gated, path="mma")
+                return w4.gemm_w4a16_triton(x, p, s, z, GROUP, gated=gated, path="mma", integer_zeros=True)
             err = check(f"{label} mma", rel_err(mma(*sets[0]), ref), 1e-2)
             mma_us = graph_us(mma, sets)
             picked = w4a16_mma._w4a16_mma_kernel.best_config
 
             def mma_group_major(w, p, s, z, gm=group_major):
-                return w4.gemm_w4a16_triton(x, p, *gm[s.data_ptr()], GROUP, gated=gated, path="mma")
+                return w4.gemm_w4a16_triton(x, p, *gm[s.data_ptr()], GROUP, gated=gated, path="mma",
+                                            integer_zeros=True)
             check(f"{label} mma group-major", rel_err(mma_group_major(*sets[0]), ref), 1e-2)
             mma_gm_us = graph_us(mma_group_major, sets)
             per_config = {}

@@ -702,7 +702,7 @@ def w4a16_path(m: int, group_size: int, n: int, k: int, x_dtype: torch.dtype) ->
 
 
 def gemm_w4a16_triton(x, packed, scales, zeros, group_size: int, bias=None, *, gated: bool = False,
-                      path: str = "auto"):
+                      path: str = "auto", integer_zeros: bool = False):
     """Launches the W4A16 path for ``x``'s token count (``path`` forces one, for bench/kernels.py)."""
     _check_w4a16(x, packed, scales, zeros, group_size, bias)
     n_out = output_width(packed.shape[0], gated)
@@ -719,7 +719,7 @@ def gemm_w4a16_triton(x, packed, scales, zeros, group_size: int, bias=None, *, g
     if path == "gemv" and m != 1:
         raise ValueError(f"path='gemv' serves one token, got M={m}")
     if path == "mma":
-        return w4a16_mma.gemm_w4a16_mma(x, packed, scales, zeros, group_size, bias, gated)
+        return w4a16_mma.gemm_w4a16_mma(x, packed, scales, zeros, group_size, bias, gated, integer_zeros)
     if path == "tc" and m > 256:
         raise ValueError(f"path='tc' serves at most 256 tokens, got M={m}")
     if path == "dequant":
@@ -802,7 +802,7 @@ def dequantize_w4_triton(packed, scales, zeros, group_size: int, dtype: torch.dt
 
 
 def gemm_w4a16(x, packed, scales, zeros, group_size: int = 128, bias=None, *, gated: bool = False,
-               backend: str = "auto"):
+               backend: str = "auto", integer_zeros: bool = False):
     """``x @ dequant(packed).T + bias`` with int4 weights dequantized per group.
 
     Args:
@@ -821,10 +821,13 @@ def gemm_w4a16(x, packed, scales, zeros, group_size: int = 128, bias=None, *, ga
             returns :func:`silu_mul` of the fp32 product, [M, N / 2]. At one token the GEMV
             applies it as it stores, so the MLP's activation costs no launch of its own.
         backend: ``auto``, ``triton`` or ``reference``.
+        integer_zeros: the caller vouches that every zero is an integer in 0..15 (as
+            runtime.formats.quantize makes them); the mma kernel (2..16 tokens) then subtracts
+            them from the codes exactly, a little faster. Fractional zeros would give wrong results.
 
     Returns:
         [M, N] (gated: [M, N / 2]) in x.dtype.
     """
     if use_triton(x, backend):
-        return gemm_w4a16_triton(x, packed, scales, zeros, group_size, bias, gated=gated)
+        return gemm_w4a16_triton(x, packed, scales, zeros, group_size, bias, gated=gated, integer_zeros=integer_zeros)
     return gemm_w4a16_reference(x, packed, scales, zeros, group_size, bias, gated=gated)

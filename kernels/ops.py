@@ -48,12 +48,13 @@ def _(xq, xs, wq, ws, bias, out_dtype):
 
 @torch.library.custom_op("precisionops::gemm_w4a16", mutates_args=())
 def gemm_w4a16_op(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor,
-                  group_size: int, bias: torch.Tensor | None, gated: bool = False) -> torch.Tensor:
-    return gemm_w4a16(x, packed, scales, zeros, group_size, bias, gated=gated)
+                  group_size: int, bias: torch.Tensor | None, gated: bool = False,
+                  integer_zeros: bool = False) -> torch.Tensor:
+    return gemm_w4a16(x, packed, scales, zeros, group_size, bias, gated=gated, integer_zeros=integer_zeros)
 
 
 @gemm_w4a16_op.register_fake
-def _(x, packed, scales, zeros, group_size, bias, gated=False):
+def _(x, packed, scales, zeros, group_size, bias, gated=False, integer_zeros=False):
     return x.new_empty(x.shape[0], output_width(packed.shape[0], gated))
 
 

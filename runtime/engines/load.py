@@ -18,7 +18,7 @@ from runtime.modules import KVCacheQuant, MixedLinear, QuantLinear, attach, kv_g
 from runtime.modules.attention import use_decode_kernel
 from runtime.modules.fused_linear import fuse_siblings
 from runtime.modules.gated_mlp import fuse_gated_mlps
-from runtime.modules.quant_linear import keep_group_major_scales
+from runtime.modules.quant_linear import prepare_w4a16
 from runtime.plans import Plan
 
 
@@ -48,7 +48,8 @@ def load_engine(path: str | os.PathLike, device: str | torch.device = "cpu",
     paths widen a group's weights at once, and at Llama-3-8B shapes that ran slower fused, not faster
     (bench/results/fused-siblings-cpu-llama8b.json). A fused int4 gate and up also apply their MLP's SiLU and
     product in the GEMM (runtime.modules.gated_mlp). On CUDA int4 GEMMs also keep group-major copies of
-    their scales and zeros for the tensor-core kernel (QuantLinear.keep_group_major_scales)."""
+    their scales and zeros for the tensor-core and mma kernels, and note whether their zeros are integers
+    (runtime.modules.quant_linear.prepare_w4a16)."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     path = Path(path)
@@ -99,7 +100,7 @@ def load_engine(path: str | os.PathLike, device: str | torch.device = "cpu",
         fuse_siblings(model)
         fuse_gated_mlps(model)
     if torch.device(device).type == "cuda":
-        keep_group_major_scales(model)
+        prepare_w4a16(model)
     if torch.device(device).type == "cuda" and getattr(config, "_attn_implementation", None) in (None, "sdpa"):
         use_decode_kernel(model)
     tokenizer = AutoTokenizer.from_pretrained(str(path))

@@ -55,6 +55,9 @@ class QuantLinear(nn.Module):
     # Set by runtime.modules.fused_linear when this op runs as part of one GEMM with its siblings.
     siblings = None
     sibling_index = 0
+    # Every int4 zero an integer in 0..15, checked once (:meth:`check_integer_zeros`): the mma
+    # kernel then subtracts zeros from the codes exactly (kernels.gemm_w4a16, integer_zeros).
+    integer_zeros = False
 
     def __init__(self, in_features: int, out_features: int, *, weight_format: str, activation_format: str,
                  weight_strategy: str = "channel", group_size: int | None = None, act_dynamic: bool = True,
@@ -132,6 +135,14 @@ class QuantLinear(nn.Module):
         self.register_buffer("weight_scale_gm", self.weight_scale.t().contiguous(), persistent=False)
         self.register_buffer("weight_zero_gm", self.weight_zero.t().contiguous(), persistent=False)
 
+    def check_integer_zeros(self) -> bool:
+        """Whether every zero point of an int4 op is an integer in 0..15 (runtime quantization rounds
+        them; an imported engine's need not), remembered for the kernels. One device sync."""
+        z = getattr(self, "weight_zero", None)
+        self.integer_zeros = bool(self.weight_format == "int4" and z is not None
+                                  and ((z == z.round()) & (z >= 0) & (z <= 15)).all())
+        return self.integer_zeros
+
     def _w4_scales(self, x2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         dtype = _w4_scale_dtype(x2)
         if (getattr(self, "weight_scale_gm", None) is not None
@@ -188,7 +199,8 @@ class QuantLinear(nn.Module):
                 self.activation_stats.update(float(x2.abs().amax()) if x2.numel() else 0.0, 0, x2.numel())
             if self.weight_format == "int4":
                 gemm = gemm_w4a16_op if compiling else gemm_w4a16
-                y = gemm(x2, self.weight_packed, *self._w4_scales(x2), self.group_size, bias, gated=gated)
+                y = gemm(x2, self.weight_packed, *self._w4_scales(x2), self.group_size, bias, gated=gated,
+                         integer_zeros=self.integer_zeros)
                 gated = False  # done in the GEMM
             else:
                 y = F.linear(x2, self.dequantized_weight(x.dtype), bias)
@@ -207,14 +219,16 @@ def _w4_scale_dtype(x: torch.Tensor) -> torch.dtype:
     return x.dtype if x.is_cuda else INT4_SCALE_DTYPE
 
 
-def keep_group_major_scales(model: nn.Module) -> int:
-    """:meth:`QuantLinear.keep_group_major_scales` for every int4 GEMM ``model`` runs: each op, or
-    the one its fused siblings run as (runtime.modules.fused_linear). Returns how many."""
+def prepare_w4a16(model: nn.Module) -> int:
+    """:meth:`QuantLinear.keep_group_major_scales` and :meth:`QuantLinear.check_integer_zeros` for
+    every int4 GEMM ``model`` runs: each op, or the one its fused siblings run as
+    (runtime.modules.fused_linear). Returns how many."""
     done: dict[int, QuantLinear] = {}
     for module in model.modules():
         if isinstance(module, QuantLinear) and module.weight_format == "int4":
             gemm = module.siblings.fused if module.siblings is not None else module
             if id(gemm) not in done:
                 gemm.keep_group_major_scales()
+                gemm.check_integer_zeros()
                 done[id(gemm)] = gemm
     return len(done)

@@ -385,10 +385,12 @@ GPU_W4_MMA_SHAPES = [(1, 4096, 4096, 128), (3, 1000, 2048, 128), (16, 4104, 1408
 
 @pytest.mark.parametrize("m, n, k, group", W4_MMA_SHAPES)
 @pytest.mark.parametrize("symmetric", [True, False])
-def test_w4a16_mma_matches_reference(device, m, n, k, group, symmetric):
-    # The interpreter emulates each mma.sync from PTX's fragment layout, which checks every index
-    # of the kernel's scheme (which lane holds which codes, x and outputs); the GPU runs the asm.
-    # bf16 runs here too: the kernel reads activations as bits and never computes in bf16.
+@pytest.mark.parametrize("integer_zeros", [False, True])
+def test_w4a16_mma_matches_reference(device, m, n, k, group, symmetric, integer_zeros):
+    # The interpreter emulates each mma.sync (and each 16-bit subtraction of integer zeros) from
+    # PTX's definitions, which checks every index of the kernel's scheme (which lane holds which
+    # codes, zeros, x and outputs); the GPU runs the asm. bf16 runs here too: the kernel reads
+    # activations as bits and never computes in bf16.
     shapes = W4_MMA_SHAPES if device == "cpu" else GPU_W4_MMA_SHAPES
     m, n, k, group = shapes[W4_MMA_SHAPES.index((m, n, k, group))]
     w = torch.randn(n, k, device=device)
@@ -397,7 +399,7 @@ def test_w4a16_mma_matches_reference(device, m, n, k, group, symmetric):
         x = with_outliers(m, k, device, dtype)
         bias = torch.randn(n, device=device) if with_bias else None
         out = gemm_w4a16_mod.gemm_w4a16_triton(x, packed, scales.to(dtype), zeros.to(dtype), group, bias,
-                                               path="mma")
+                                               path="mma", integer_zeros=integer_zeros)
         ref = gemm_w4a16_reference(x.float(), packed, scales.to(dtype), zeros.to(dtype), group, bias)
         assert out.dtype == dtype and out.shape == (m, n)
         assert rel_err(out, ref) < {torch.float16: 2e-3, torch.bfloat16: 1.5e-2}[dtype], dtype
@@ -411,13 +413,15 @@ def test_w4a16_mma_gated_and_group_major_scales(device, m):
     packed, scales, zeros = quantize_w4_reference(torch.randn(n, k, device=device) * 0.05, group, False)
     bias = torch.randn(n, device=device)
     s_view, z_view = scales.t().contiguous().t(), zeros.t().contiguous().t()
-    for dtype in (torch.float16, torch.bfloat16):
+    for dtype, integer_zeros in [(torch.float16, False), (torch.bfloat16, True)]:
         x = with_outliers(m, k, device, dtype)
-        out = gemm_w4a16_mod.gemm_w4a16_triton(x, packed, s_view, z_view, group, bias, gated=True, path="mma")
+        out = gemm_w4a16_mod.gemm_w4a16_triton(x, packed, s_view, z_view, group, bias, gated=True, path="mma",
+                                               integer_zeros=integer_zeros)
         assert out.dtype == dtype and out.shape == (m, n // 2)
         bound = {torch.float16: 2e-3, torch.bfloat16: 1.5e-2}[dtype]
         assert rel_err(out, _gated_reference(x, packed, scales, zeros, group, bias)) < bound, dtype
-        plain = gemm_w4a16_mod.gemm_w4a16_triton(x, packed, s_view, z_view, group, bias, path="mma")
+        plain = gemm_w4a16_mod.gemm_w4a16_triton(x, packed, s_view, z_view, group, bias, path="mma",
+                                                 integer_zeros=integer_zeros)
         assert rel_err(plain, gemm_w4a16_reference(x.float(), packed, scales, zeros, group, bias)) < bound, dtype
 
 
@@ -430,12 +434,28 @@ def test_w4a16_mma_configs(device, row_blocks, warps, step_chunks):
     bias = torch.randn(n, device=device)
     kernel = gemm_w4a16_mod.w4a16_mma._w4a16_mma_kernel
     with only_config(kernel, gemm_w4a16_mod.w4a16_mma._mma_config(row_blocks, warps, step_chunks)):
-        for m, gated in [(3, False), (13, row_blocks % 2 == 0)]:
+        for m, gated, integer_zeros in [(3, False, False), (13, row_blocks % 2 == 0, True)]:
             x = with_outliers(m, k, device, torch.float16)
-            out = gemm_w4a16_mod.gemm_w4a16_triton(x, packed, scales, zeros, group, bias, gated=gated, path="mma")
+            out = gemm_w4a16_mod.gemm_w4a16_triton(x, packed, scales, zeros, group, bias, gated=gated, path="mma",
+                                                   integer_zeros=integer_zeros)
             ref = (_gated_reference(x, packed, scales, zeros, group, bias) if gated
                    else gemm_w4a16_reference(x.float(), packed, scales, zeros, group, bias))
             assert rel_err(out, ref) < 2e-3, (m, gated)
+
+
+def test_w4a16_mma_integer_zeros_are_subtracted_not_rounded_away(device):
+    # integer_zeros=True is the caller's promise: the kernel subtracts OFFSET + zero in 16 bits, where
+    # OFFSET + 7.5 rounds to an integer (fp16's 1024 + 7.5 to 1032), while the all-ones MMA path
+    # stays exact for any zero. This pins which path each flag takes.
+    n, k, group = 48, 256, 128
+    packed, scales, zeros = quantize_w4_reference(torch.randn(n, k, device=device), group, False)
+    zeros = zeros + 0.5
+    x = with_outliers(4, k, device, torch.float16)
+    ref = gemm_w4a16_reference(x.float(), packed, scales, zeros, group)
+    exact = gemm_w4a16_mod.gemm_w4a16_triton(x, packed, scales, zeros, group, path="mma")
+    promised = gemm_w4a16_mod.gemm_w4a16_triton(x, packed, scales, zeros, group, path="mma", integer_zeros=True)
+    assert rel_err(exact, ref) < 2e-3
+    assert rel_err(promised, ref) > 2e-2
 
 
 def test_w4a16_mma_refuses_what_it_does_not_serve():

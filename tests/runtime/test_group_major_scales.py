@@ -1,10 +1,11 @@
-"""int4 ops keep group-major copies of their scales and zeros for the W4A16 tensor-core kernel."""
+"""int4 ops keep group-major copies of their scales and zeros for the W4A16 tensor-core and mma
+kernels, and note whether their zeros are integers (the mma kernel's exact subtraction)."""
 import pytest
 import torch
 
 from runtime.engines import load_engine
 from runtime.modules import QuantLinear
-from runtime.modules.quant_linear import keep_group_major_scales
+from runtime.modules.quant_linear import prepare_w4a16
 from runtime.recipes import Recipe
 
 INT4 = Recipe.from_dict({"name": "int4g32", "default": {"weights": {
@@ -26,8 +27,10 @@ def test_group_major_copies_give_the_same_logits_and_are_not_saved(int4_engine, 
     model = load_engine(int4_engine, fuse=fuse).model
     ops = _int4_ops(model)
     # Fused, the copies belong to each group's GEMM (the members' own tensors are the group's rows).
-    gemms = {id(m.siblings.fused if m.siblings is not None else m): m for m in ops}
-    assert keep_group_major_scales(model) == len(gemms)
+    gemms = {id(g): g for g in (m.siblings.fused if m.siblings is not None else m for m in ops)}
+    assert not any(g.integer_zeros for g in gemms.values())
+    assert prepare_w4a16(model) == len(gemms)
+    assert all(g.integer_zeros for g in gemms.values())
     assert len(gemms) < len(ops) if fuse else len(gemms) == len(ops)
     for m in ops:
         gemm = m.siblings.fused if m.siblings is not None else m
@@ -52,6 +55,15 @@ def test_only_tensor_core_calls_read_the_group_major_copy(int4_engine):
     assert z.stride() == s.stride()
     s1, _ = op._w4_scales(x[:1])
     assert s1.stride() == op.weight_scale.stride()
+
+
+def test_integer_zeros_are_checked_not_assumed(int4_engine):
+    op = _int4_ops(load_engine(int4_engine).model)[0]
+    assert op.check_integer_zeros()  # the runtime's quantizer rounds zeros into 0..15
+    op.weight_zero = op.weight_zero + 0.5  # as an imported engine's fractional zeros might be
+    assert not op.check_integer_zeros() and not op.integer_zeros
+    op.weight_zero = op.weight_zero + 15.5  # integers, but past int4's codes
+    assert not op.check_integer_zeros()
 
 
 @pytest.mark.gpu
