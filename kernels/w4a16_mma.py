@@ -169,7 +169,13 @@ def _pair_bits(value, X_BF16: tl.constexpr):
 @triton.jit
 def _zero_pair(zero, X_BF16: tl.constexpr):
     """OFFSET + zero (an integer) in both 16-bit halves: what :func:`_codes` subtracts."""
-    bits = _pair_bits(_offset(X_BF16) + zero, X_BF16)
+    if ASM:
+        # A conversion, not _pair_bits' shift: the shift's form ran 3% slower on the H100 (8192 x
+        # 8192, 16 tokens: 24.9 against 24.1 µs) for a near-identical instruction count.
+        bits = (_offset(X_BF16) + zero).to(tl.bfloat16 if X_BF16 else tl.float16).to(tl.int16, bitcast=True)
+        bits = bits.to(tl.int32) & 0xFFFF
+    else:
+        bits = _pair_bits(_offset(X_BF16) + zero, X_BF16)
     return bits | (bits << 16)
 
 
