@@ -487,6 +487,11 @@ def test_w4a16_mma_config_rule():
     assert names[id(pick(8192, 8192, 1))] == "ONE_TILE" and names[id(pick(8192, 8192, 2))] == "TWO_TILE"
     assert names[id(pick(28672, 8192, 1))] == "ONE_TILE_LARGE" and names[id(pick(28672, 8192, 2))] == "TWO_TILE_LARGE"
     assert names[id(pick(4096, 14336, 1))] == "ONE_TILE_LONG_K"
+    # Two tiles: 320 programs of 32 rows take two waves of TWO_TILE (2 an SM) but one of 3 an SM.
+    assert names[id(pick(10240, 8192, 2, sms=132))] == "TWO_TILE_ONE_WAVE"
+    assert [names[id(pick(rows, 4096, 2, sms=132))] for rows in (8448, 8480, 12672, 12704)] == [
+        "TWO_TILE", "TWO_TILE_ONE_WAVE", "TWO_TILE_ONE_WAVE", "TWO_TILE"]
+    assert names[id(pick(10240, 8192, 2, sms=80))] == "TWO_TILE"
     # A gated launch pairs gate and up blocks: never an odd ROW_BLOCKS, whatever the shape.
     for rows, k, tiles in [(2048, 4096, 1), (2048, 4096, 2), (28672, 4096, 1), (2 * 37, 256, 1)]:
         assert pick(rows, k, tiles, gated=True).kwargs["ROW_BLOCKS"] % 2 == 0
