@@ -474,7 +474,7 @@ def _w4a16_mma_kernel(
     # Program p starts at step p % n_steps and wraps around, so that the programs in flight do
     # not all read the same columns of their rows at once (1-2% faster on the H100 at 8192 x 8192
     # and 4096 x 4096, 16 tokens, and 28672 x 8192, 8 tokens, within 0.5% elsewhere; an interleaved
-    # A/B of an experimental copy of this kernel).
+    # A/B of an experimental copy of this kernel, docs/experiments/w4a16-mma-variants.patch).
     rot = pid % n_steps
     first = (rot * W + warp) * S
     cur0 = _chunk_loads(words, s_ptr, z_ptr, lo_words, hi_words, lo_scales, hi_scales, first, n_chunks, stride_sg,
