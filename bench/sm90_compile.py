@@ -263,7 +263,8 @@ def mma_operand_layouts() -> list[dict]:
                     break
             loop = ttgir[start:end]
             warps = {int(m.group(1)) if (m := MMA_LAYOUT.fullmatch(layouts[name])) else None for name in used}
-            out.append({"tiles": tiles, "INT_ZEROS": int_zeros, **config.kwargs, "operand_layouts": sorted(layouts[n] for n in used),
+            out.append({"tiles": tiles, "INT_ZEROS": int_zeros, **config.kwargs,
+                        "operand_layouts": sorted(layouts[n] for n in used),
                         "ok": bool(used) and warps == {config.kwargs["WARPS"]},
                         "loop_conversions": loop.count("ttg.convert_layout") + loop.count("ttg.local_alloc")})
     return out

@@ -821,13 +821,14 @@ def gemm_w4a16(x, packed, scales, zeros, group_size: int = 128, bias=None, *, ga
             returns :func:`silu_mul` of the fp32 product, [M, N / 2]. At one token the GEMV
             applies it as it stores, so the MLP's activation costs no launch of its own.
         backend: ``auto``, ``triton`` or ``reference``.
-        integer_zeros: the caller vouches that every zero is an integer in 0..15 (as
-            runtime.formats.quantize makes them); the mma kernel (2..16 tokens) then subtracts
+        integer_zeros: the caller vouches that every zero is an integer in 0..15 (as the
+            runtime's quantizers make them); the mma kernel (2..16 tokens) then subtracts
             them from the codes exactly, a little faster. Fractional zeros would give wrong results.
 
     Returns:
         [M, N] (gated: [M, N / 2]) in x.dtype.
     """
     if use_triton(x, backend):
-        return gemm_w4a16_triton(x, packed, scales, zeros, group_size, bias, gated=gated, integer_zeros=integer_zeros)
+        return gemm_w4a16_triton(x, packed, scales, zeros, group_size, bias, gated=gated,
+                                 integer_zeros=integer_zeros)
     return gemm_w4a16_reference(x, packed, scales, zeros, group_size, bias, gated=gated)
