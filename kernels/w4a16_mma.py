@@ -102,7 +102,9 @@ def _prune(configs, named_args, **kwargs):
     named = {**named_args, **kwargs}
     if len(configs) > 1 and not interpreting():
         gated = named.get("GATED", False)
-        sms = device_properties(named["x_ptr"].device).multi_processor_count
+        x = named["x_ptr"]
+        # CPU tensors: bench/sm90_compile.py planning sm_90 launches, for which the H100's count.
+        sms = device_properties(x.device).multi_processor_count if x.is_cuda else H100_SMS
         configs = [pick_config(named["N"] * (2 if gated else 1), named["K"], named.get("TILES", 1), gated, sms)]
     return first_config_only(configs, named_args, **kwargs)
 
