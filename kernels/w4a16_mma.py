@@ -135,6 +135,8 @@ CODES_MINUS_ZERO_ASM_BF16 = tl.constexpr(_codes_asm(0x43004300, "sub.rn.bf16x2")
 CODES_MINUS_ZERO_ASM_F16 = tl.constexpr(_codes_asm(0x64006400, "sub.rn.f16x2"))
 MMA_ASM_BF16 = tl.constexpr(_mma_asm("bf16"))
 MMA_ASM_F16 = tl.constexpr(_mma_asm("f16"))
+LOAD_WEIGHTS_ASM = tl.constexpr("ld.global.L1::no_allocate.v4.b32 {$0,$1,$2,$3}, [$4];")
+LOAD_WEIGHTS_L2_256B_ASM = tl.constexpr("ld.global.L1::no_allocate.L2::256B.v4.b32 {$0,$1,$2,$3}, [$4];")
 
 
 @triton.jit
@@ -265,11 +267,7 @@ def _load4(ptrs, WEIGHTS: tl.constexpr, L2_256B: tl.constexpr = False):
     to fetch the 256 bytes around each weight load from DRAM (see the configs)."""
     if ASM:
         if WEIGHTS:
-            if L2_256B:
-                return tl.inline_asm_elementwise("ld.global.L1::no_allocate.L2::256B.v4.b32 {$0,$1,$2,$3}, [$4];",
-                                                 "=r,=r,=r,=r,l", [ptrs], dtype=(tl.int32,) * 4, is_pure=False,
-                                                 pack=1)
-            return tl.inline_asm_elementwise("ld.global.L1::no_allocate.v4.b32 {$0,$1,$2,$3}, [$4];",
+            return tl.inline_asm_elementwise(LOAD_WEIGHTS_L2_256B_ASM if L2_256B else LOAD_WEIGHTS_ASM,
                                              "=r,=r,=r,=r,l", [ptrs], dtype=(tl.int32,) * 4, is_pure=False,
                                              pack=1)
         return tl.inline_asm_elementwise("ld.global.v4.b32 {$0,$1,$2,$3}, [$4];", "=r,=r,=r,=r,l", [ptrs],
@@ -533,15 +531,6 @@ def _split4(t):
 
 
 @triton.jit
-def _split8(t):
-    """``tl.join`` of two :func:`_join4` undone."""
-    first, second = tl.split(t)
-    a, b, c, d = _split4(first)
-    e, f, g, h = _split4(second)
-    return a, b, c, d, e, f, g, h
-
-
-@triton.jit
 def _wrap(step, n_steps):
     """``step`` mod ``n_steps`` for step < 2 n_steps (cheaper than %: the quotient costs registers)."""
     return tl.where(step >= n_steps, step - n_steps, step)
@@ -568,15 +557,19 @@ def _chunk_step(loaded, chunk, n_chunks, x_ptrs_a, x_ptrs_b, keep_a, keep_b, acc
     lo, hi, s_lo, s_hi, z_lo, z_hi = loaded
     xa = _x_loads(x_ptrs_a, chunk, n_chunks, keep_a)
     xb = _x_loads(x_ptrs_b, chunk, n_chunks, keep_b) if TILES == 2 else xa
-    zz_lo = -(_offset(X_BF16) + z_lo)
-    zz_hi = -(_offset(X_BF16) + z_hi)
-    da0, da1, da2, da3, xsa0, xsa1, db0, db1, db2, db3, xsb0, xsb1 = _chunk_sums(
-        lo, hi, _zero_pair(z_lo, X_BF16), _zero_pair(z_hi, X_BF16), xa, xb, X_BF16, INT_ZEROS, TILES, R, W)
-    acc0, acc1, acc2, acc3 = _scaled(acc0, acc1, acc2, acc3, da0, da1, da2, da3, xsa0, xsa1, s_lo, s_hi, zz_lo, zz_hi,
-                                     INT_ZEROS)
+    # The rows' zeros as their path uses them: subtracted from the codes as 16-bit pairs
+    # (INT_ZEROS, read by _codes), or -(OFFSET + zero) against the sums of x (read by _scaled).
+    if INT_ZEROS:
+        zero_lo, zero_hi = _zero_pair(z_lo, X_BF16), _zero_pair(z_hi, X_BF16)
+    else:
+        zero_lo, zero_hi = -(_offset(X_BF16) + z_lo), -(_offset(X_BF16) + z_hi)
+    da0, da1, da2, da3, xsa0, xsa1, db0, db1, db2, db3, xsb0, xsb1 = _chunk_sums(lo, hi, zero_lo, zero_hi, xa, xb,
+                                                                                  X_BF16, INT_ZEROS, TILES, R, W)
+    acc0, acc1, acc2, acc3 = _scaled(acc0, acc1, acc2, acc3, da0, da1, da2, da3, xsa0, xsa1, s_lo, s_hi, zero_lo,
+                                     zero_hi, INT_ZEROS)
     if TILES == 2:
-        acc4, acc5, acc6, acc7 = _scaled(acc4, acc5, acc6, acc7, db0, db1, db2, db3, xsb0, xsb1, s_lo, s_hi, zz_lo,
-                                         zz_hi, INT_ZEROS)
+        acc4, acc5, acc6, acc7 = _scaled(acc4, acc5, acc6, acc7, db0, db1, db2, db3, xsb0, xsb1, s_lo, s_hi, zero_lo,
+                                         zero_hi, INT_ZEROS)
     return acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7
 
 
@@ -632,8 +625,8 @@ def gemm_w4a16_mma(x, packed, scales, zeros, group_size: int, bias=None, gated: 
     kernel: ``x`` [M, K] bf16 or fp16 with M <= 16, ``group_size`` a multiple of 128. Scales and
     zeros may be row- or group-major, with the same strides. ``integer_zeros``: the caller vouches
     that every zero is an integer in 0..15 (the runtime's quantizer rounds them); the kernel then
-    subtracts them from the codes in 16 bits, exactly, instead of summing x with a second MMA
-    (8192 x 8192 at 16 tokens on the H100: 24.9 -> 24.5 µs); fractional zeros would give wrong sums."""
+    subtracts them from the codes in 16 bits, exactly, instead of summing x with a second MMA (0.1-7%
+    faster on the H100: bench/results/w4a16-mma-zeros-h100.json); fractional zeros would give wrong sums."""
     if not supports(x.dtype, x.shape[0], group_size, packed.shape[0], x.shape[1]):
         raise ValueError(f"the mma kernel serves 1..{MAX_M} bf16 or fp16 tokens, groups of a multiple of "
                          f"{CHUNK_CODES} and under 2**31 words of weights; got x {x.dtype} with M={x.shape[0]}, "
