@@ -457,8 +457,7 @@ def main() -> None:
         "gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
         "cuda": torch.version.cuda, "python": platform.python_version(),
         "date": time.strftime("%Y-%m-%d"), "pdl": pdl_args(torch.device("cuda"))["PDL"],
-        "w4a16_gemv_max_m": w4_mod.GEMV_MAX_M, "w4a16_mma_small_m": w4_mod.MMA_SMALL_M,
-        "w4a16_mma_max_m": w4_mod.w4a16_mma.MAX_M,
+        "w4a16_gemv_max_m": w4_mod.GEMV_MAX_M, "w4a16_mma_max_m": w4_mod.w4a16_mma.MAX_M,
         "w4a16_tc_max_m": w4_mod.TC_MAX_M, "w8a8_gemv_max_m": {str(q): v for q, v in w8a8_mod.GEMV_MAX_M.items()}, "w8a8_swap_max_m": w8a8_mod.SWAP_MAX_M,
     }
     result["ceilings"] = ceil = measure_ceilings()

@@ -6,6 +6,8 @@
                                             # -> bench/results/w4a16-tc-scale-layout-h100.json
     python bench/w4a16_ab.py mma-zeros      # mma kernel: integer zeros subtracted or summed, L2_256B
                                             # -> bench/results/w4a16-mma-zeros-h100.json
+    python bench/w4a16_ab.py mma-rule       # mma kernel: the config rule before (6e888fd) and now
+                                            # -> bench/results/w4a16-mma-rule-h100.json
 
 maxnreg: Nsight Compute showed the one-token GEMV at 80 registers a thread, which caps an SM at
 24 warps, with 40% of its cycles between issues stalled on L1TEX; each autotune config runs as it
@@ -110,7 +112,7 @@ def mma_zeros() -> None:
         sets = [s[:2] + s[4:] for s in with_group_major(weight_sets(n, k))]  # scales as the runtime passes them
         x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
         ref = x.float() @ w4.dequantize_w4_reference(*sets[0][1:4], GROUP).t()
-        rule = w4a16_mma.pick_config(n, k, 1 if m <= 8 else 2)
+        rule = w4a16_mma.pick_config(n, 1 if m <= 8 else 2)
         variants = [(int_zeros, hint) for int_zeros in (False, True) for hint in (True, False)]
         times = {v: [] for v in variants}
         bf16 = []
@@ -137,11 +139,68 @@ def mma_zeros() -> None:
     write_results("w4a16-mma-zeros-h100.json", group_size=GROUP, rows=rows)
 
 
+def previous_rule(rows: int, k: int, tiles: int, sms: int) -> tuple:
+    """(ROW_BLOCKS, WARPS, STEP_CHUNKS, L2_256B) of kernels/w4a16_mma.py's rule at 6e888fd (not gated)."""
+    if tiles == 2:
+        if rows >= 16384:
+            return 4, 4, 1, True
+        return (2, 4, 1, True) if 2 * sms < -(-rows // 32) <= 3 * sms else (2, 4, 2, False)
+    if rows >= 16384:
+        return 2, 4, 1, True
+    return (1, 8, 2, False) if k >= 2 * rows else (2, 8, 1, True)
+
+
+RULE_CASES = [(n, k, m) for n, k, _ in [(8192, 8192, 0), (6144, 4096, 0), (4096, 4096, 0), (4096, 14336, 0),
+                                        (28672, 8192, 0), (1024, 4096, 0), (10240, 8192, 0), (8192, 28672, 0),
+                                        (14336, 4096, 0), (2048, 4096, 0)] for m in (2, 8, 16)]
+
+
+def mma_rule() -> None:
+    """The mma kernel in the config of the rule before (6e888fd) and of the rule now, at 2, 8 and 16
+    tokens on the Llama shapes; integer zeros and group-major scales, five interleaved rounds, medians."""
+    from kernels import w4a16_mma
+
+    kernel = w4a16_mma._w4a16_mma_kernel
+    sms = torch.cuda.get_device_properties(0).multi_processor_count
+    rows = []
+    for n, k, m in RULE_CASES:
+        sets = [s[:2] + s[4:] for s in with_group_major(weight_sets(n, k))]
+        x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
+        ref = x.float() @ w4.dequantize_w4_reference(*sets[0][1:4], GROUP).t()
+        tiles = 1 if m <= 8 else 2
+        r, w, s_, hint = previous_rule(n, k, tiles, sms)
+        configs = {"before": w4a16_mma._mma_config(r, w, s_, l2_256b=hint),
+                   "now": w4a16_mma.pick_config(n, tiles, sms=sms)}
+
+        def launch(w, p, s, z):
+            return w4.gemm_w4a16_triton(x, p, s, z, GROUP, path="mma", integer_zeros=True)
+        times = {name: [] for name in configs}
+        bf16 = []
+        for round_ in range(5):
+            bf16.append(graph_us(lambda w, *r: x @ w.t(), sets))
+            for name, cfg in configs.items():
+                with only_config(kernel, cfg):
+                    if round_ == 0:
+                        err = rel_err(launch(*sets[0]), ref)
+                        if not err < 1e-2:
+                            raise SystemExit(f"{n}x{k} M={m} {cfg.kwargs}: rel err {err:.2e}")
+                    times[name].append(graph_us(launch, sets))
+        bf16_us = sorted(bf16)[2]
+        us = {name: sorted(ts)[2] for name, ts in times.items()}
+        rows.append(dict(n=n, k=k, m=m, configs={name: c.kwargs for name, c in configs.items()}, us=us,
+                         rounds=times, bf16_us=bf16_us, bf16_rounds=bf16))
+        print(f"{n}x{k} M={m} bf16 {bf16_us:.1f} | before {configs['before'].kwargs} {us['before']:.2f} "
+              f"({bf16_us / us['before']:.2f}x) | now {configs['now'].kwargs} {us['now']:.2f} "
+              f"({bf16_us / us['now']:.2f}x) | {us['before'] / us['now']:.2f}x faster", flush=True)
+    write_results("w4a16-mma-rule-h100.json", group_size=GROUP, sms=sms, rows=rows)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("experiment", choices=["maxnreg", "scale-layout", "mma-zeros"])
+    ap.add_argument("experiment", choices=["maxnreg", "scale-layout", "mma-zeros", "mma-rule"])
     args = ap.parse_args()
-    {"maxnreg": maxnreg, "scale-layout": scale_layout, "mma-zeros": mma_zeros}[args.experiment]()
+    {"maxnreg": maxnreg, "scale-layout": scale_layout, "mma-zeros": mma_zeros,
+     "mma-rule": mma_rule}[args.experiment]()
 
 
 if __name__ == "__main__":

@@ -669,14 +669,14 @@ def _store_tc_tile(out_ptr, acc, offs_n, offs_m, mask_n, mask_m, stride_om, GATE
 SERIAL_MAX_M = 32
 
 
-# Up to MMA_SMALL_M tokens (16-bit activations, groups of a multiple of 128) the mma.sync kernel
-# (kernels/w4a16_mma.py) runs; up to w4a16_mma.MAX_M where the weight has at least as many rows as
-# columns. CUDA-graph µs on the H100, tensor-core kernel -> mma kernel, autotuned
-# (bench/results/w4a16-mma-h100.json): 8 tokens, 8192 x 8192 28.5 -> 19.7, 28672 x 8192 90.0 -> 60.2,
-# 14336 x 4096 gated 49.8 -> 32.1, 4096 x 14336 24.2 -> 22.6, 1024 x 4096 5.8 -> 5.4; 16 tokens,
-# 8192 x 8192 30.3 -> 26.0, 28672 x 8192 90.6 -> 76.3, gated 51.0 -> 45.8, but 4096 x 14336 26.1 ->
-# 29.2 and 1024 x 4096 6.3 -> 7.2 (long K, few rows: the tensor-core kernel's split-K wins).
-MMA_SMALL_M = 8
+# Up to w4a16_mma.MAX_M tokens (16-bit activations, groups of a multiple of 128) the mma.sync
+# kernel (kernels/w4a16_mma.py) runs. CUDA-graph µs on the H100, tensor-core kernel -> mma kernel
+# in its rule's config (bench/results/w4a16-mma-sweep-{a,b,c}-h100.json): 8 tokens, 8192 x 8192 28.7
+# -> 16.7, 28672 x 8192 89.3 -> 53.7, 28672 x 4096 gated 49.6 -> 29.3, 4096 x 14336 24.2 -> 17.4;
+# 16 tokens, 8192 x 8192 30.4 -> 20.6, 8192 x 28672 90.0 -> 61.4, 4096 x 14336 26.1 -> 22.8, 2048 x
+# 4096 8.6 -> 8.1, and 1024 x 4096 6.4 -> 6.6 (the one shape swept where the tl.dot kernel's split-K
+# stays ahead). Long-K weights above 8 tokens took the tl.dot kernel before the rule gave them
+# R2 W8 S1 (4096 x 14336 at 16 tokens: 29.9 in the config before).
 # Paths that read scales and zeros faster group-major ([groups, N] storage viewed as [N, groups]);
 # the runtime keeps such copies for them (QuantLinear.keep_group_major_scales). The mma kernel, its
 # config fixed, in two runs on the H100 (bench/results/w4a16-mma-h100.json, -l2-ahead-h100.json;
@@ -695,8 +695,7 @@ def w4a16_path(m: int, group_size: int, n: int, k: int, x_dtype: torch.dtype) ->
         return "dequant"
     if m <= GEMV_MAX_M:
         return "gemv"
-    if ((m <= MMA_SMALL_M or n >= k) and w4a16_mma.supports(x_dtype, m, group_size, n, k)
-            and os.environ.get("PRECISIONOPS_W4A16_MMA", "1") != "0"):
+    if w4a16_mma.supports(x_dtype, m, group_size, n, k) and os.environ.get("PRECISIONOPS_W4A16_MMA", "1") != "0":
         return "mma"
     return "tc" if m <= TC_MAX_M else "dequant"
 

@@ -54,47 +54,44 @@ def _mma_config(row_blocks, warps, step_chunks, l2_256b=True):
                          num_warps=warps, num_stages=1)
 
 
-# Configs by rule, from CUDA-graph sweeps on the H100 (python bench/w4a16_mma.py,
-# bench/results/w4a16-mma-h100.json; µs, each config alone over rotating weight sets): the
-# autotuner's own CUDA-graph timing (kernels._launch.graph_bench) picked configs 20-25% slower than
-# the best in two of five runs (8192 x 8192: 33.2 against 26.4 at 16 tokens, 22.2 against 18.0 at
-# 2-8), so the launcher does not tune this kernel. Up to 8 tokens: R2 W8 S1 (8192 x 8192 at 8
-# tokens 18.7-19.7, against 21.9-23.6 for the next); on weights of 16384 rows or more R2 W4 S1
-# (28672 x 8192: 59.3-60.2 against 62.8-65.7); where K is at least twice the rows R1 W8 S2 (4096 x
-# 14336 at 1 token 17.2 against 22.5; 1024 x 4096 4.6 against 6.8). At 9..16 tokens: R2 W4 S2
-# (8192 x 8192: 25.1-26.4 against 29.9-35.2; 6144 x 4096: 15.1 against 16.7), and on 16384 rows or
-# more R4 W4 S1 (28672 x 8192: 75.2-76.3 against 91.4; 14336 x 4096 gated: 43.9 against 49.1).
-# L2_256B (the weight loads ask L2 for 256-byte DRAM fetches), from interleaved A/Bs on the H100
-# (python bench/w4a16_ab.py mma-zeros; bench/results/w4a16-mma-zeros-h100.json): 2.5-3% faster
-# with R2 W8 S1 at 8192 x 8192 and R2 W4 S1 and R4 W4 S1 at 28672 x 8192, but 3% slower with
-# R2 W4 S2 at 8192 x 8192 (1% faster at 4096 x 4096); R1 W8 S2 keeps the plain load, unmeasured.
-ONE_TILE = _mma_config(2, 8, 1)
-ONE_TILE_LARGE = _mma_config(2, 4, 1)
-ONE_TILE_LONG_K = _mma_config(1, 8, 2, l2_256b=False)
-TWO_TILE = _mma_config(2, 4, 2, l2_256b=False)
-TWO_TILE_LARGE = _mma_config(4, 4, 1)
-# Waves: TWO_TILE takes ~227 registers a thread, so an SM holds two of its programs (32 rows each);
-# where they would need a second wave but three an SM fit in one, R2 W4 S1 (~160 registers) runs
-# them in one: 10240 x 8192 (Llama-70B's fused qkv) at 16 tokens 29.6 against 40.0 µs, on the
-# H100 (132 SMs). At 14336 x 4096 (two waves either way) TWO_TILE stays ahead: 23.9 against 27.0.
-TWO_TILE_ONE_WAVE = _mma_config(2, 4, 1)
-# (TWO_TILE_ONE_WAVE is the same config as ONE_TILE_LARGE.)
-_CONFIGS = [ONE_TILE, ONE_TILE_LARGE, ONE_TILE_LONG_K, TWO_TILE, TWO_TILE_LARGE]
+# Configs by rule, from CUDA-graph sweeps of every config on the H100 (python bench/w4a16_mma.py,
+# bench/results/w4a16-mma-sweep-{a,b,c}-h100.json; integer zeros and group-major scales, as the
+# runtime launches it; the autotuner's own CUDA-graph timing (kernels._launch.graph_bench) picked
+# configs 20-25% slower than the best in two of five earlier runs, so the launcher does not tune
+# this kernel). What decides is how many programs the weight's rows make against the SMs' slots
+# for them (ptxas, Triton 3.6: 1 to 7 programs an SM by the config's registers): the config that
+# gives each SM its rows in one wave with the fewest, widest programs ran fastest, or within 5% of
+# the fastest, on every shape swept (11 Llama shapes, 1024 to 28672 rows). By programs of 32
+# rows, as a multiple of the SM count (µs at that bound's shapes):
+# - 1 tile: <= 1/4 R1 W8 S2 (1024 x 4096: 4.4); <= 1/2 R1 W8 S1 (2048 x 4096: 5.8); <= 1 R2 W8
+#   S2 (4096 x 4096: 6.9 against 7.4 for R2 W8 S1, 4096 x 14336: 17.4 against 19.9); <= 2 R2 W8
+#   S1, two an SM (8192 x 8192: 16.7); <= 3 R2 W4 S2, three an SM (10240 x 8192: 22.3 against
+#   26.1); more R2 W4 S1, four an SM (14336 x 4096: 15.9; 28672 x 8192: 53.8).
+# - 2 tiles: <= 1/4 R1 W8 S1 (1024 x 4096: 6.6, the best 6.3); <= 1 R2 W8 S1, one an SM (4096 x
+#   4096: 8.8 against 10.6 for R2 W4 S2, the config before); <= 2 R4 W8 S1, one an SM (8192 x
+#   8192: 20.6 against 24.8; 8192 x 28672: 61.4 against 78.9); <= 3 R2 W4 S1, three an SM
+#   (10240 x 8192: 29.6 against 32.0 for R4 W4 S1); more R4 W4 S1, two an SM (14336 x 4096:
+#   18.7 against 23.6; 28672 x 8192: 64.1).
+# Gated launches pair gate and up blocks, so they skip the R1 configs. L2_256B (the weight
+# loads ask L2 for 256-byte DRAM fetches) was 1-7% faster with every config the rule picks but R1
+# W8 S2 and R2 W8 S2 (within 1% either way).
+# (programs of 32 rows at most, as a multiple of the SM count; ROW_BLOCKS, WARPS, STEP_CHUNKS), by
+# tiles of 8 tokens.
+_RULE = {1: [(1 / 4, (1, 8, 2)), (1 / 2, (1, 8, 1)), (1, (2, 8, 2)), (2, (2, 8, 1)), (3, (2, 4, 2)),
+             (float("inf"), (2, 4, 1))],
+         2: [(1 / 4, (1, 8, 1)), (1, (2, 8, 1)), (2, (4, 8, 1)), (3, (2, 4, 1)), (float("inf"), (4, 4, 1))]}
+_BY_SHAPE = {shape: _mma_config(*shape) for rule in _RULE.values() for _, shape in rule}
+_CONFIGS = list(_BY_SHAPE.values())
 _CONFIGS_INTERPRET = [_mma_config(2, 2, 2)]
-LARGE_ROWS = 16384
 H100_SMS = 132
 
 
-def pick_config(rows: int, k: int, tiles: int, gated: bool = False, sms: int = H100_SMS) -> triton.Config:
-    """The config the rule above gives a weight of ``rows`` x ``k`` and 1 or 2 tiles of 8 tokens on a
-    GPU of ``sms`` SMs (gated launches pair gate and up blocks, so they take an even ROW_BLOCKS)."""
-    if tiles == 2:
-        if rows >= LARGE_ROWS:
-            return TWO_TILE_LARGE
-        return TWO_TILE_ONE_WAVE if 2 * sms < cdiv(rows, 32) <= 3 * sms else TWO_TILE
-    if rows >= LARGE_ROWS:
-        return ONE_TILE_LARGE
-    return ONE_TILE_LONG_K if k >= 2 * rows and not gated else ONE_TILE
+def pick_config(rows: int, tiles: int, gated: bool = False, sms: int = H100_SMS) -> triton.Config:
+    """The config the rule above gives a weight of ``rows`` rows and 1 or 2 tiles of 8 tokens on a
+    GPU of ``sms`` SMs (gated launches pair gate and up blocks: they skip the R1 configs)."""
+    programs = cdiv(rows, 32)
+    return next(_BY_SHAPE[shape] for bound, shape in _RULE[tiles]
+                if programs <= bound * sms and not (gated and shape[0] == 1))
 
 
 def _prune(configs, named_args, **kwargs):
@@ -105,7 +102,7 @@ def _prune(configs, named_args, **kwargs):
         x = named["x_ptr"]
         # CPU tensors: bench/sm90_compile.py planning sm_90 launches, for which the H100's count.
         sms = device_properties(x.device).multi_processor_count if x.is_cuda else H100_SMS
-        configs = [pick_config(named["N"] * (2 if gated else 1), named["K"], named.get("TILES", 1), gated, sms)]
+        configs = [pick_config(named["N"] * (2 if gated else 1), named.get("TILES", 1), gated, sms)]
     return first_config_only(configs, named_args, **kwargs)
 
 

@@ -471,7 +471,7 @@ def test_w4a16_dispatch_by_tokens_shape_and_dtype(monkeypatch):
     path = gemm_w4a16_mod.w4a16_path
     bf16 = torch.bfloat16
     assert path(1, 128, 8192, 8192, bf16) == "gemv"
-    assert [path(m, 128, 4096, 14336, bf16) for m in (2, 8, 9, 16, 17)] == ["mma", "mma", "tc", "tc", "tc"]
+    assert [path(m, 128, 4096, 14336, bf16) for m in (2, 8, 9, 16, 17)] == ["mma", "mma", "mma", "mma", "tc"]
     assert [path(m, 128, 8192, 8192, torch.float16) for m in (2, 16, 17)] == ["mma", "mma", "tc"]
     # fp32 activations, groups the mma kernel's chunks do not tile, and its switch: the tl.dot kernel.
     assert path(4, 128, 8192, 8192, torch.float32) == "tc"
@@ -483,18 +483,27 @@ def test_w4a16_dispatch_by_tokens_shape_and_dtype(monkeypatch):
 
 def test_w4a16_mma_config_rule():
     pick = gemm_w4a16_mod.w4a16_mma.pick_config
-    names = {id(c): n for n, c in vars(gemm_w4a16_mod.w4a16_mma).items() if n.startswith(("ONE_TILE", "TWO_TILE"))}
-    assert names[id(pick(8192, 8192, 1))] == "ONE_TILE" and names[id(pick(8192, 8192, 2))] == "TWO_TILE"
-    assert names[id(pick(28672, 8192, 1))] == "ONE_TILE_LARGE" and names[id(pick(28672, 8192, 2))] == "TWO_TILE_LARGE"
-    assert names[id(pick(4096, 14336, 1))] == "ONE_TILE_LONG_K"
-    # Two tiles: 320 programs of 32 rows take two waves of TWO_TILE (2 an SM) but one of 3 an SM.
-    assert names[id(pick(10240, 8192, 2, sms=132))] == "TWO_TILE_ONE_WAVE"
-    assert [names[id(pick(rows, 4096, 2, sms=132))] for rows in (8448, 8480, 12672, 12704)] == [
-        "TWO_TILE", "TWO_TILE_ONE_WAVE", "TWO_TILE_ONE_WAVE", "TWO_TILE"]
-    assert names[id(pick(10240, 8192, 2, sms=80))] == "TWO_TILE"
+
+    def shape(rows, tiles, gated=False, sms=132):
+        kw = pick(rows, tiles, gated, sms).kwargs
+        return kw["ROW_BLOCKS"], kw["WARPS"], kw["STEP_CHUNKS"]
+    # The sweeps' best configs on the H100 (132 SMs), by the rule's bounds on programs of 32 rows.
+    assert [shape(rows, 1) for rows in (1024, 2048, 4096, 8192, 10240, 14336, 28672)] == [
+        (1, 8, 2), (1, 8, 1), (2, 8, 2), (2, 8, 1), (2, 4, 2), (2, 4, 1), (2, 4, 1)]
+    assert [shape(rows, 2) for rows in (1024, 2048, 4096, 6144, 8192, 10240, 14336, 28672)] == [
+        (1, 8, 1), (2, 8, 1), (2, 8, 1), (4, 8, 1), (4, 8, 1), (2, 4, 1), (4, 4, 1), (4, 4, 1)]
+    # The bounds themselves: 132, 264 and 396 programs of 32 rows.
+    assert [shape(rows, 2) for rows in (4224, 4256, 8448, 8480, 12672, 12704)] == [
+        (2, 8, 1), (4, 8, 1), (4, 8, 1), (2, 4, 1), (2, 4, 1), (4, 4, 1)]
+    # The bounds scale with the GPU's SMs: 8192 rows are 256 programs, over 3 x 80 and under 264.
+    assert shape(8192, 2, sms=80) == (4, 4, 1) and shape(8192, 2, sms=264) == (2, 8, 1)
+    # Every config the rule gives is one the autotuner holds (the sm_90 compile check builds those).
+    configs = gemm_w4a16_mod.w4a16_mma._CONFIGS
+    assert all(any(pick(rows, t, g) is c for c in configs) for rows in (512, 4096, 50000) for t in (1, 2)
+               for g in (False, True))
     # A gated launch pairs gate and up blocks: never an odd ROW_BLOCKS, whatever the shape.
-    for rows, k, tiles in [(2048, 4096, 1), (2048, 4096, 2), (28672, 4096, 1), (2 * 37, 256, 1)]:
-        assert pick(rows, k, tiles, gated=True).kwargs["ROW_BLOCKS"] % 2 == 0
+    for rows, tiles in [(2048, 1), (2048, 2), (28672, 1), (2 * 37, 1), (2 * 37, 2)]:
+        assert pick(rows, tiles, gated=True).kwargs["ROW_BLOCKS"] % 2 == 0
 
 
 def test_w4a16_path_errors():
