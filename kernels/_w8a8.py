@@ -558,10 +558,17 @@ def w8a8_gemm_triton(xq, xs, wq, ws, bias, out_dtype, qdtype: torch.dtype, *, pa
 
         if xq.is_cuda:
             _ensure_allocator()
+        # Without PDL: replayed from CUDA graphs on the H100, one GEMM after another, the configs ran
+        # faster without it in 20 of 24 pairs at 2048 x 14336 x 4096 and 2048 x 8192 x 28672 (up
+        # to 4.7%, 1.8% slower at worst) and in 7 of 12 at 2048 x 4096 x 4096 (within 4.4% either
+        # way; python bench/w8a8_sweep.py --persistent-graph, two runs,
+        # bench/results/w8a8-persistent-graph{,-extra}-h100.json). These launches last 50 µs or
+        # more: the ~1 µs an early launch can hide is within their noise.
         launch(
             _w8a8_persistent_kernel, grid,
             xq, wq, xs, ws, bias_arg, out, m, n, k, bucket, xq.stride(0), wq.stride(0), out.stride(0), NUM_SMS=sms,
-            OUT_ALIGNED=(n * out.element_size()) % 16 == 0, **flags,
+            OUT_ALIGNED=(n * out.element_size()) % 16 == 0,
+            **{name: value for name, value in flags.items() if name != "launch_pdl"} | {"PDL": False},
         )
         return out
     # Split-K candidates accumulate in fp32; the cast afterwards is one small launch.
