@@ -8,6 +8,7 @@
                                                      # w8a8-persistent-more-sweep-h100.json
     python bench/w8a8_sweep.py --persistent-graph    # fp8 persistent configs, PDL on and off, by
                                                      # CUDA-graph time: w8a8-persistent-graph-h100.json
+    python bench/w8a8_sweep.py --persistent-graph --picks   # the autotuner's picks, every large shape
 
 For each large shape and each candidate (BLOCK_M, BLOCK_N, BLOCK_K, warps, stages, GROUP_M) of
 kernels/_w8a8.py's tiled kernel, the do_bench median against torch._scaled_mm (fp8, rowwise,
@@ -208,14 +209,38 @@ GRAPH_SHAPES = [(2048, 4096, 4096), (2048, 14336, 4096), (2048, 8192, 28672)]
 GRAPH_EXTRA = [w8a8._persistent_config(256, 256, 128, 16, 3), w8a8._persistent_config(256, 256, 64, 16, 4),
                w8a8._persistent_config(256, 256, 128, 16, 3, tma_store=True),
                w8a8._persistent_config(128, 256, 128, 8, 4, group_m=16, tma_store=True)]
+# With --picks: the configs the autotuner picked in the last full runs (autotune list indices 0, 1
+# and 4), every large shape, without PDL (as the launcher runs it now).
+PICKS = [0, 1, 4]
 
 
-def persistent_graph(extra: bool = False) -> list[dict]:
-    """fp8 at M = 2048 by CUDA-graph time over rotating operand sets larger than the L2 (as
-    bench/kernels.py times it) and by do_bench: bf16, torch._scaled_mm and the persistent kernel in
-    each config of its autotune list, with PDL and without; three interleaved rounds, medians."""
+def persistent_direct(cfg, pdl: bool):
+    """The fp8 persistent kernel in ``cfg``, launched with PDL or without: ``launch(xq, xs, wq, ws)``."""
+    kernel = w8a8._w8a8_persistent_kernel
+    sms = torch.cuda.get_device_properties(0).multi_processor_count
+
+    def launch(xq, xs, wq, ws):
+        (m, k), n = xq.shape, wq.shape[0]
+        out = torch.empty(m, n, dtype=torch.bfloat16, device="cuda")
+        w8a8._ensure_allocator()
+        with only_config(kernel, cfg):
+            kernel[lambda meta: (min(sms, triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n, meta["BLOCK_N"])),)](
+                xq, wq, xs, ws, ws, out, m, n, k, w8a8.m_bucket(m), xq.stride(0), wq.stride(0), out.stride(0),
+                XS_PER_TOKEN=True, HAS_BIAS=False, IS_INT8=False, NUM_SMS=sms, OUT_ALIGNED=True, PDL=pdl,
+                **({"launch_pdl": True} if pdl else {}))
+        return out
+    return launch
+
+
+def persistent_graph(extra: bool = False, picks: bool = False) -> list[dict]:
+    """fp8 at M >= 2048 by CUDA-graph time over rotating operand sets larger than the L2 (as
+    bench/kernels.py times it) and by do_bench (host-bound under ~100 µs here: each call forces its
+    config): bf16, torch._scaled_mm and the persistent kernel in each config of its autotune list,
+    with PDL and without (--picks: the picked configs, without PDL, every large shape); three
+    interleaved rounds, medians."""
     rows = []
-    for m, n, k in GRAPH_SHAPES:
+    all_configs = w8a8._w8a8_persistent_kernel.configs + (GRAPH_EXTRA if extra else [])
+    for m, n, k in PERSISTENT_SHAPES + [(2048, 8192, 28672)] if picks else GRAPH_SHAPES:
         sets = []
         for _ in range(max(2, -(-100 * 2**20 // (m * k + n * k + 2 * m * n)))):
             x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
@@ -223,31 +248,30 @@ def persistent_graph(extra: bool = False) -> list[dict]:
             sets.append((x, w) + tuple(act_quant(x, "fp8_e4m3")[:2]) + tuple(act_quant(w, "fp8_e4m3")[:2]))
         ref = torch._scaled_mm(sets[0][2], sets[0][4].t(), scale_a=sets[0][3], scale_b=sets[0][5].t(),
                                out_dtype=torch.bfloat16, use_fast_accum=True)
-        fns = {"bf16": lambda x, w, *r: x @ w.t(),
-               "scaled_mm": lambda x, w, xq, xs, wq, ws: torch._scaled_mm(
-                   xq, wq.t(), scale_a=xs, scale_b=ws.t(), out_dtype=torch.bfloat16, use_fast_accum=True)}
-        for i, cfg in enumerate(w8a8._w8a8_persistent_kernel.configs + (GRAPH_EXTRA if extra else [])):
-            launch = persistent_with_config(cfg, torch.float8_e4m3fn)
-            try:
-                err = rel_err(launch(*sets[0][2:]), ref)
-            except Exception as e:  # a variant this Triton cannot compile is reported, not fatal
-                print(f"{m}x{n}x{k} {cfg.kwargs}: {type(e).__name__}: {str(e)[:160]}", flush=True)
+        fns = {"bf16": (lambda x, w, *r: x @ w.t(), None),
+               "scaled_mm": (lambda x, w, xq, xs, wq, ws: torch._scaled_mm(
+                   xq, wq.t(), scale_a=xs, scale_b=ws.t(), out_dtype=torch.bfloat16, use_fast_accum=True), None)}
+        for i, cfg in enumerate(all_configs):
+            if picks and i not in PICKS:
                 continue
-            if not err < 1e-2:
-                raise SystemExit(f"{m}x{n}x{k} {cfg.kwargs}: rel err {err:.2e}")
-            for pdl in ("1", "0"):
-                fns[f"c{i} pdl={pdl}"] = (lambda x, w, *r, launch=launch: launch(*r), pdl, cfg)
+            for pdl in (False,) if picks else (True, False):
+                launch = persistent_direct(cfg, pdl)
+                try:
+                    err = rel_err(launch(*sets[0][2:]), ref)
+                except Exception as e:  # a variant this Triton cannot compile is reported, not fatal
+                    print(f"{m}x{n}x{k} {cfg.kwargs}: {type(e).__name__}: {str(e)[:160]}", flush=True)
+                    break
+                if not err < 1e-2:
+                    raise SystemExit(f"{m}x{n}x{k} {cfg.kwargs}: rel err {err:.2e}")
+                fns[f"c{i} pdl={int(pdl)}"] = (lambda x, w, *r, launch=launch: launch(*r), cfg)
         times = {name: {"graph": [], "do_bench": []} for name in fns}
         for _ in range(3):
-            for name, fn in fns.items():
-                fn, pdl, _ = fn if isinstance(fn, tuple) else (fn, "1", None)
-                os.environ["PRECISIONOPS_PDL"] = pdl
+            for name, (fn, _) in fns.items():
                 times[name]["graph"].append(graph_us(fn, sets))
                 times[name]["do_bench"].append(do_bench(lambda fn=fn: fn(*sets[0]), return_mode="median") * 1e3)
-                os.environ.pop("PRECISIONOPS_PDL")
         med = {name: {t: sorted(v)[1] for t, v in ts.items()} for name, ts in times.items()}
-        configs = {name: (f"{fn[2].kwargs} warps={fn[2].num_warps} stages={fn[2].num_stages}")
-                   for name, fn in fns.items() if isinstance(fn, tuple)}
+        configs = {name: f"{cfg.kwargs} warps={cfg.num_warps} stages={cfg.num_stages}"
+                   for name, (_, cfg) in fns.items() if cfg is not None}
         rows.append({"m": m, "n": n, "k": k, "us": med, "rounds": times, "configs": configs})
         bf16 = med["bf16"]
         print(f"{m}x{n}x{k}: bf16 graph {bf16['graph']:.1f} do_bench {bf16['do_bench']:.1f}", flush=True)
@@ -259,8 +283,9 @@ def persistent_graph(extra: bool = False) -> list[dict]:
 
 def main() -> None:
     if "--persistent-graph" in sys.argv:
-        extra = "--extra" in sys.argv
-        write_results(f"w8a8-persistent-graph{'-extra' if extra else ''}-h100.json", rows=persistent_graph(extra))
+        extra, picks = "--extra" in sys.argv, "--picks" in sys.argv
+        name = "-extra" if extra else "-picks" if picks else ""
+        write_results(f"w8a8-persistent-graph{name}-h100.json", rows=persistent_graph(extra, picks))
         return
     if "--persistent" in sys.argv:
         more = "--more" in sys.argv

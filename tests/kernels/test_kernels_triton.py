@@ -257,6 +257,18 @@ def test_w8a8_persistent_every_config_gpu(cfg, fmt):
             assert rel_err(out, ref) < _w8a8_bound(fmt, torch.bfloat16, "cuda")
 
 
+def test_w8a8_persistent_fp8_takes_its_config(monkeypatch):
+    # fp8 runs FP8_PERSISTENT untuned; int8 is tuned over every config; a forced config stays.
+    monkeypatch.setattr(w8a8_mod, "interpreting", lambda: False)
+    monkeypatch.setattr(_launch, "_INTERPRETING", False)
+    monkeypatch.setattr(_launch, "ONE_CONFIG", False)
+    configs = w8a8_mod._CONFIGS_PERSISTENT
+    assert w8a8_mod.FP8_PERSISTENT in configs
+    assert w8a8_mod._prune_persistent(configs, {}, IS_INT8=False) == [w8a8_mod.FP8_PERSISTENT]
+    assert w8a8_mod._prune_persistent(configs, {}, IS_INT8=True) == configs
+    assert w8a8_mod._prune_persistent(configs[:1], {}, IS_INT8=False) == configs[:1]
+
+
 # --- W4A16 --------------------------------------------------------------------------------
 
 
