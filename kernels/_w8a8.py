@@ -539,15 +539,15 @@ def w8a8_gemm_triton(xq, xs, wq, ws, bias, out_dtype, qdtype: torch.dtype, *, pa
     wq = wq if wq.stride(1) == 1 else wq.contiguous()
     xs = xs.contiguous()
     ws = ws.contiguous()
-    flags = dict(XS_PER_TOKEN=xs.shape[0] != 1, HAS_BIAS=bias is not None, IS_INT8=qdtype == torch.int8,
-                 **pdl_args(xq.device))
+    flags = dict(XS_PER_TOKEN=xs.shape[0] != 1, HAS_BIAS=bias is not None, IS_INT8=qdtype == torch.int8)
+    pdl = pdl_args(xq.device)
     bias_arg = bias if bias is not None else ws
     if path == "gemv":
         out = torch.empty(m, n, dtype=out_dtype, device=xq.device)
         launch(
             _w8a8_gemv_kernel, lambda meta: (cdiv(n, meta["BLOCK_N"]),),
             xq, wq, xs, ws, bias_arg, out, m, n, k, xq.stride(0), wq.stride(0), out.stride(0),
-            BLOCK_M=triton.next_power_of_2(m), EARLY_DEPENDENTS=gemv_early_dependents(), **flags,
+            BLOCK_M=triton.next_power_of_2(m), EARLY_DEPENDENTS=gemv_early_dependents(), **flags, **pdl,
         )
         return out
     if path == "swap":
@@ -562,7 +562,7 @@ def w8a8_gemm_triton(xq, xs, wq, ws, bias, out_dtype, qdtype: torch.dtype, *, pa
         launch(
             kernel, lambda meta: (cdiv(n, meta["BLOCK_N"]), meta["SPLIT_K"]),
             xq, wq, xs, ws, bias_arg, out, parts, locks, m, n, k, xq.stride(0), wq.stride(0), out.stride(0),
-            BLOCK_M=max(16, triton.next_power_of_2(m)), **flags,
+            BLOCK_M=max(16, triton.next_power_of_2(m)), **flags, **pdl,
         )
         return out
     bucket = m_bucket(m)
@@ -584,8 +584,7 @@ def w8a8_gemm_triton(xq, xs, wq, ws, bias, out_dtype, qdtype: torch.dtype, *, pa
         launch(
             _w8a8_persistent_kernel, grid,
             xq, wq, xs, ws, bias_arg, out, m, n, k, bucket, xq.stride(0), wq.stride(0), out.stride(0), NUM_SMS=sms,
-            OUT_ALIGNED=(n * out.element_size()) % 16 == 0,
-            **{name: value for name, value in flags.items() if name != "launch_pdl"} | {"PDL": False},
+            OUT_ALIGNED=(n * out.element_size()) % 16 == 0, PDL=False, **flags,
         )
         return out
     # Split-K candidates accumulate in fp32; the cast afterwards is one small launch.
@@ -598,6 +597,6 @@ def w8a8_gemm_triton(xq, xs, wq, ws, bias, out_dtype, qdtype: torch.dtype, *, pa
         _w8a8_gemm_kernel, grid,
         xq, wq, xs, ws, bias_arg, out,
         m, n, k, bucket,
-        xq.stride(0), wq.stride(0), out.stride(0), **flags,
+        xq.stride(0), wq.stride(0), out.stride(0), **flags, **pdl,
     )
     return out.to(out_dtype)
