@@ -205,7 +205,10 @@ def _persistent_config(bm, bn, bk, warps, stages, group_m=8, flatten=True, warp_
 # 1% in the two runs before (w8a8-persistent-graph{,-extra}-h100.json). bench/kernels.py, on the
 # next lease, read 2048 x 4096 x 4096 2-3% slower in it than the run before had in the tuned pick
 # (kernels-w8a8-fp8-config-h100.json against kernels-w8a8-nopdl-h100.json, bf16 equal in both):
-# at that shape the ranking is within the noise. int8 is tuned.
+# at that shape the ranking is within the noise. Single measurements there move ~2 µs with their
+# place in a run, the clock swinging under the board's power cap (bench/gemm_power.py); timed in
+# interleaved rounds this config read 55.8-57.0 µs by graph, through the launcher or launched
+# directly (w8a8-timers-h100.json, kernels-w8a8-rounds{,2}-h100.json). int8 is tuned.
 FP8_PERSISTENT = _persistent_config(128, 256, 128, 8, 3, group_m=16, tma_store=True)
 _CONFIGS_PERSISTENT = [
     _persistent_config(128, 256, 128, 8, 4),
@@ -413,15 +416,17 @@ _CONFIGS_SWAP_INTERPRET = [_swap_config(32, 32, 4, 1, split_k=2)]
 _CONFIGS_SWAP_DIRECT_INTERPRET = [_swap_config(32, 32, 4, 1)]
 
 
-def swap_split_k(n: int) -> bool:
+def swap_split_k(n: int, device: torch.device | None = None) -> bool:
     """Whether the swapped kernel may split K (its autotuner then weighs split and unsplit
     configs): the output has fewer 64-row tiles than the GPU has SMs."""
-    return cdiv(n, 64) < _sm_count()
+    return cdiv(n, 64) < _sm_count(device)
 
 
-def _sm_count() -> int:
-    if torch.cuda.is_available():
-        return device_properties().multi_processor_count
+def _sm_count(device: torch.device | None = None) -> int:
+    # The launcher passes its tensors' device: torch.cuda.is_available() costs µs a call, and the
+    # launch path's host time is the call's time at prefill sizes when it runs eagerly.
+    if device.type == "cuda" if device is not None else torch.cuda.is_available():
+        return device_properties(device).multi_processor_count
     return 132  # the H100's, so the interpreter takes the same branch as the GPU would
 
 
@@ -501,21 +506,24 @@ _SWAP_MAX_SPLIT = max(c.kwargs["SPLIT_K"] for c in _w8a8_swap_kernel.configs)
 _SWAP_MIN_BLOCK_N = min(c.kwargs["BLOCK_N"] for c in _w8a8_swap_kernel.configs)
 
 
-def w8a8_path(m: int, qdtype: torch.dtype) -> str:
-    """The kernel the launcher runs for ``m`` tokens of ``qdtype`` (int8 or fp8 e4m3); ``persistent``
-    becomes ``tiled`` where TMA cannot address the operands (see :func:`tma_ready`)."""
+def w8a8_path(m: int, qdtype: torch.dtype, device: torch.device | None = None) -> str:
+    """The kernel the launcher runs for ``m`` tokens of ``qdtype`` (int8 or fp8 e4m3) on ``device``
+    (the current CUDA device if None); ``persistent`` becomes ``tiled`` where TMA cannot address the
+    operands (see :func:`tma_ready`)."""
     if m <= GEMV_MAX_M[qdtype]:
         return "gemv"
     if m <= SWAP_MAX_M:
         return "swap"
-    return "persistent" if _tma_device() else "tiled"
+    return "persistent" if _tma_device(device) else "tiled"
 
 
-def _tma_device() -> bool:
+def _tma_device(device: torch.device | None = None) -> bool:
     # TMA is sm_90's; the CPU interpreter runs the descriptor loads too.
     if interpreting():
         return True
-    return torch.cuda.is_available() and device_properties().major >= 9
+    if device.type != "cuda" if device is not None else not torch.cuda.is_available():
+        return False
+    return device_properties(device).major >= 9
 
 
 def w8a8_gemm_triton(xq, xs, wq, ws, bias, out_dtype, qdtype: torch.dtype, *, path: str = "auto"):
@@ -530,7 +538,7 @@ def w8a8_gemm_triton(xq, xs, wq, ws, bias, out_dtype, qdtype: torch.dtype, *, pa
     if m == 0 or n == 0 or k == 0:
         out = torch.zeros(m, n, dtype=out_dtype, device=xq.device)
         return out + bias.to(out_dtype) if bias is not None else out
-    path = w8a8_path(m, qdtype) if path == "auto" else path
+    path = w8a8_path(m, qdtype, xq.device) if path == "auto" else path
     if path == "gemv" and m > 8:
         raise ValueError(f"path='gemv' serves at most 8 tokens, got M={m}")
     if path == "swap" and m > 256:
@@ -540,19 +548,19 @@ def w8a8_gemm_triton(xq, xs, wq, ws, bias, out_dtype, qdtype: torch.dtype, *, pa
     xs = xs.contiguous()
     ws = ws.contiguous()
     flags = dict(XS_PER_TOKEN=xs.shape[0] != 1, HAS_BIAS=bias is not None, IS_INT8=qdtype == torch.int8)
-    pdl = pdl_args(xq.device)
     bias_arg = bias if bias is not None else ws
     if path == "gemv":
         out = torch.empty(m, n, dtype=out_dtype, device=xq.device)
         launch(
             _w8a8_gemv_kernel, lambda meta: (cdiv(n, meta["BLOCK_N"]),),
             xq, wq, xs, ws, bias_arg, out, m, n, k, xq.stride(0), wq.stride(0), out.stride(0),
-            BLOCK_M=triton.next_power_of_2(m), EARLY_DEPENDENTS=gemv_early_dependents(), **flags, **pdl,
+            BLOCK_M=triton.next_power_of_2(m), EARLY_DEPENDENTS=gemv_early_dependents(), **flags,
+            **pdl_args(xq.device),
         )
         return out
     if path == "swap":
         out = torch.empty(m, n, dtype=out_dtype, device=xq.device)
-        if swap_split_k(n):
+        if swap_split_k(n, xq.device):
             # Each split's fp32 partials get a slice; the count words are shared (see split_k_locks).
             kernel = _w8a8_swap_kernel
             parts = torch.empty(_SWAP_MAX_SPLIT, m, n, dtype=torch.float32, device=xq.device)
@@ -562,13 +570,13 @@ def w8a8_gemm_triton(xq, xs, wq, ws, bias, out_dtype, qdtype: torch.dtype, *, pa
         launch(
             kernel, lambda meta: (cdiv(n, meta["BLOCK_N"]), meta["SPLIT_K"]),
             xq, wq, xs, ws, bias_arg, out, parts, locks, m, n, k, xq.stride(0), wq.stride(0), out.stride(0),
-            BLOCK_M=max(16, triton.next_power_of_2(m)), **flags, **pdl,
+            BLOCK_M=max(16, triton.next_power_of_2(m)), **flags, **pdl_args(xq.device),
         )
         return out
     bucket = m_bucket(m)
     if path == "persistent" and tma_ready(xq, wq):
         out = torch.empty(m, n, dtype=out_dtype, device=xq.device)
-        sms = _sm_count()
+        sms = _sm_count(xq.device)
 
         def grid(meta):
             return (min(sms, cdiv(m, meta["BLOCK_M"]) * cdiv(n, meta["BLOCK_N"])),)
@@ -597,6 +605,6 @@ def w8a8_gemm_triton(xq, xs, wq, ws, bias, out_dtype, qdtype: torch.dtype, *, pa
         _w8a8_gemm_kernel, grid,
         xq, wq, xs, ws, bias_arg, out,
         m, n, k, bucket,
-        xq.stride(0), wq.stride(0), out.stride(0), **flags, **pdl,
+        xq.stride(0), wq.stride(0), out.stride(0), **flags, **pdl_args(xq.device),
     )
     return out.to(out_dtype)
