@@ -48,6 +48,20 @@ def graph_us(fn_of_inputs, input_sets) -> float:
     return ms * 1e3 / len(input_sets)
 
 
+def rounds_us(fns: dict, input_sets, rounds: int = 3) -> dict:
+    """``{name: {"do_bench": µs, "graph": µs, "rounds": {...}}}``: each ``fns[name]`` timed by
+    :func:`median_us` and :func:`graph_us` in ``rounds`` interleaved rounds, the order reversed every
+    other round, medians over rounds. On the H100 the large GEMMs run at the board's power cap, where
+    the SM clock swings between ~1.1 and ~2.0 GHz (bench/gemm_power.py): one measurement each, or the
+    same order every round, moved a 56 µs GEMM by ~2 µs with its place in the round."""
+    times = {name: {"do_bench": [], "graph": []} for name in fns}
+    for r in range(rounds):
+        for name in list(fns) if r % 2 == 0 else list(reversed(fns)):
+            times[name]["do_bench"].append(median_us(fns[name], input_sets))
+            times[name]["graph"].append(graph_us(fns[name], input_sets))
+    return {name: {**{t: sorted(v)[len(v) // 2] for t, v in ts.items()}, "rounds": ts} for name, ts in times.items()}
+
+
 def best_config(kernel) -> str | None:
     """The config the autotuner picked for the last launch of ``kernel``."""
     cfg = getattr(kernel, "best_config", None)

@@ -9,6 +9,9 @@
     python bench/w8a8_sweep.py --persistent-graph    # fp8 persistent configs, PDL on and off, by
                                                      # CUDA-graph time: w8a8-persistent-graph-h100.json
     python bench/w8a8_sweep.py --persistent-graph --picks   # the autotuner's picks, every large shape
+    python bench/w8a8_sweep.py --timers   # fp8 at M >= 2048 through the launcher and launched
+                                          # directly, both timers, bench/kernels.py's operand sets
+                                          # and the sweep's: w8a8-timers-h100.json
 
 For each large shape and each candidate (BLOCK_M, BLOCK_N, BLOCK_K, warps, stages, GROUP_M) of
 kernels/_w8a8.py's tiled kernel, the do_bench median against torch._scaled_mm (fp8, rowwise,
@@ -280,8 +283,81 @@ def persistent_graph(extra: bool = False, picks: bool = False) -> list[dict]:
                   f"{t['do_bench']:7.1f} ({bf16['do_bench'] / t['do_bench']:.3f}x) {configs.get(name, '')}", flush=True)
     return rows
 
+TIMER_SHAPES = [(2048, 4096, 4096), (8192, 8192, 8192)]
+
+
+def kernels_sets(m, n, k):
+    """Rotating operand sets as bench/kernels.py makes them: bf16, fp8 and int8 operands of one
+    draw per set, enough sets to exceed twice the L2 (by the 8-bit operands' bytes), at most 8."""
+    from bench.kernels import n_sets
+    sets = []
+    for _ in range(n_sets(m * k + n * k)):
+        x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
+        w = torch.randn(n, k, device="cuda", dtype=torch.bfloat16) * 0.02
+        sets.append((x, w) + tuple(act_quant(x, "fp8_e4m3")[:2]) + tuple(act_quant(w, "fp8_e4m3")[:2])
+                    + tuple(act_quant(x, "int8")[:2]) + tuple(act_quant(w, "int8")[:2]))
+    return sets
+
+
+def sweep_sets(m, n, k):
+    """Rotating operand sets as --persistent-graph makes them: bf16 and fp8 operands, enough sets
+    that operands and outputs together exceed 100 MiB, at least 2."""
+    sets = []
+    for _ in range(max(2, -(-100 * 2**20 // (m * k + n * k + 2 * m * n)))):
+        x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
+        w = torch.randn(n, k, device="cuda", dtype=torch.bfloat16) * 0.02
+        sets.append((x, w) + tuple(act_quant(x, "fp8_e4m3")[:2]) + tuple(act_quant(w, "fp8_e4m3")[:2]))
+    return sets
+
+
+def timers() -> list[dict]:
+    """Why bench/kernels.py and --persistent-graph read the fp8 persistent GEMM differently: on
+    each shape, each kind of operand set, bf16, torch._scaled_mm, gemm_fp8 (the launcher: its
+    checks, its fast launch) and the same kernel launched directly (persistent_direct, without
+    PDL), timed by do_bench over the rotated sets (bench/kernels.py's median_us) and by CUDA-graph
+    replay; five interleaved rounds, the order reversed every other one (bench.timing.rounds_us),
+    medians."""
+    from bench.timing import rounds_us
+    from kernels.gemm_fp8 import gemm_fp8
+
+    rows = []
+    direct = persistent_direct(w8a8.FP8_PERSISTENT, False)
+    fns = {"bf16": lambda x, w, *r: x @ w.t(),
+           "scaled_mm": lambda x, w, xq, xs, wq, ws, *r: torch._scaled_mm(
+               xq, wq.t(), scale_a=xs, scale_b=ws.t(), out_dtype=torch.bfloat16, use_fast_accum=True),
+           "launcher": lambda x, w, xq, xs, wq, ws, *r: gemm_fp8(xq, xs, wq, ws),
+           "direct": lambda x, w, xq, xs, wq, ws, *r: direct(xq, xs, wq, ws)}
+    for m, n, k in TIMER_SHAPES:
+        for kind, make in (("kernels", kernels_sets), ("sweep", sweep_sets)):
+            sets = make(m, n, k)
+            ref = fns["scaled_mm"](*sets[0])
+            for name in ("launcher", "direct"):
+                err = rel_err(fns[name](*sets[0]), ref)
+                if not err < 1e-2:
+                    raise SystemExit(f"{m}x{n}x{k} {name}: rel err {err:.2e}")
+            # Both paths must have run one compiled kernel: Triton's cache holds one per specialization.
+            compiled = {c.hash for cache in w8a8._w8a8_persistent_kernel.fn.device_caches.values()
+                        for c in cache[0].values()}
+            timed = rounds_us(fns, sets, rounds=5)
+            med = {name: {t: v[t] for t in ("do_bench", "graph")} for name, v in timed.items()}
+            times = {name: v["rounds"] for name, v in timed.items()}
+            rows.append({"m": m, "n": n, "k": k, "sets": kind, "n_sets": len(sets), "us": med, "rounds": times,
+                         "compiled_kernels": sorted(compiled)})
+            bf16 = med["bf16"]
+            print(f"{m}x{n}x{k} {kind} sets ({len(sets)}), {len(compiled)} compiled kernel(s):", flush=True)
+            for name, t in med.items():
+                print(f"  {name:10s} do_bench {t['do_bench']:7.1f} ({bf16['do_bench'] / t['do_bench']:.3f}x bf16) "
+                      f"graph {t['graph']:7.1f} ({bf16['graph'] / t['graph']:.3f}x bf16) "
+                      f"rounds {[round(v, 1) for v in times[name]['do_bench']]} / "
+                      f"{[round(v, 1) for v in times[name]['graph']]}", flush=True)
+            del sets, ref
+    return rows
+
 
 def main() -> None:
+    if "--timers" in sys.argv:
+        write_results("w8a8-timers-h100.json", rows=timers())
+        return
     if "--persistent-graph" in sys.argv:
         extra, picks = "--extra" in sys.argv, "--picks" in sys.argv
         name = "-extra" if extra else "-picks" if picks else ""
