@@ -425,7 +425,8 @@ def swap_split_k(n: int, device: torch.device | None = None) -> bool:
 def _sm_count(device: torch.device | None = None) -> int:
     # The launcher passes its tensors' device: torch.cuda.is_available() costs µs a call, and the
     # launch path's host time is the call's time at prefill sizes when it runs eagerly.
-    if device.type == "cuda" if device is not None else torch.cuda.is_available():
+    on_cuda = torch.cuda.is_available() if device is None else device.type == "cuda"
+    if on_cuda:
         return device_properties(device).multi_processor_count
     return 132  # the H100's, so the interpreter takes the same branch as the GPU would
 
@@ -521,9 +522,8 @@ def _tma_device(device: torch.device | None = None) -> bool:
     # TMA is sm_90's; the CPU interpreter runs the descriptor loads too.
     if interpreting():
         return True
-    if device.type != "cuda" if device is not None else not torch.cuda.is_available():
-        return False
-    return device_properties(device).major >= 9
+    on_cuda = torch.cuda.is_available() if device is None else device.type == "cuda"
+    return on_cuda and device_properties(device).major >= 9
 
 
 def w8a8_gemm_triton(xq, xs, wq, ws, bias, out_dtype, qdtype: torch.dtype, *, path: str = "auto"):
