@@ -181,18 +181,24 @@ def decode_rates(step, token, pos, prompt_len: int, new_tokens: int, prefill):
     return eager_tps, graph_tps, graph_error, agreement
 
 
+def static_cache(config, max_len: int, batch: int):
+    """transformers' StaticCache for ``batch`` sequences of up to ``max_len`` positions (versions
+    that size it by its first write take no ``max_batch_size``)."""
+    from transformers import StaticCache
+
+    return StaticCache(config=config, max_cache_len=max_len,
+                       **({"max_batch_size": batch} if "max_batch_size" in signature(StaticCache).parameters else {}))
+
+
 def measure(loaded, prompt_len: int, new_tokens: int, vocab: int, compile_step: bool = True, batch: int = 1) -> dict:
     """TTFT, decode tokens/s (graph-replayed and eager, plain and through torch.compile) and peak
     memory of one loaded engine."""
-    from transformers import StaticCache
-
     model = loaded.model
     # transformers may derive the write position from the cache's own fill level rather than
     # cache_position (seen with 5.17), so every step of every phase below (5 + 4 x new_tokens)
     # gets its own slot (the cache is reset before the compiled phase); attention over a static
     # cache costs the same at any fill level.
-    cache = StaticCache(config=model.config, max_cache_len=prompt_len + 4 * new_tokens + 32,
-                        **({"max_batch_size": batch} if "max_batch_size" in signature(StaticCache).parameters else {}))
+    cache = static_cache(model.config, prompt_len + 4 * new_tokens + 32, batch)
     prompt = torch.randint(3, vocab, (batch, prompt_len), device="cuda")
     positions = torch.arange(prompt_len, device="cuda")
 

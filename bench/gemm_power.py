@@ -23,7 +23,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import torch  # noqa: E402
 
 from bench.timing import rel_err, write_results  # noqa: E402
-from kernels.act_quant import act_quant  # noqa: E402
+from bench.w8a8_sweep import sweep_sets  # noqa: E402
 from kernels.gemm_fp8 import gemm_fp8  # noqa: E402
 from kernels.gemm_int8 import gemm_int8, gemm_int8_reference  # noqa: E402
 
@@ -63,17 +63,6 @@ class Sampler:
             except (ValueError, IndexError):
                 continue  # a header or a field this driver reports as N/A
         return samples
-
-
-def operand_sets(m, n, k):
-    """Rotating sets whose 8-bit operands and outputs together exceed 100 MiB, at least 2."""
-    sets = []
-    for _ in range(max(2, -(-100 * 2**20 // (m * k + n * k + 2 * m * n)))):
-        x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
-        w = torch.randn(n, k, device="cuda", dtype=torch.bfloat16) * 0.02
-        sets.append((x, w) + tuple(act_quant(x, "fp8_e4m3")[:2]) + tuple(act_quant(w, "fp8_e4m3")[:2])
-                    + tuple(act_quant(x, "int8")[:2]) + tuple(act_quant(w, "int8")[:2]))
-    return sets
 
 
 def phase(fn, sets) -> tuple[float, float, float]:
@@ -122,7 +111,7 @@ def summarize(samples, t0, t1) -> dict:
 def main() -> None:
     rows = []
     for m, n, k in SHAPES:
-        sets = operand_sets(m, n, k)
+        sets = sweep_sets(m, n, k, int8=True)
         s0 = sets[0]
         ref_fp8 = GEMMS["fp8_scaled_mm"](*s0)
         for name, ref in (("fp8_triton", ref_fp8), ("int8_triton", gemm_int8_reference(*s0[6:10]))):

@@ -121,21 +121,23 @@ def _quantized_weights(n, k, fmt):
     return q, s
 
 
+def w8a8_sets(m: int, n: int, k: int) -> list[tuple]:
+    """Rotating W8A8 operand sets, each (x, w, fp8 xq, xs, wq, ws, int8 xq, xs, wq, ws) of one draw,
+    enough to exceed twice the L2 by their 8-bit operands (the smallest of a set), at most 8."""
+    sets = []
+    for _ in range(n_sets(m * k + n * k)):
+        x = torch.randn(m, k, device=DEV, dtype=torch.bfloat16)
+        w = torch.randn(n, k, device=DEV, dtype=torch.bfloat16) * 0.02
+        sets.append((x, w) + tuple(act_quant(x, "fp8_e4m3")[:2]) + tuple(act_quant(w, "fp8_e4m3")[:2])
+                    + tuple(act_quant(x, "int8")[:2]) + tuple(act_quant(w, "int8")[:2]))
+    return sets
+
+
 def bench_w8a8(ceil: dict) -> list[dict]:
     rows = []
     for m, n, k in GEMM_SHAPES:
         flops = 2 * m * n * k
-        set_bytes = m * k + n * k  # the fp8 / int8 operands, the smallest of a set
-        sets = []
-        for _ in range(n_sets(set_bytes)):
-            x = torch.randn(m, k, device=DEV, dtype=torch.bfloat16)
-            w = torch.randn(n, k, device=DEV, dtype=torch.bfloat16) * 0.02
-            xq8, xs8, _, _ = act_quant(x, "fp8_e4m3")
-            wq8, ws8, _, _ = act_quant(w, "fp8_e4m3")
-            xqi, xsi, _, _ = act_quant(x, "int8")
-            wqi, wsi, _, _ = act_quant(w, "int8")
-            sets.append((x, w, xq8, xs8, wq8, ws8, xqi, xsi, wqi, wsi))
-            del x, w
+        sets = w8a8_sets(m, n, k)
         x, w, xq8, xs8, wq8, ws8, xqi, xsi, wqi, wsi = sets[0]
         scaled = torch._scaled_mm(xq8, wq8.t(), scale_a=xs8, scale_b=ws8.t(), out_dtype=torch.bfloat16,
                                   use_fast_accum=True)

@@ -17,14 +17,13 @@ import statistics
 import sys
 import tempfile
 import time
-from inspect import signature
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from bench.e2e_decode import RECIPES, make_model_dir  # noqa: E402
+from bench.e2e_decode import RECIPES, make_model_dir, static_cache  # noqa: E402
 
 
 def profile_prefill(prefill) -> dict:
@@ -100,8 +99,6 @@ def main() -> None:
     args = parser.parse_args()
     if not torch.cuda.is_available():
         sys.exit("bench/prefill.py needs a CUDA GPU")
-    from transformers import StaticCache
-
     from runtime.accelerators import get_profile
     from runtime.engines import build, load_engine
     from runtime.recipes import preset
@@ -119,9 +116,7 @@ def main() -> None:
         prompt = torch.randint(3, model.config.vocab_size, (args.batch, args.prompt_len), device="cuda")
         positions = torch.arange(args.prompt_len, device="cuda")
         # A static KV cache, as bench/e2e_decode.py's time to first token: the prefill writes it.
-        cache = StaticCache(config=model.config, max_cache_len=args.prompt_len + 32,
-                            **({"max_batch_size": args.batch}
-                               if "max_batch_size" in signature(StaticCache).parameters else {}))
+        cache = static_cache(model.config, args.prompt_len + 32, args.batch)
 
         def prefill():
             cache.reset()

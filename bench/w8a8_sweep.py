@@ -244,11 +244,7 @@ def persistent_graph(extra: bool = False, picks: bool = False) -> list[dict]:
     rows = []
     all_configs = w8a8._w8a8_persistent_kernel.configs + (GRAPH_EXTRA if extra else [])
     for m, n, k in PERSISTENT_SHAPES + [(2048, 8192, 28672)] if picks else GRAPH_SHAPES:
-        sets = []
-        for _ in range(max(2, -(-100 * 2**20 // (m * k + n * k + 2 * m * n)))):
-            x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
-            w = torch.randn(n, k, device="cuda", dtype=torch.bfloat16) * 0.02
-            sets.append((x, w) + tuple(act_quant(x, "fp8_e4m3")[:2]) + tuple(act_quant(w, "fp8_e4m3")[:2]))
+        sets = sweep_sets(m, n, k)
         ref = torch._scaled_mm(sets[0][2], sets[0][4].t(), scale_a=sets[0][3], scale_b=sets[0][5].t(),
                                out_dtype=torch.bfloat16, use_fast_accum=True)
         fns = {"bf16": (lambda x, w, *r: x @ w.t(), None),
@@ -286,27 +282,17 @@ def persistent_graph(extra: bool = False, picks: bool = False) -> list[dict]:
 TIMER_SHAPES = [(2048, 4096, 4096), (8192, 8192, 8192)]
 
 
-def kernels_sets(m, n, k):
-    """Rotating operand sets as bench/kernels.py makes them: bf16, fp8 and int8 operands of one
-    draw per set, enough sets to exceed twice the L2 (by the 8-bit operands' bytes), at most 8."""
-    from bench.kernels import n_sets
-    sets = []
-    for _ in range(n_sets(m * k + n * k)):
-        x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
-        w = torch.randn(n, k, device="cuda", dtype=torch.bfloat16) * 0.02
-        sets.append((x, w) + tuple(act_quant(x, "fp8_e4m3")[:2]) + tuple(act_quant(w, "fp8_e4m3")[:2])
-                    + tuple(act_quant(x, "int8")[:2]) + tuple(act_quant(w, "int8")[:2]))
-    return sets
-
-
-def sweep_sets(m, n, k):
-    """Rotating operand sets as --persistent-graph makes them: bf16 and fp8 operands, enough sets
-    that operands and outputs together exceed 100 MiB, at least 2."""
+def sweep_sets(m, n, k, int8: bool = False):
+    """Rotating operand sets as --persistent-graph makes them: bf16 and fp8 operands (and int8 with
+    ``int8``), enough sets that operands and outputs together exceed 100 MiB, at least 2."""
     sets = []
     for _ in range(max(2, -(-100 * 2**20 // (m * k + n * k + 2 * m * n)))):
         x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
         w = torch.randn(n, k, device="cuda", dtype=torch.bfloat16) * 0.02
-        sets.append((x, w) + tuple(act_quant(x, "fp8_e4m3")[:2]) + tuple(act_quant(w, "fp8_e4m3")[:2]))
+        ops = (x, w) + tuple(act_quant(x, "fp8_e4m3")[:2]) + tuple(act_quant(w, "fp8_e4m3")[:2])
+        if int8:
+            ops += tuple(act_quant(x, "int8")[:2]) + tuple(act_quant(w, "int8")[:2])
+        sets.append(ops)
     return sets
 
 
@@ -317,6 +303,7 @@ def timers() -> list[dict]:
     PDL), timed by do_bench over the rotated sets (bench/kernels.py's median_us) and by CUDA-graph
     replay; five interleaved rounds, the order reversed every other one (bench.timing.rounds_us),
     medians."""
+    from bench.kernels import w8a8_sets
     from bench.timing import rounds_us
     from kernels.gemm_fp8 import gemm_fp8
 
@@ -328,7 +315,7 @@ def timers() -> list[dict]:
            "launcher": lambda x, w, xq, xs, wq, ws, *r: gemm_fp8(xq, xs, wq, ws),
            "direct": lambda x, w, xq, xs, wq, ws, *r: direct(xq, xs, wq, ws)}
     for m, n, k in TIMER_SHAPES:
-        for kind, make in (("kernels", kernels_sets), ("sweep", sweep_sets)):
+        for kind, make in (("kernels", w8a8_sets), ("sweep", sweep_sets)):
             sets = make(m, n, k)
             ref = fns["scaled_mm"](*sets[0])
             for name in ("launcher", "direct"):
